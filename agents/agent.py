@@ -1,0 +1,320 @@
+"""The node agent: a DEALER socket to the daemon, probes on a timer, commands in.
+
+One thread and one poll loop. Each turn: read probes when due (→ events for what changed),
+register / heartbeat / resend events as `DaemonLink` and `Outbox` say, then wait for a
+frame or the next timer. The daemon being away never stops the loop: probes keep running,
+events pile up in the outbox, and the agent registers again as soon as it can.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import zmq
+
+from agents.link import Backoff, DaemonLink, Outbox
+from agents.probes import chip_probe_for
+from agents.probes.base import ChipProbe, HostProbe, chip_changes
+from agents.probes.host import PsutilHostProbe
+from agents.probes.sim import SimHardware, SimProbe
+from supervisor import __version__
+from supervisor.protocol import (
+    Ack,
+    ChipStatus,
+    Command,
+    CommandKind,
+    Event,
+    Heartbeat,
+    HostStatus,
+    Message,
+    ProtocolError,
+    Register,
+    Result,
+    decode,
+    encode,
+    new_id,
+)
+from supervisor.vocab import Accelerator, Fault, Health, Signal
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    daemon: str
+    node_id: str
+    accelerator: Accelerator
+    chips: int
+    work_dir: Path
+    probe_interval: float = 5.0
+
+
+class AgentError(Exception):
+    """A reason the agent cannot start, written for the operator."""
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, chip_probe: ChipProbe | None = None, host_probe: HostProbe | None = None) -> None:
+        self.config = config
+        try:
+            config.work_dir.mkdir(parents=True, exist_ok=True)
+            probe_test = config.work_dir / ".trainguard-write-test"
+            probe_test.write_bytes(b"")
+            probe_test.unlink()
+        except OSError as exc:
+            raise AgentError(f"work dir {config.work_dir} is not writable: {exc.strerror or exc}") from exc
+        self.chip_probe = chip_probe or chip_probe_for(config.accelerator, config.chips, config.work_dir)
+        self.host_probe = host_probe or PsutilHostProbe(config.work_dir)
+        self.instance = new_id()
+        self.link = DaemonLink(Backoff())
+        self.outbox = Outbox()
+        self._seq = 0
+        self._stop = False
+        self._results: OrderedDict[str, Result] = OrderedDict()
+        self._chips: tuple[ChipStatus, ...] = ()
+        self._host: HostStatus | None = None
+        self._next_probe = 0.0
+        self._ctx = zmq.Context.instance()
+        self.sock = self._connect()
+
+    def _connect(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self.config.node_id.encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        # Queue only on a live connection: a heartbeat that cannot go now is stale later.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDHWM, 1_000)
+        sock.setsockopt(zmq.RECONNECT_IVL, 200)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2_000)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 2_000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6_000)
+        sock.setsockopt(zmq.MAXMSGSIZE, 4 * 1024 * 1024)
+        try:
+            sock.connect(self.config.daemon)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise AgentError(f"cannot connect to daemon endpoint {self.config.daemon}: {exc}") from exc
+        return sock
+
+    # --- main loop -----------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        structlog.contextvars.bind_contextvars(node=self.config.node_id)
+        log.info(
+            "agent.started",
+            version=__version__,
+            instance=self.instance,
+            daemon=self.config.daemon,
+            accelerator=self.config.accelerator.value,
+            chips=self.config.chips,
+            chip_probe=self.chip_probe.name,
+            work_dir=str(self.config.work_dir),
+            pid=os.getpid(),
+        )
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                if now >= self._next_probe:
+                    self._probe(now)
+                self._talk(now)
+                wake = min(self._next_probe, self.link.next_wakeup(), self.outbox.next_due() or float("inf"))
+                timeout_ms = max(0, min(250, int((wake - time.monotonic()) * 1000) + 1))
+                if poller.poll(timeout_ms):
+                    self._drain()
+        finally:
+            log.info("agent.stopping", unsent_events=len(self.outbox))
+            self.sock.close(linger=0)
+
+    def _talk(self, now: float) -> None:
+        silent = self.link.check_silence(now)
+        if silent is not None:
+            log.warning(
+                "agent.daemon_unreachable",
+                silent_for_s=round(silent, 1),
+                daemon=self.config.daemon,
+                action="training continues; registering again with backoff",
+            )
+            self.outbox.unsend_all()
+        if self.link.register_due(now):
+            msg = Register(
+                id=new_id(),
+                ts=time.time(),
+                node=self.config.node_id,
+                accelerator=self.config.accelerator,
+                chips=self._chips,
+                host=self._host or HostStatus(health=Health.UNKNOWN, reason="not probed yet"),
+                agent_version=__version__,
+                agent_instance=self.instance,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+            )
+            self.link.register_sent(msg.id, now, self._send(msg))
+        if self.link.heartbeat_due(now):
+            self._seq += 1
+            self._send(
+                Heartbeat(
+                    id=new_id(),
+                    ts=time.time(),
+                    node=self.config.node_id,
+                    seq=self._seq,
+                    agent_instance=self.instance,
+                    chips=self._chips,
+                    host=self._host or HostStatus(health=Health.UNKNOWN),
+                )
+            )
+            self.link.heartbeat_sent(now)
+        if self.link.registered:
+            for event in self.outbox.due(now):
+                if not self._send(event):
+                    break
+                self.outbox.mark_sent(event.id, now)
+
+    def _send(self, msg: Message) -> bool:
+        try:
+            self.sock.send(encode(msg), zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False  # no live connection (IMMEDIATE) or queue full: caller retries
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                frame = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = decode(frame)
+            except ProtocolError as exc:
+                log.warning("protocol.bad_frame", peer=self.config.daemon, reason=exc.reason, detail=exc.detail)
+                continue
+            now = time.monotonic()
+            if isinstance(msg, Ack):
+                self._on_ack(msg, now)
+            elif isinstance(msg, Command):
+                self.link.last_heard = now
+                self._on_command(msg)
+
+    def _on_ack(self, ack: Ack, now: float) -> None:
+        outage = None if self.link.lost_at is None else now - self.link.lost_at
+        attempts = self.link.register_attempts
+        result = self.link.on_ack(ack, now)
+        if result == "registered":
+            log.info(
+                "agent.registered",
+                daemon_instance=self.link.daemon_instance,
+                heartbeat_interval_s=self.link.heartbeat_interval,
+                attempts=attempts,
+                outage_s=round(outage, 2) if outage is not None else None,
+                unsent_events=len(self.outbox),
+            )
+            self.link.lost_at = None
+        elif result == "unregistered":
+            log.warning(
+                "agent.reregistering",
+                reason="the daemon does not know this agent (it restarted or declared the node lost)",
+            )
+            self.outbox.unsend_all()
+        elif ack.ok:
+            self.outbox.acked(ack.ref)
+
+    # --- commands ------------------------------------------------------------------
+
+    def _on_command(self, cmd: Command) -> None:
+        result = self._results.get(cmd.id)
+        if result is None:  # a repeated id gets the first answer, not a second action
+            try:
+                detail = self._execute(cmd)
+                result = Result(id=new_id(), ts=time.time(), node=self.config.node_id, ref=cmd.id, ok=True, detail=detail)
+            except (ValueError, OSError) as exc:
+                result = Result(id=new_id(), ts=time.time(), node=self.config.node_id, ref=cmd.id, ok=False, error=str(exc))
+            log.info("agent.command", command=cmd.kind.value, command_id=cmd.id, args=cmd.args, ok=result.ok, error=result.error)
+            self._results[cmd.id] = result
+            while len(self._results) > 256:
+                self._results.popitem(last=False)
+        self._send(result)
+
+    def _execute(self, cmd: Command) -> dict[str, Any]:
+        if cmd.kind is CommandKind.INJECT:
+            if not isinstance(self.chip_probe, SimProbe):
+                raise ValueError(f"node {self.config.node_id} is not simulated ({self.config.accelerator.value})")
+            hardware: SimHardware = self.chip_probe.hardware
+            fault = Fault(cmd.args["fault"])
+            chip = int(cmd.args.get("chip", 0))
+            state = hardware.apply(fault, chip, int(cmd.args.get("count", 1)))
+            return {"node": self.config.node_id, "fault": fault.value, "chip": chip, "chip_state": state,
+                    "probe_interval_s": self.config.probe_interval}
+        raise ValueError(f"this agent does not handle {cmd.kind.value!r} commands yet")
+
+    # --- probes --------------------------------------------------------------------
+
+    def _probe(self, now: float) -> None:
+        self._next_probe = now + self.config.probe_interval
+        observed_at = time.time()
+        try:
+            chips = self.chip_probe.read()
+        except Exception as exc:  # a probe bug must not kill the agent, nor look healthy
+            log.exception("probe.failed", probe=self.chip_probe.name)
+            chips = tuple(ChipStatus(index=c.index, health=Health.UNKNOWN, reason=f"probe failed: {exc!r}") for c in self._chips)
+        try:
+            host = self.host_probe.read()
+        except Exception as exc:
+            log.exception("probe.failed", probe="host")
+            host = HostStatus(health=Health.UNKNOWN, reason=f"probe failed: {exc!r}")
+        first = not self._chips and self._host is None
+        if not first:
+            for change in chip_changes(self._chips, chips):
+                self._chip_changed(change.before, change.after, observed_at)
+            if self._host is not None and host.health is not self._host.health:
+                log.warning("host.health_changed", previous=self._host.health.value, health=host.health.value, evidence=host.reason)
+        self._chips, self._host = chips, host
+
+    def _chip_changed(self, before: ChipStatus | None, after: ChipStatus | None, observed_at: float) -> None:
+        if after is None:
+            return
+        previous = before.health if before else None
+        signal_ = _SIGNAL_FOR_HEALTH.get(after.health)
+        evidence = f"chip {after.index} health {after.health.value}" + (f": {after.reason}" if after.reason else "")
+        fields = {
+            "previous": previous.value if previous else None,
+            "health": after.health.value,
+            "error_codes": list(after.error_codes),
+            "ecc_uncorrectable": after.ecc_uncorrectable,
+            "probe": self.chip_probe.name,
+        }
+        worse = previous is None or after.health.rank > previous.rank
+        (log.warning if worse else log.info)("chip.health_changed", chip=after.index, evidence=evidence, **fields)
+        self.outbox.add(
+            Event(
+                id=new_id(),
+                ts=time.time(),
+                node=self.config.node_id,
+                name="chip.health_changed",
+                observed_at=observed_at,
+                signal=signal_,
+                chip=after.index,
+                evidence=evidence,
+                fields={**fields, "status": after},
+            )
+        )
+
+
+_SIGNAL_FOR_HEALTH = {
+    Health.WARNING: Signal.CHIP_DEGRADED,
+    Health.ALARM: Signal.CHIP_ERROR,
+    Health.CRITICAL: Signal.CHIP_ERROR,
+}

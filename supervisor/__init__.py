@@ -1,0 +1,3 @@
+"""trainguard's central daemon, CLI and everything cluster-wide."""
+
+__version__ = "0.1.0"

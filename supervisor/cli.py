@@ -1,0 +1,266 @@
+"""`trainguard ...`: every command line entry point. Thin: parse, call, print.
+
+Each option also reads a TRAINGUARD_* environment variable (shown in --help). Commands
+that run on nodes (`trainguard agent`) live in the `agents` package and join this group
+through the `trainguard.commands` entry point, so the daemon side never imports them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from supervisor import __version__
+from supervisor.durations import parse_duration
+from supervisor.protocol import DEFAULT_AGENT_ENDPOINT, DEFAULT_CTL_ENDPOINT
+from supervisor.vocab import Fault
+
+
+class Duration(click.ParamType):
+    """A duration option: 15s, 500ms, 5m, 1h, or plain seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
+
+ctl_option = click.option(
+    "--ctl",
+    envvar="TRAINGUARD_CTL",
+    show_envvar=True,
+    default=DEFAULT_CTL_ENDPOINT,
+    show_default=True,
+    help="The daemon's control endpoint (tcp://HOST:PORT or ipc://PATH).",
+)
+timeout_option = click.option(
+    "--timeout",
+    type=DURATION,
+    default="5s",
+    show_default=True,
+    help="How long to wait for the daemon's answer.",
+)
+
+
+class _Group(click.Group):
+    """Adds the commands other trainguard packages register (entry point group
+    `trainguard.commands`), on first use."""
+
+    _plugins_loaded = False
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for ep in importlib.metadata.entry_points(group="trainguard.commands"):
+            if ep.name not in self.commands:
+                self.add_command(_LazyCommand(ep), ep.name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugins()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        self._load_plugins()
+        command = super().get_command(ctx, name)
+        if isinstance(command, _LazyCommand):
+            command = command.resolve()
+            self.commands[name] = command
+        return command
+
+
+class _LazyCommand(click.Command):
+    """A placeholder for a plugin command, imported only when it is run or helped."""
+
+    def __init__(self, ep: importlib.metadata.EntryPoint) -> None:
+        super().__init__(ep.name, help=f"(from {ep.value})")
+        self.ep = ep
+
+    def resolve(self) -> click.Command:
+        try:
+            return self.ep.load()
+        except Exception as exc:
+            raise click.ClickException(
+                f"the {self.ep.name!r} command ({self.ep.value}) cannot be loaded: {exc!r}; "
+                "reinstall trainguard"
+            ) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="trainguard")
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "console"]),
+    default="json",
+    envvar="TRAINGUARD_LOG_FORMAT",
+    show_envvar=True,
+    show_default=True,
+    help="json: one JSON object per line (for journald and machines); console: for humans.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    envvar="TRAINGUARD_LOG_LEVEL",
+    show_envvar=True,
+    show_default=True,
+)
+def main(log_format: str, log_level: str) -> None:
+    """trainguard: keeps PyTorch training alive on Ascend and Nvidia clusters.
+
+    A daemon per cluster (`trainguard daemon`), an agent per node (`trainguard agent`),
+    and commands to look at and poke the cluster (`status`, `inject`). `trainguard demo`
+    runs a small cluster on this machine.
+    """
+    from supervisor import logging as tg_logging
+
+    tg_logging.configure(log_format, log_level)
+
+
+@main.command()
+@click.option(
+    "--bind",
+    envvar="TRAINGUARD_BIND",
+    show_envvar=True,
+    default=DEFAULT_AGENT_ENDPOINT,
+    show_default=True,
+    help="Endpoint agents connect to. Use tcp://0.0.0.0:7755 to accept other hosts.",
+)
+@ctl_option
+@click.option(
+    "--state-dir",
+    envvar="TRAINGUARD_STATE_DIR",
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    default="/var/lib/trainguard",
+    show_default=True,
+    help="Where the SQLite state (nodes, jobs, events) lives. One daemon per directory.",
+)
+@click.option(
+    "--policy-dir",
+    envvar="TRAINGUARD_POLICY_DIR",
+    show_envvar=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Directory of policy YAML files (recorded; the policy engine is not in this version).",
+)
+@click.option(
+    "--heartbeat-timeout",
+    envvar="TRAINGUARD_HEARTBEAT_TIMEOUT",
+    show_envvar=True,
+    type=DURATION,
+    default="15s",
+    show_default=True,
+    help="A node that sends no heartbeat for this long is marked lost.",
+)
+@click.option(
+    "--heartbeat-interval",
+    envvar="TRAINGUARD_HEARTBEAT_INTERVAL",
+    show_envvar=True,
+    type=DURATION,
+    default="2s",
+    show_default=True,
+    help="How often agents heartbeat; told to each agent when it registers.",
+)
+def daemon(
+    bind: str,
+    ctl: str,
+    state_dir: Path,
+    policy_dir: Path | None,
+    heartbeat_timeout: float,
+    heartbeat_interval: float,
+) -> None:
+    """Run the cluster's supervisor daemon (in the foreground; systemd runs it as a service)."""
+    from supervisor.daemon import Daemon, DaemonConfig, DaemonError
+
+    if heartbeat_interval <= 0 or heartbeat_interval >= heartbeat_timeout:
+        raise click.BadParameter(
+            f"must be above 0 and below --heartbeat-timeout ({heartbeat_timeout:g}s), got {heartbeat_interval:g}s",
+            param_hint="--heartbeat-interval",
+        )
+    config = DaemonConfig(
+        bind=bind,
+        ctl=ctl,
+        state_dir=state_dir,
+        policy_dir=policy_dir,
+        heartbeat_timeout=heartbeat_timeout,
+        heartbeat_interval=heartbeat_interval,
+    )
+    try:
+        Daemon(config).run()
+    except DaemonError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@ctl_option
+@timeout_option
+@click.option("--json", "as_json", is_flag=True, help="Print the stable JSON form (see README.md).")
+def status(ctl: str, timeout: float, as_json: bool) -> None:
+    """Show the cluster: nodes, their state and health, chips, heartbeat age; jobs."""
+    from supervisor.client import ClientError, request
+
+    try:
+        result = request(ctl, "status", timeout=timeout)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        from supervisor.render import print_status
+
+        print_status(result)
+
+
+@main.command()
+@ctl_option
+@timeout_option
+@click.argument("node")
+@click.argument("fault", type=click.Choice([f.value for f in Fault]))
+@click.option("--chip", type=click.IntRange(min=0), default=0, show_default=True, help="Which chip of the node.")
+@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True, help="ECC errors to add (fault ecc).")
+def inject(ctl: str, timeout: float, node: str, fault: str, chip: int, count: int) -> None:
+    """Inject FAULT into a simulated NODE's chip, through the daemon.
+
+    \b
+    ok / warning / alarm / critical   set the chip's reported health
+    ecc                               add uncorrectable ECC errors (health at least alarm)
+    chip_error / chip_degraded        critical / warning with a vendor-style error code
+    """
+    from supervisor.client import ClientError, request
+
+    try:
+        result = request(ctl, "inject", {"node": node, "fault": fault, "chip": chip, "count": count}, timeout=timeout)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"injected {fault} into {node} chip {chip}; its probe reports it within "
+        f"{result.get('probe_interval_s', '?')}s (watch `trainguard status`)"
+    )
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "work_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the demo keeps state and logs (default: a new temporary directory).",
+)
+def demo(work_dir: Path | None) -> None:
+    """Run a small cluster on this machine and put it through faults, narrating."""
+    from supervisor.demo import run_demo
+
+    sys.exit(run_demo(work_dir))

@@ -1,0 +1,83 @@
+"""The CLI's side of the control endpoint: one request, one reply.
+
+Read-only verbs are retried with tenacity until the deadline (a daemon that is just
+starting answers a moment later); verbs that change something are sent once, so a slow
+daemon never gets the same fault injected twice.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import tenacity
+import zmq
+
+from supervisor.protocol import CtlReply, CtlRequest, ProtocolError, decode, encode, new_id
+
+READ_ONLY_VERBS = frozenset({"ping", "status"})
+
+
+class ClientError(Exception):
+    """The daemon could not be asked, or said no. `code` is the daemon's error code, or
+    `unreachable` when no answer came."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _NoReply(Exception):
+    pass
+
+
+def request(endpoint: str, verb: str, args: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
+    """Ask the daemon at `endpoint`; return its result or raise ClientError."""
+    req = CtlRequest(id=new_id(), ts=time.time(), verb=verb, args=args or {})
+    if verb in READ_ONLY_VERBS:
+        attempt_timeout = min(1.0, timeout)
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_delay(max(0.0, timeout - attempt_timeout)),
+            wait=tenacity.wait_exponential(multiplier=0.1, max=1.0),
+            retry=tenacity.retry_if_exception_type(_NoReply),
+            reraise=True,
+        )
+    else:
+        attempt_timeout = timeout
+        retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(1), reraise=True)
+    try:
+        reply = retrying(_attempt, endpoint, req, attempt_timeout)
+    except _NoReply:
+        raise ClientError(
+            f"no answer from the trainguard daemon at {endpoint} within {timeout:g}s "
+            "(is `trainguard daemon` running there? the endpoint comes from --ctl or TRAINGUARD_CTL)",
+            "unreachable",
+        ) from None
+    if not reply.ok:
+        raise ClientError(reply.error or "the daemon refused without a reason", reply.code or "error")
+    return reply.result
+
+
+def _attempt(endpoint: str, req: CtlRequest, timeout: float) -> CtlReply:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise ClientError(f"bad control endpoint {endpoint!r}: {exc}", "bad_endpoint") from None
+        sock.send(encode(req))
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not sock.poll(int(left * 1000) + 1):
+                break
+            try:
+                reply = decode(sock.recv())
+            except ProtocolError as exc:
+                raise ClientError(f"the daemon at {endpoint} answered garbage: {exc}", "bad_reply") from None
+            if isinstance(reply, CtlReply) and reply.ref == req.id:
+                return reply
+        raise _NoReply()
+    finally:
+        sock.close(linger=0)

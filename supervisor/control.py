@@ -1,0 +1,184 @@
+"""Control verbs: what `trainguard status`, `inject`, ... ask the daemon.
+
+One class per verb, registered by name. Each declares its parameters as a typed struct
+(validated before it runs), and its docstring is the verb's documentation. `dispatch` is
+the one place a request becomes an answer; a verb signals failure by raising `CtlError`
+with a human sentence and a stable code, which the daemon returns as an error reply.
+A verb either answers at once or returns `SendCommand`, and the daemon replies when the
+agent's Result arrives (or the command times out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+from supervisor import __version__
+from supervisor.clock import Instant
+from supervisor.protocol import CommandKind, CtlRequest
+from supervisor.vocab import Fault, Health, NodeState
+
+if TYPE_CHECKING:
+    from supervisor.cluster import Cluster
+
+STATUS_SCHEMA = 1
+
+
+class CtlError(Exception):
+    def __init__(self, message: str, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class SendCommand:
+    node: str
+    kind: CommandKind
+    args: dict[str, Any]
+
+
+class Verb:
+    name: ClassVar[str]
+    Params: ClassVar[type[msgspec.Struct]]
+
+    def execute(self, cluster: "Cluster", params: Any, now: Instant) -> Any:
+        raise NotImplementedError
+
+
+VERBS: dict[str, Verb] = {}
+
+
+def _register(cls: type[Verb]) -> type[Verb]:
+    VERBS[cls.name] = cls()
+    return cls
+
+
+def dispatch(cluster: "Cluster", req: CtlRequest, now: Instant) -> Any:
+    verb = VERBS.get(req.verb)
+    if verb is None:
+        known = ", ".join(sorted(VERBS))
+        raise CtlError(f"unknown verb {req.verb!r}; this daemon knows: {known}", "unknown_verb")
+    try:
+        params = msgspec.convert(req.args, verb.Params)
+    except msgspec.ValidationError as exc:
+        raise CtlError(f"{req.verb}: {exc}", "bad_request") from None
+    return verb.execute(cluster, params, now)
+
+
+class _NoParams(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+@_register
+class Ping(Verb):
+    """Is the daemon serving? Answers with its version, instance and uptime."""
+
+    name = "ping"
+    Params = _NoParams
+
+    def execute(self, cluster: "Cluster", params: _NoParams, now: Instant) -> Any:
+        return {
+            "version": __version__,
+            "instance": cluster.instance,
+            "uptime_s": round(now.mono - cluster.started.mono, 3),
+        }
+
+
+@_register
+class Status(Verb):
+    """The cluster as the daemon sees it: nodes with liveness, chips and host health,
+    last heartbeat age; jobs. The shape is documented in README.md ("status --json")."""
+
+    name = "status"
+    Params = _NoParams
+
+    def execute(self, cluster: "Cluster", params: _NoParams, now: Instant) -> Any:
+        nodes = []
+        chip_health: dict[str, int] = {h.value: 0 for h in Health}
+        for record in cluster.nodes.records():
+            for chip in record.chips:
+                chip_health[chip.health.value] += 1
+            nodes.append(
+                {
+                    "node": record.node,
+                    "state": record.state.value,
+                    "state_since": record.state_since,
+                    "health": record.health.value,
+                    "accelerator": record.accelerator.value,
+                    "hostname": record.hostname,
+                    "agent_version": record.agent_version,
+                    "agent_pid": record.pid,
+                    "registered_at": record.registered_at,
+                    "last_heartbeat": record.last_seen,
+                    "last_heartbeat_age_s": round(cluster.nodes.seen_age(record.node, now), 3),
+                    "chips": [msgspec.to_builtins(c) for c in record.chips],
+                    "host": msgspec.to_builtins(record.host) if record.host else None,
+                    "running": [msgspec.to_builtins(r) for r in record.running],
+                }
+            )
+        states = {s.value: 0 for s in NodeState}
+        for n in nodes:
+            states[n["state"]] += 1
+        return {
+            "schema": STATUS_SCHEMA,
+            "daemon": {
+                "version": __version__,
+                "instance": cluster.instance,
+                "started_at": cluster.started.wall,
+                "uptime_s": round(now.mono - cluster.started.mono, 3),
+                "heartbeat_timeout_s": cluster.config.heartbeat_timeout,
+                "heartbeat_interval_s": cluster.config.heartbeat_interval,
+                "policy_dir": cluster.policy_dir,
+            },
+            "summary": {"nodes": len(nodes), "states": states, "chips": chip_health},
+            "nodes": nodes,
+            "jobs": [],
+        }
+
+
+class _InjectParams(msgspec.Struct, forbid_unknown_fields=True):
+    node: str
+    fault: Fault
+    chip: int = 0
+    count: int = 1
+
+
+@_register
+class Inject(Verb):
+    """Inject a fault into a simulated node (sim-ascend / sim-nvidia). The agent acts it
+    out where the real fault would show itself; for chip faults, its sim probe reports the
+    new health within one probe interval."""
+
+    name = "inject"
+    Params = _InjectParams
+
+    def execute(self, cluster: "Cluster", params: _InjectParams, now: Instant) -> Any:
+        record = cluster.nodes.get(params.node)
+        if record is None:
+            known = ", ".join(r.node for r in cluster.nodes.records()) or "none"
+            raise CtlError(f"unknown node {params.node!r}; known nodes: {known}", "unknown_node")
+        if record.state is not NodeState.UP:
+            raise CtlError(
+                f"node {params.node!r} is {record.state.value}, not up: nothing to inject into",
+                "node_not_up",
+            )
+        if not record.accelerator.simulated:
+            raise CtlError(
+                f"node {params.node!r} runs on {record.accelerator.value}; faults can only be "
+                "injected into sim-ascend / sim-nvidia nodes",
+                "not_simulated",
+            )
+        if not 0 <= params.chip < len(record.chips):
+            raise CtlError(
+                f"node {params.node!r} has chips 0..{len(record.chips) - 1}, not {params.chip}",
+                "bad_request",
+            )
+        if params.count < 1:
+            raise CtlError(f"count must be at least 1, got {params.count}", "bad_request")
+        return SendCommand(
+            params.node,
+            CommandKind.INJECT,
+            {"fault": params.fault.value, "chip": params.chip, "count": params.count},
+        )

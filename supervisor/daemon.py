@@ -1,0 +1,301 @@
+"""The supervisor daemon: sockets, timers and the store around the pure `Cluster`.
+
+One thread, one zmq Poller over two ROUTER sockets (agents, control clients). Each turn:
+wait for a frame or the next deadline → decode → hand to `Cluster` → send what it returns,
+log and queue for the store what changed. No thread per node; a heartbeat costs a decode,
+a dict lookup and an ack, so the loop scales with message rate, not cluster size.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import zmq
+
+from supervisor import __version__
+from supervisor.badframes import BadFrameCounter
+from supervisor.clock import Instant, system_now
+from supervisor.cluster import Cluster, ClusterConfig, Outcome, ToClient, ToNode
+from supervisor.control import CtlError
+from supervisor.nodes import NodeChange
+from supervisor.protocol import CtlRequest, ProtocolError, decode, encode, new_id
+from supervisor.store import Store, StoreError
+
+log = structlog.get_logger()
+
+#: Frames larger than this make libzmq drop the connection before we ever see them.
+_ZMQ_MAX_MSG = 4 * 1024 * 1024
+#: How many frames one socket may hand in before the other gets a turn.
+_BATCH = 512
+_FLUSH_EVERY = 1.0
+_MAX_UNSAVED_EVENTS = 100_000
+
+
+class DaemonError(Exception):
+    """A reason the daemon cannot start, written for the operator."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    bind: str
+    ctl: str
+    state_dir: Path
+    policy_dir: Path | None = None
+    heartbeat_timeout: float = 15.0
+    heartbeat_interval: float = 2.0
+    command_timeout: float = 10.0
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self._stop = False
+        self._ctx = zmq.Context.instance()
+        self._pending_nodes: set[str] = set()
+        self._pending_events: list[tuple[float, str, dict[str, Any]]] = []
+        self._store_failing = False
+        self.bad_frames = BadFrameCounter()
+        self._lock_file = self._take_lock(config.state_dir)
+        try:
+            self.store = Store(config.state_dir / "state.db")
+        except StoreError as exc:
+            raise DaemonError(str(exc)) from exc
+        now = system_now()
+        self.cluster = Cluster(
+            ClusterConfig(config.heartbeat_timeout, config.heartbeat_interval, config.command_timeout),
+            instance=new_id(),
+            started=now,
+        )
+        self.cluster.policy_dir = str(config.policy_dir) if config.policy_dir else None
+        self._record(self.cluster.nodes.restore(self.store.load_nodes(), now), now)
+        self.agents = self._bind(zmq.ROUTER, config.bind, "agent")
+        self.agents.setsockopt(zmq.ROUTER_MANDATORY, 1)  # send to an absent node raises
+        self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted agent takes its name back
+        self.ctl = self._bind(zmq.ROUTER, config.ctl, "control")
+
+    # --- setup ---------------------------------------------------------------------
+
+    @staticmethod
+    def _take_lock(state_dir: Path) -> Any:
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(state_dir / "daemon.lock", "a+")
+        except OSError as exc:
+            raise DaemonError(f"cannot use state dir {state_dir}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise DaemonError(
+                f"another trainguard daemon (pid {holder}) is using state dir {state_dir}"
+            ) from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        return lock
+
+    def _bind(self, kind: int, endpoint: str, what: str) -> zmq.Socket:
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, _ZMQ_MAX_MSG)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.setsockopt(zmq.RCVHWM, 10_000)
+        # zmq-level heartbeats find dead TCP peers (a powered-off node sends no RST).
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 2_000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6_000)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise DaemonError(f"cannot bind the {what} endpoint {endpoint}: {exc}") from exc
+        if endpoint.startswith("ipc://"):
+            # Until CURVE and group permissions arrive, keep the socket to its owner.
+            os.chmod(endpoint[len("ipc://") :], 0o600)
+        return sock
+
+    # --- main loop -----------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        poller = zmq.Poller()
+        poller.register(self.agents, zmq.POLLIN)
+        poller.register(self.ctl, zmq.POLLIN)
+        log.info(
+            "daemon.started",
+            version=__version__,
+            instance=self.cluster.instance,
+            bind=self.config.bind,
+            ctl=self.config.ctl,
+            state_dir=str(self.config.state_dir),
+            nodes_known=len(self.cluster.nodes),
+            heartbeat_timeout_s=self.config.heartbeat_timeout,
+            heartbeat_interval_s=self.config.heartbeat_interval,
+            pid=os.getpid(),
+        )
+        if self.config.policy_dir is not None:
+            log.warning(
+                "policy.not_applied",
+                policy_dir=str(self.config.policy_dir),
+                reason="this trainguard version has no policy engine yet; the directory is recorded only",
+            )
+        next_flush = time.monotonic() + _FLUSH_EVERY
+        try:
+            while not self._stop:
+                now = system_now()
+                wake = min(x for x in (self.cluster.next_deadline(), next_flush) if x is not None)
+                # Capped so that a stop request is noticed promptly.
+                timeout_ms = max(0, min(250, int((wake - now.mono) * 1000) + 1))
+                ready = dict(poller.poll(timeout_ms))
+                if self.agents in ready:
+                    self._drain(self.agents, self._on_agent_frames)
+                if self.ctl in ready:
+                    self._drain(self.ctl, self._on_ctl_frames)
+                now = system_now()
+                self._apply(self.cluster.tick(now), now)
+                if now.mono >= next_flush:
+                    self._flush()
+                    next_flush = now.mono + _FLUSH_EVERY
+        finally:
+            log.info("daemon.stopping", instance=self.cluster.instance)
+            self._flush()
+            self.close()
+
+    def close(self) -> None:
+        self.agents.close(linger=0)
+        self.ctl.close(linger=0)
+        self.store.close()
+        self._lock_file.close()
+
+    def _drain(self, sock: zmq.Socket, handler: Any) -> None:
+        for _ in range(_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                handler(frames)
+            except Exception:  # one bad message must not stop the loop
+                log.exception("daemon.handler_failed")
+
+    # --- agent frames --------------------------------------------------------------
+
+    def _on_agent_frames(self, frames: list[zmq.Frame]) -> None:
+        now = system_now()
+        identity = frames[0].bytes
+        peer = _peer_name(frames[-1], identity)
+        if len(frames) != 2:
+            return self._bad_frame(peer, "malformed", f"{len(frames) - 1} frames, expected 1", now)
+        try:
+            msg = decode(frames[1].buffer)
+        except ProtocolError as exc:
+            return self._bad_frame(peer, exc.reason, exc.detail, now)
+        node = getattr(msg, "node", None)
+        if node is None or node.encode() != identity:
+            return self._bad_frame(
+                peer,
+                "identity_mismatch",
+                f"{type(msg).__name__} for node {node!r} on a connection named {identity[:64]!r}",
+                now,
+            )
+        try:
+            outcome = self.cluster.on_agent_message(msg, now)
+        except CtlError as exc:
+            return self._bad_frame(peer, "unexpected", str(exc), now)
+        self._apply(outcome, now)
+
+    def _on_ctl_frames(self, frames: list[zmq.Frame]) -> None:
+        now = system_now()
+        identity = frames[0].bytes
+        peer = _peer_name(frames[-1], identity)
+        if len(frames) != 2:
+            return self._bad_frame(peer, "malformed", f"{len(frames) - 1} frames on control socket", now)
+        try:
+            msg = decode(frames[1].buffer)
+        except ProtocolError as exc:
+            return self._bad_frame(peer, exc.reason, exc.detail, now)
+        if not isinstance(msg, CtlRequest):
+            return self._bad_frame(peer, "unexpected", f"{type(msg).__name__} on control socket", now)
+        self._apply(self.cluster.on_ctl_request(identity, msg, now), now)
+
+    def _bad_frame(self, peer: str, reason: str, detail: str, now: Instant) -> None:
+        report = self.bad_frames.record(peer, reason, detail, now.mono)
+        if report is not None:
+            log.warning(
+                "protocol.bad_frame",
+                peer=report.peer,
+                reason=report.reason,
+                detail=report.detail,
+                suppressed_since_last=report.suppressed,
+                total_from_peer=report.total_from_peer,
+                total=self.bad_frames.total,
+            )
+
+    # --- acting on outcomes --------------------------------------------------------
+
+    def _apply(self, outcome: Outcome, now: Instant) -> None:
+        self._record(outcome.changes, now)
+        for send in outcome.sends:
+            if isinstance(send, ToNode):
+                try:
+                    self.agents.send_multipart([send.node.encode(), encode(send.message)], zmq.NOBLOCK)
+                except zmq.ZMQError as exc:
+                    # EHOSTUNREACH: not connected (ROUTER_MANDATORY); EAGAIN: its queue is full.
+                    self._apply(self.cluster.on_send_failed(send, exc.strerror, now), now)
+            else:
+                try:
+                    self.ctl.send_multipart([send.client, encode(send.message)], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass  # the CLI went away; nothing to tell it
+
+    def _record(self, changes: list[NodeChange], now: Instant) -> None:
+        for change in changes:
+            fields = {"node": change.node, **change.fields} if change.node != "*" else dict(change.fields)
+            level = "warning" if change.event in _WARN_EVENTS else "info"
+            getattr(log, level)(change.event, **fields)
+            if len(self._pending_events) < _MAX_UNSAVED_EVENTS:
+                self._pending_events.append((now.wall, change.event, fields))
+
+    def _flush(self) -> None:
+        table = self.cluster.nodes
+        dirty = [r for n in table.dirty if (r := table.get(n)) is not None]
+        try:
+            self.store.save(dirty, self._pending_events)
+        except StoreError as exc:
+            if not self._store_failing:
+                log.error(
+                    "store.write_failed",
+                    error=str(exc),
+                    unsaved_events=len(self._pending_events),
+                    action="serving from memory; retrying every second",
+                )
+            self._store_failing = True
+            return
+        if self._store_failing:
+            log.info("store.write_recovered", saved_events=len(self._pending_events))
+            self._store_failing = False
+        table.dirty.clear()
+        self._pending_events = []
+
+
+_WARN_EVENTS = {"node.lost", "chip.health_changed"}
+
+
+def _peer_name(frame: zmq.Frame, identity: bytes) -> str:
+    """The peer's address when the transport knows it (tcp), else its zmq identity."""
+    try:
+        address = frame.get("Peer-Address")
+    except (zmq.ZMQError, AttributeError, KeyError):
+        address = None
+    return address or f"identity:{identity[:32].hex()}"

@@ -1,0 +1,102 @@
+"""`trainguard demo`: a daemon and two simulated nodes on this machine, put through faults.
+
+What it shows today: nodes register; an injected chip fault is seen by the node's probe
+and reaches the daemon; a node whose agent is SIGKILLed is declared lost within the
+heartbeat timeout and recovers when the agent is back; the daemon itself is SIGKILLed and
+restarted, reloads its state, and the agents re-register by themselves. Each step waits
+on a condition with a deadline and prints how long it took.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from supervisor.localcluster import LocalCluster, WaitTimeout, wait_for
+from supervisor.render import print_status
+
+ASCEND, NVIDIA = "ascend-0", "nvidia-0"
+
+
+def run_demo(work_dir: Path | None) -> int:
+    console = Console()
+    temporary = work_dir is None
+    root = Path(tempfile.mkdtemp(prefix="trainguard-demo-")) if temporary else work_dir
+    cluster = LocalCluster(root, heartbeat_timeout=3.0, heartbeat_interval=0.5, probe_interval=0.5)
+    step = _Stepper(console)
+    try:
+        step("start a daemon and two simulated nodes (4 Ascend chips, 4 Nvidia chips)")
+        cluster.start_daemon()
+        cluster.start_agent(ASCEND, "sim-ascend", 4)
+        cluster.start_agent(NVIDIA, "sim-nvidia", 4)
+        print_status(cluster.wait_nodes("up", [ASCEND, NVIDIA], timeout=20), console)
+        step.done()
+
+        step(f"inject a chip error into {ASCEND} chip 2 (the sim probe must see it)")
+        from supervisor.client import request
+
+        request(cluster.ctl, "inject", {"node": ASCEND, "fault": "chip_error", "chip": 2})
+        wait_for(
+            lambda: cluster.node(ASCEND)["chips"][2]["health"] == "critical",  # type: ignore[index]
+            timeout=10,
+            what="the daemon to see chip 2 critical",
+        )
+        print_status(cluster.status(), console)
+        step.done()
+
+        step(f"SIGKILL the agent of {NVIDIA}; the daemon must declare it lost (timeout 3s)")
+        cluster.kill(NVIDIA)
+        cluster.wait_nodes("lost", [NVIDIA], timeout=cluster.heartbeat_timeout + 5)
+        print_status(cluster.status(), console)
+        step.done()
+
+        step(f"restart the agent of {NVIDIA}; it must recover")
+        cluster.start_agent(NVIDIA, "sim-nvidia", 4)
+        cluster.wait_nodes("up", [NVIDIA], timeout=20)
+        step.done()
+
+        step("SIGKILL the daemon and start it again; agents must re-register by themselves")
+        agent_pids = {n: cluster.procs[n].pid for n in (ASCEND, NVIDIA)}
+        cluster.kill("daemon")
+        cluster.start_daemon()
+        status = cluster.wait_nodes("up", [ASCEND, NVIDIA], timeout=20)
+        same = all(cluster.procs[n].pid == pid and cluster.procs[n].alive() for n, pid in agent_pids.items())
+        print_status(status, console)
+        console.print(f"agents kept running through the daemon restart: {same}")
+        step.done()
+
+        console.rule("what the daemon logged (JSON, one event per line)")
+        for event in cluster.events("daemon"):
+            if event.get("event", "").startswith(("node.", "chip.")):
+                keys = ("event", "node", "chip", "health", "previous", "silent_for_s", "down_for_s", "evidence")
+                console.print({k: event[k] for k in keys if k in event}, highlight=False)
+        console.print(f"\nlogs: {root / 'logs'}")
+        return 0
+    except (WaitTimeout, Exception) as exc:
+        console.print(f"[bold red]demo failed:[/] {exc}")
+        console.print(f"logs: {root / 'logs'}")
+        temporary = False  # keep the evidence
+        return 1
+    finally:
+        cluster.stop_all()
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+class _Stepper:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.n = 0
+        self.started = 0.0
+
+    def __call__(self, title: str) -> None:
+        self.n += 1
+        self.console.rule(f"[bold]{self.n}. {title}")
+        self.started = time.monotonic()
+
+    def done(self) -> None:
+        self.console.print(f"[green]✓[/] took {time.monotonic() - self.started:.1f}s\n")

@@ -1,0 +1,191 @@
+"""A trainguard cluster on one machine: a daemon and agents as real child processes.
+
+Used by `trainguard demo` and by the end-to-end tests, so both exercise exactly what an
+operator runs. Every process writes its JSON log to `<dir>/logs/<name>.log` (appending
+across restarts); `wait_for` polls a condition against a deadline instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from supervisor.client import ClientError, request
+
+T = TypeVar("T")
+
+# AF_UNIX paths are limited to 107 bytes on Linux.
+_IPC_PATH_LIMIT = 100
+
+
+class WaitTimeout(AssertionError):
+    pass
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` saying `what`."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except (ClientError, OSError, KeyError, ValueError) as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            suffix = f" (last error: {last_error})" if last_error else ""
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}{suffix}")
+        time.sleep(interval)
+
+
+def free_tcp_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+@dataclass
+class LocalCluster:
+    root: Path
+    heartbeat_timeout: float = 3.0
+    heartbeat_interval: float = 0.5
+    probe_interval: float = 0.5
+    transport: str = "ipc"
+    log_format: str = "json"
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "logs").mkdir(exist_ok=True)
+        if self.transport == "ipc" and len(str(self.root / "agents.sock")) + 6 > _IPC_PATH_LIMIT:
+            self.transport = "tcp"
+        if self.transport == "ipc":
+            self.bind = f"ipc://{self.root / 'agents.sock'}"
+            self.ctl = f"ipc://{self.root / 'ctl.sock'}"
+        else:
+            self.bind, self.ctl = free_tcp_endpoint(), free_tcp_endpoint()
+
+    # --- processes -----------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> Proc:
+        log_path = self.root / "logs" / f"{name}.log"
+        argv = [sys.executable, "-m", "supervisor", "--log-format", self.log_format, *args]
+        proc = Proc(name, argv, log_path)
+        with open(log_path, "ab") as log:
+            proc.popen = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        self.procs[name] = proc
+        return proc
+
+    def start_daemon(self, *extra: str) -> Proc:
+        return self._spawn(
+            "daemon",
+            [
+                "daemon",
+                "--bind", self.bind,
+                "--ctl", self.ctl,
+                "--state-dir", str(self.root / "state"),
+                "--heartbeat-timeout", f"{self.heartbeat_timeout}s",
+                "--heartbeat-interval", f"{self.heartbeat_interval}s",
+                *extra,
+            ],
+        )
+
+    def start_agent(self, node: str, accelerator: str = "sim-ascend", chips: int = 4) -> Proc:
+        return self._spawn(
+            node,
+            [
+                "agent",
+                "--daemon", self.bind,
+                "--node-id", node,
+                "--accelerator", accelerator,
+                "--chips", str(chips),
+                "--work-dir", str(self.root / "nodes" / node),
+                "--probe-interval", f"{self.probe_interval}s",
+            ],
+        )
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        if proc.alive():
+            os.kill(proc.pid, sig)
+            proc.popen.wait(timeout=10)  # type: ignore[union-attr]
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        """SIGTERM everything, SIGKILL what has not exited after `grace` seconds."""
+        for proc in self.procs.values():
+            if proc.alive():
+                proc.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            if proc.popen is None:
+                continue
+            try:
+                proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+
+    # --- looking at it -------------------------------------------------------------
+
+    def status(self, timeout: float = 2.0) -> dict[str, Any]:
+        return request(self.ctl, "status", timeout=timeout)
+
+    def node(self, name: str, timeout: float = 2.0) -> dict[str, Any] | None:
+        for n in self.status(timeout)["nodes"]:
+            if n["node"] == name:
+                return n
+        return None
+
+    def wait_nodes(self, state: str, names: list[str], timeout: float) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            status = self.status()
+            states = {n["node"]: n["state"] for n in status["nodes"]}
+            return status if all(states.get(name) == state for name in names) else None
+
+        return wait_for(check, timeout, f"nodes {', '.join(names)} to be {state}")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log lines `name` has written so far (non-JSON lines skipped)."""
+        out = []
+        path = self.root / "logs" / f"{name}.log"
+        if not path.exists():
+            return out
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def find_events(self, name: str, event: str, **match: Any) -> list[dict[str, Any]]:
+        return [
+            e for e in self.events(name)
+            if e.get("event") == event and all(e.get(k) == v for k, v in match.items())
+        ]

@@ -1,0 +1,248 @@
+"""Node bookkeeping: who is in the cluster, what they run on, and whether they are alive.
+
+Pure: every method takes the current `Instant` and returns the `NodeChange`s it caused
+(the daemon logs and persists them). A heartbeat costs O(1): liveness is an insertion-
+ordered dict of last-seen times, oldest first, so finding lost nodes touches only the nodes
+that actually expired, whatever the size of the cluster.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from supervisor.clock import Instant
+from supervisor.protocol import ChipStatus, Heartbeat, HostStatus, Register, RunningRank
+from supervisor.vocab import Accelerator, Health, NodeState
+
+
+class NodeRecord(msgspec.Struct, kw_only=True):
+    """What the daemon knows of one node; persisted as-is (wall-clock times only)."""
+
+    node: str
+    accelerator: Accelerator
+    state: NodeState
+    chips: tuple[ChipStatus, ...] = ()
+    host: HostStatus | None = None
+    agent_version: str = ""
+    agent_instance: str = ""
+    hostname: str = ""
+    pid: int = 0
+    registered_at: float = 0.0
+    last_seen: float = 0.0
+    state_since: float = 0.0
+    running: tuple[RunningRank, ...] = ()
+
+    @property
+    def health(self) -> Health:
+        """The worst chip health; a node without chips (cpu) is ok by its chips."""
+        return Health.worst([c.health for c in self.chips])
+
+
+@dataclass(frozen=True)
+class NodeChange:
+    """Something about a node the operator should hear of; `event` is the log name."""
+
+    event: str
+    node: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class Unregistered(Exception):
+    """A heartbeat from a node this daemon instance has not registered (it restarted,
+    or the agent did): the agent must register again."""
+
+
+class NodeTable:
+    def __init__(self, heartbeat_timeout: float) -> None:
+        self.heartbeat_timeout = heartbeat_timeout
+        self._nodes: dict[str, NodeRecord] = {}
+        # node -> monotonic last-seen, oldest first. Only pending/up nodes are here.
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        # Nodes that registered with this daemon instance (not merely restored).
+        self._session: dict[str, str] = {}
+        #: Nodes whose record changed since the store last saved them.
+        self.dirty: set[str] = set()
+
+    # --- queries -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def get(self, node: str) -> NodeRecord | None:
+        return self._nodes.get(node)
+
+    def records(self) -> list[NodeRecord]:
+        return sorted(self._nodes.values(), key=lambda r: r.node)
+
+    def seen_age(self, node: str, now: Instant) -> float:
+        """Seconds since the node was last heard from (wall clock for restored nodes)."""
+        record = self._nodes[node]
+        return max(0.0, now.wall - record.last_seen)
+
+    def next_deadline(self) -> float | None:
+        """Monotonic time at which the oldest live node expires, if any."""
+        for mono in self._seen.values():
+            return mono + self.heartbeat_timeout
+        return None
+
+    # --- transitions ---------------------------------------------------------------
+
+    def restore(self, records: list[NodeRecord], now: Instant) -> list[NodeChange]:
+        """Load records saved by an earlier daemon. Nodes that were alive become
+        `pending`: they get a full heartbeat_timeout from now to re-register."""
+        changes = []
+        for record in records:
+            if record.state is not NodeState.LOST:
+                record.state = NodeState.PENDING
+                record.state_since = now.wall
+                self._seen[record.node] = now.mono
+            self._nodes[record.node] = record
+        if records:
+            changes.append(
+                NodeChange(
+                    "node.restored",
+                    "*",
+                    {
+                        "nodes": len(records),
+                        "pending": sum(r.state is NodeState.PENDING for r in records),
+                        "lost": sum(r.state is NodeState.LOST for r in records),
+                    },
+                )
+            )
+        return changes
+
+    def register(self, msg: Register, now: Instant) -> list[NodeChange]:
+        old = self._nodes.get(msg.node)
+        record = NodeRecord(
+            node=msg.node,
+            accelerator=msg.accelerator,
+            state=NodeState.UP,
+            chips=msg.chips,
+            host=msg.host,
+            agent_version=msg.agent_version,
+            agent_instance=msg.agent_instance,
+            hostname=msg.hostname,
+            pid=msg.pid,
+            registered_at=now.wall,
+            last_seen=now.wall,
+            state_since=now.wall if old is None or old.state is not NodeState.UP else old.state_since,
+            running=msg.running,
+        )
+        self._nodes[msg.node] = record
+        self._session[msg.node] = msg.agent_instance
+        self._touch(msg.node, now)
+        self.dirty.add(msg.node)
+
+        fields: dict[str, Any] = {
+            "accelerator": msg.accelerator.value,
+            "chips": len(msg.chips),
+            "health": record.health.value,
+            "hostname": msg.hostname,
+            "agent_version": msg.agent_version,
+            "agent_pid": msg.pid,
+            "running_ranks": len(msg.running),
+        }
+        if old is None:
+            fields["first_time"] = True
+        else:
+            fields["previous_state"] = old.state.value
+            fields["agent_restarted"] = old.agent_instance != msg.agent_instance
+            if old.accelerator is not msg.accelerator:
+                fields["previous_accelerator"] = old.accelerator.value
+        changes = [NodeChange("node.registered", msg.node, fields)]
+        if old is not None and old.state is NodeState.LOST:
+            changes.append(self._recovered(old, now))
+        return changes
+
+    def heartbeat(self, msg: Heartbeat, now: Instant) -> list[NodeChange]:
+        """Record a heartbeat. Raises Unregistered when the agent must register first."""
+        record = self._nodes.get(msg.node)
+        if record is None or self._session.get(msg.node) != msg.agent_instance:
+            raise Unregistered(msg.node)
+        # A lost node left the session in expire(), so a registered node here is up.
+        if record.chips != msg.chips or record.host != msg.host or record.running != msg.running:
+            self.dirty.add(msg.node)
+        record.chips = msg.chips
+        record.host = msg.host
+        record.running = msg.running
+        record.last_seen = now.wall
+        self._touch(msg.node, now)
+        return []
+
+    def is_registered(self, node: str, agent_instance: str | None = None) -> bool:
+        instance = self._session.get(node)
+        return instance is not None and (agent_instance is None or instance == agent_instance)
+
+    def update_chip(self, node: str, chip: ChipStatus) -> None:
+        """Apply a chip reading that arrived in an event, ahead of the next heartbeat."""
+        record = self._nodes[node]
+        chips = list(record.chips)
+        for i, existing in enumerate(chips):
+            if existing.index == chip.index:
+                chips[i] = chip
+                break
+        else:
+            chips.append(chip)
+            chips.sort(key=lambda c: c.index)
+        record.chips = tuple(chips)
+        self.dirty.add(node)
+
+    def expire(self, now: Instant) -> list[NodeChange]:
+        """Mark every node not heard from for heartbeat_timeout as lost."""
+        changes = []
+        while self._seen:
+            node, mono = next(iter(self._seen.items()))
+            silent_for = now.mono - mono
+            if silent_for < self.heartbeat_timeout:
+                break
+            del self._seen[node]
+            self._session.pop(node, None)
+            record = self._nodes[node]
+            previous = record.state
+            record.state = NodeState.LOST
+            record.state_since = now.wall
+            self.dirty.add(node)
+            changes.append(
+                NodeChange(
+                    "node.lost",
+                    node,
+                    {
+                        "previous_state": previous.value,
+                        "silent_for_s": round(silent_for, 3),
+                        "heartbeat_timeout_s": self.heartbeat_timeout,
+                        "last_seen": record.last_seen,
+                        "accelerator": record.accelerator.value,
+                        "hostname": record.hostname,
+                        "reason": (
+                            "did not re-register after the daemon restarted"
+                            if previous is NodeState.PENDING
+                            else "no heartbeat within heartbeat_timeout"
+                        ),
+                    },
+                )
+            )
+        return changes
+
+    def forget(self, node: str) -> bool:
+        """Remove a node entirely (an operator decommissioned it)."""
+        self._seen.pop(node, None)
+        self._session.pop(node, None)
+        self.dirty.discard(node)
+        return self._nodes.pop(node, None) is not None
+
+    # --- internals -----------------------------------------------------------------
+
+    def _touch(self, node: str, now: Instant) -> None:
+        self._seen[node] = now.mono
+        self._seen.move_to_end(node)
+
+    def _recovered(self, old: NodeRecord, now: Instant) -> NodeChange:
+        return NodeChange(
+            "node.recovered",
+            old.node,
+            {"down_for_s": round(max(0.0, now.wall - old.state_since), 3)},
+        )

@@ -1,0 +1,121 @@
+"""The daemon's durable state in SQLite (WAL): nodes, jobs, and the event history.
+
+Writes are batched: the daemon calls `save` about once a second with the nodes that
+changed and the events logged since, in one transaction. A write that fails (disk full,
+read-only filesystem) raises `StoreError`; the daemon keeps the batch and tries again,
+so nothing is dropped while the disk is full, and keeps serving from memory meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable
+
+import msgspec
+
+from supervisor.nodes import NodeRecord
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node        TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,
+    accelerator TEXT NOT NULL,
+    last_seen   REAL NOT NULL,
+    record      TEXT NOT NULL          -- NodeRecord as JSON
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job         TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,
+    policy      TEXT,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    record      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts          REAL NOT NULL,
+    event       TEXT NOT NULL,
+    node        TEXT,
+    job         TEXT,
+    fields      TEXT NOT NULL          -- JSON object
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (ts);
+"""
+
+
+class StoreError(Exception):
+    pass
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a power loss may drop the last transactions, never corrupt.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=2000")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path} was written by a newer trainguard (schema {version}, this one "
+                    f"understands {SCHEMA_VERSION}); refusing to touch it"
+                )
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open state database {path}: {exc}") from exc
+
+    def load_nodes(self) -> list[NodeRecord]:
+        records = []
+        for (text,) in self._db.execute("SELECT record FROM nodes ORDER BY node"):
+            try:
+                records.append(msgspec.json.decode(text, type=NodeRecord))
+            except msgspec.MsgspecError:
+                continue  # a row from an incompatible version; the agent re-registers
+        return records
+
+    def save(self, nodes: Iterable[NodeRecord], events: Iterable[tuple[float, str, dict[str, Any]]]) -> None:
+        """One transaction: upsert `nodes`, append `events` (ts, name, fields)."""
+        node_rows = [
+            (r.node, r.state.value, r.accelerator.value, r.last_seen, msgspec.json.encode(r).decode())
+            for r in nodes
+        ]
+        event_rows = [
+            (ts, name, fields.get("node"), fields.get("job"), json.dumps(fields, default=str))
+            for ts, name, fields in events
+        ]
+        if not node_rows and not event_rows:
+            return
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT INTO nodes (node, state, accelerator, last_seen, record) VALUES (?,?,?,?,?) "
+                    "ON CONFLICT(node) DO UPDATE SET state=excluded.state, "
+                    "accelerator=excluded.accelerator, last_seen=excluded.last_seen, record=excluded.record",
+                    node_rows,
+                )
+                self._db.executemany(
+                    "INSERT INTO events (ts, event, node, job, fields) VALUES (?,?,?,?,?)", event_rows
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+
+    def delete_node(self, node: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM nodes WHERE node=?", (node,))
+
+    def events(self, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT ts, event, fields FROM events ORDER BY seq DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [{"ts": ts, "event": name, **json.loads(fields)} for ts, name, fields in reversed(rows)]
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,107 @@
+"""The shared vocabulary: accelerators, health levels, node states, signals, faults.
+
+Everything else in trainguard speaks these words, on the wire, in the store and in the
+logs. This module imports nothing of ours, so both the daemon (`supervisor`) and the node
+agents (`agents`) can depend on it without depending on each other.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Accelerator(str, enum.Enum):
+    """What a node trains on. The `sim-*` kinds train on the CPU while reporting the
+    simulated accelerator; their chips are faulted with `trainguard inject`."""
+
+    ASCEND = "ascend"
+    NVIDIA = "nvidia"
+    CPU = "cpu"
+    SIM_ASCEND = "sim-ascend"
+    SIM_NVIDIA = "sim-nvidia"
+
+    @property
+    def simulated(self) -> bool:
+        return self in (Accelerator.SIM_ASCEND, Accelerator.SIM_NVIDIA)
+
+    @property
+    def family(self) -> str:
+        """The vendor family a pool is made of: a sim-ascend node counts as ascend."""
+        return {"sim-ascend": "ascend", "sim-nvidia": "nvidia"}.get(self.value, self.value)
+
+
+class Health(str, enum.Enum):
+    """Health of one chip or of a host, worst last. `unknown` means the probe could not
+    read it (tool missing, timed out, unparseable): it is never reported as `ok`."""
+
+    OK = "ok"
+    WARNING = "warning"
+    ALARM = "alarm"
+    CRITICAL = "critical"
+    UNKNOWN = "unknown"
+
+    @property
+    def rank(self) -> int:
+        # unknown sorts between warning and alarm: a blind probe is a concern, not a
+        # proven chip failure.
+        return _HEALTH_RANK[self]
+
+    @classmethod
+    def worst(cls, levels: "list[Health] | tuple[Health, ...]") -> "Health":
+        return max(levels, key=lambda h: h.rank, default=cls.OK)
+
+
+_HEALTH_RANK = {
+    Health.OK: 0,
+    Health.WARNING: 1,
+    Health.UNKNOWN: 2,
+    Health.ALARM: 3,
+    Health.CRITICAL: 4,
+}
+
+
+class NodeState(str, enum.Enum):
+    """Liveness of a node as the daemon sees it.
+
+    pending → up: the node registered (or re-registered after a daemon restart).
+    up → lost: no heartbeat for `heartbeat_timeout`.
+    lost → up: the node registered or heartbeated again (`node.recovered`).
+    pending → lost: a node known from the store did not come back within
+    `heartbeat_timeout` of the daemon starting.
+    """
+
+    PENDING = "pending"
+    UP = "up"
+    LOST = "lost"
+
+
+class Signal(str, enum.Enum):
+    """The fault taxonomy (DESIGN.md, "Signals")."""
+
+    CRASH = "crash"
+    HANG = "hang"
+    INTERCONNECT_TIMEOUT = "interconnect_timeout"
+    CHIP_ERROR = "chip_error"
+    CHIP_DEGRADED = "chip_degraded"
+    OOM = "oom"
+    NETWORK = "network"
+    NODE_LOST = "node_lost"
+    STRAGGLER = "straggler"
+    USER_ERROR = "user_error"
+
+
+class Fault(str, enum.Enum):
+    """What `trainguard inject` can do to a simulated node.
+
+    The health levels set one chip's reported health directly; `ecc` adds uncorrectable
+    ECC errors to a chip; `chip_error` / `chip_degraded` are the taxonomy's names for a
+    chip that reports critical / warning with a vendor error code.
+    """
+
+    OK = "ok"
+    WARNING = "warning"
+    ALARM = "alarm"
+    CRITICAL = "critical"
+    ECC = "ecc"
+    CHIP_ERROR = "chip_error"
+    CHIP_DEGRADED = "chip_degraded"
