@@ -31,7 +31,9 @@ class Backoff:
         self.attempt = 0
 
     def next_delay(self) -> float:
-        step = min(self.maximum, self.initial * self.factor**self.attempt)
+        # Capping the exponent too keeps a days-long outage from overflowing the float.
+        exponent = min(self.attempt, 64)
+        step = min(self.maximum, self.initial * self.factor**exponent)
         self.attempt += 1
         return step * (0.5 + 0.5 * self._rand())
 

@@ -51,5 +51,5 @@ class BadFrameCounter:
 
     def _evict(self, now: float) -> None:
         stale = [p for p, s in self._peers.items() if now - s[0] >= self.window]
-        for peer in stale or list(self._peers)[: len(self._peers) // 2]:
+        for peer in stale or list(self._peers)[: max(1, len(self._peers) // 2)]:
             del self._peers[peer]

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from supervisor import control
+from supervisor.badframes import BadFrameCounter
 from supervisor.clock import Instant
 from supervisor.nodes import NodeChange, NodeTable, Unregistered
 from supervisor.protocol import (
@@ -28,6 +29,7 @@ from supervisor.protocol import (
     Event,
     Heartbeat,
     Message,
+    ProtocolError,
     Register,
     Result,
     new_id,
@@ -100,6 +102,8 @@ class Cluster:
         self.nodes = NodeTable(config.heartbeat_timeout)
         self._waiting: dict[str, _Waiting] = {}
         self._event_ids: dict[str, _SeenIds] = {}
+        #: Frames that were not valid messages, counted by the daemon's transport.
+        self.bad_frames = BadFrameCounter()
         self.policy_dir: str | None = None
 
     # --- agents --------------------------------------------------------------------
@@ -113,7 +117,7 @@ class Cluster:
             return self._on_event(msg, now)
         if isinstance(msg, Result):
             return self._on_result(msg, now)
-        raise control.CtlError(f"unexpected {type(msg).__name__} on the agent socket", "bad_request")
+        raise ProtocolError("unexpected", f"{type(msg).__name__} on the agent socket")
 
     def _ack(self, node: str, ref: str, now: Instant, **kw: Any) -> ToNode:
         return ToNode(node, Ack(id=new_id(), ts=now.wall, ref=ref, **kw))
@@ -162,9 +166,10 @@ class Cluster:
         return Outcome([ack], [NodeChange(msg.name, msg.node, fields)])
 
     def _on_result(self, msg: Result, now: Instant) -> Outcome:
-        waiting = self._waiting.pop(msg.ref, None)
-        if waiting is None:
-            return Outcome()  # late or duplicate result; the CLI already got its answer
+        waiting = self._waiting.get(msg.ref)
+        if waiting is None or waiting.node != msg.node:
+            return Outcome()  # late, duplicate or misaddressed; the CLI already got its answer
+        del self._waiting[msg.ref]
         if msg.ok:
             reply = CtlReply(id=new_id(), ts=now.wall, ref=waiting.request_id, ok=True, result=msg.detail)
         else:

@@ -131,6 +131,10 @@ class Status(Verb):
                 "heartbeat_timeout_s": cluster.config.heartbeat_timeout,
                 "heartbeat_interval_s": cluster.config.heartbeat_interval,
                 "policy_dir": cluster.policy_dir,
+                "bad_frames": {
+                    "total": cluster.bad_frames.total,
+                    "by_reason": dict(cluster.bad_frames.by_reason),
+                },
             },
             "summary": {"nodes": len(nodes), "states": states, "chips": chip_health},
             "nodes": nodes,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -20,10 +21,8 @@ import structlog
 import zmq
 
 from supervisor import __version__
-from supervisor.badframes import BadFrameCounter
 from supervisor.clock import Instant, system_now
 from supervisor.cluster import Cluster, ClusterConfig, Outcome, ToClient, ToNode
-from supervisor.control import CtlError
 from supervisor.nodes import NodeChange
 from supervisor.protocol import CtlRequest, ProtocolError, decode, encode, new_id
 from supervisor.store import Store, StoreError
@@ -61,7 +60,6 @@ class Daemon:
         self._pending_nodes: set[str] = set()
         self._pending_events: list[tuple[float, str, dict[str, Any]]] = []
         self._store_failing = False
-        self.bad_frames = BadFrameCounter()
         self._lock_file = self._take_lock(config.state_dir)
         try:
             self.store = Store(config.state_dir / "state.db")
@@ -211,8 +209,8 @@ class Daemon:
             )
         try:
             outcome = self.cluster.on_agent_message(msg, now)
-        except CtlError as exc:
-            return self._bad_frame(peer, "unexpected", str(exc), now)
+        except ProtocolError as exc:
+            return self._bad_frame(peer, exc.reason, exc.detail, now)
         self._apply(outcome, now)
 
     def _on_ctl_frames(self, frames: list[zmq.Frame]) -> None:
@@ -230,7 +228,7 @@ class Daemon:
         self._apply(self.cluster.on_ctl_request(identity, msg, now), now)
 
     def _bad_frame(self, peer: str, reason: str, detail: str, now: Instant) -> None:
-        report = self.bad_frames.record(peer, reason, detail, now.mono)
+        report = self.cluster.bad_frames.record(peer, reason, detail, now.mono)
         if report is not None:
             log.warning(
                 "protocol.bad_frame",
@@ -239,13 +237,18 @@ class Daemon:
                 detail=report.detail,
                 suppressed_since_last=report.suppressed,
                 total_from_peer=report.total_from_peer,
-                total=self.bad_frames.total,
+                total=self.cluster.bad_frames.total,
             )
 
     # --- acting on outcomes --------------------------------------------------------
 
     def _apply(self, outcome: Outcome, now: Instant) -> None:
         self._record(outcome.changes, now)
+        if outcome.changes:
+            # A state change is saved before anyone is told of it, so a daemon killed
+            # right after cannot have announced something it then forgets. Heartbeat-
+            # only updates (last seen, readings) wait for the periodic flush.
+            self._flush()
         for send in outcome.sends:
             if isinstance(send, ToNode):
                 try:
@@ -270,8 +273,9 @@ class Daemon:
     def _flush(self) -> None:
         table = self.cluster.nodes
         dirty = [r for n in table.dirty if (r := table.get(n)) is not None]
+        seen = [(n, r.last_seen) for n in table.heard - table.dirty if (r := table.get(n)) is not None]
         try:
-            self.store.save(dirty, self._pending_events)
+            self.store.save(dirty, self._pending_events, seen)
         except StoreError as exc:
             if not self._store_failing:
                 log.error(
@@ -286,6 +290,7 @@ class Daemon:
             log.info("store.write_recovered", saved_events=len(self._pending_events))
             self._store_failing = False
         table.dirty.clear()
+        table.heard.clear()
         self._pending_events = []
 
 
@@ -293,9 +298,20 @@ _WARN_EVENTS = {"node.lost", "chip.health_changed"}
 
 
 def _peer_name(frame: zmq.Frame, identity: bytes) -> str:
-    """The peer's address when the transport knows it (tcp), else its zmq identity."""
+    """Who sent a frame, for logs and for rate-limiting them: the peer's address when the
+    transport knows it (tcp over ZMTP 3), else its zmq identity when that is a plausible
+    node name. Anything else shares one bucket: libzmq reads a raw byte stream that is
+    not ZMTP 3 as a legacy ZMTP 1.0 peer whose first frame becomes a random identity, so
+    keying on those would give every garbage connection its own log line."""
     try:
         address = frame.get("Peer-Address")
     except (zmq.ZMQError, AttributeError, KeyError):
         address = None
-    return address or f"identity:{identity[:32].hex()}"
+    if address:
+        return address
+    if _PRINTABLE_ID.match(identity):
+        return f"identity:{identity.decode()}"
+    return "unidentified"
+
+
+_PRINTABLE_ID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")

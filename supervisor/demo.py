@@ -74,7 +74,10 @@ def run_demo(work_dir: Path | None) -> int:
             if event.get("event", "").startswith(("node.", "chip.")):
                 keys = ("event", "node", "chip", "health", "previous", "silent_for_s", "down_for_s", "evidence")
                 console.print({k: event[k] for k in keys if k in event}, highlight=False)
-        console.print(f"\nlogs: {root / 'logs'}")
+        if temporary:
+            console.print("\n(logs removed with the temporary directory; keep them with --dir DIR)")
+        else:
+            console.print(f"\nlogs: {root / 'logs'}")
         return 0
     except (WaitTimeout, Exception) as exc:
         console.print(f"[bold red]demo failed:[/] {exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -25,7 +26,9 @@ def parse_duration(text: str | int | float) -> float:
                     f"expected a duration such as 500ms, 30s, 5m, 1h or 1h30m, got {text!r}"
                 ) from None
             seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if seconds < 0 or seconds != seconds:
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be finite, got {text!r}")
+    if seconds < 0:
         raise ValueError(f"a duration must be zero or positive, got {text!r}")
     return seconds
 

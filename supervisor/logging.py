@@ -27,6 +27,16 @@ def _dumps(event_dict: dict[str, Any], **_: Any) -> str:
         return _json.encode({k: v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else repr(v) for k, v in event_dict.items()}).decode()
 
 
+_LEADING = ("timestamp", "level", "event", "node", "chip", "job", "rank")
+
+
+def _leading_keys_first(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Put when / how bad / what / where first, so a raw line reads left to right."""
+    ordered = {k: event_dict.pop(k) for k in _LEADING if k in event_dict}
+    ordered.update(event_dict)
+    return ordered
+
+
 def configure(fmt: str = "json", level: str = "info") -> None:
     if fmt not in ("json", "console"):
         raise ValueError(f"log format must be json or console, not {fmt!r}")
@@ -41,6 +51,7 @@ def configure(fmt: str = "json", level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *([_leading_keys_first] if fmt == "json" else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -66,6 +66,8 @@ class NodeTable:
         self._session: dict[str, str] = {}
         #: Nodes whose record changed since the store last saved them.
         self.dirty: set[str] = set()
+        #: Nodes heard from since the store last saved their last_seen time.
+        self.heard: set[str] = set()
 
     # --- queries -------------------------------------------------------------------
 
@@ -170,6 +172,7 @@ class NodeTable:
         record.host = msg.host
         record.running = msg.running
         record.last_seen = now.wall
+        self.heard.add(msg.node)
         self._touch(msg.node, now)
         return []
 
@@ -196,9 +199,10 @@ class NodeTable:
         changes = []
         while self._seen:
             node, mono = next(iter(self._seen.items()))
-            silent_for = now.mono - mono
-            if silent_for < self.heartbeat_timeout:
+            # Same arithmetic as next_deadline(), so expiring at that instant works.
+            if now.mono < mono + self.heartbeat_timeout:
                 break
+            silent_for = now.mono - mono
             del self._seen[node]
             self._session.pop(node, None)
             record = self._nodes[node]

@@ -27,7 +27,8 @@ DEFAULT_CTL_ENDPOINT = "tcp://127.0.0.1:7756"
 #: Frames above this are dropped unread. A heartbeat of a 16-chip node is ~1.5 KiB.
 MAX_FRAME_BYTES = 256 * 1024
 
-NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# \Z, not $: msgspec matches with re.search, and $ would accept a trailing newline.
+NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z"
 NodeId = Annotated[str, msgspec.Meta(pattern=NODE_ID_PATTERN)]
 MsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Evidence = Annotated[str, msgspec.Meta(max_length=16 * 1024)]

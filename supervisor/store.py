@@ -73,15 +73,25 @@ class Store:
 
     def load_nodes(self) -> list[NodeRecord]:
         records = []
-        for (text,) in self._db.execute("SELECT record FROM nodes ORDER BY node"):
+        for text, last_seen in self._db.execute("SELECT record, last_seen FROM nodes ORDER BY node"):
             try:
-                records.append(msgspec.json.decode(text, type=NodeRecord))
+                record = msgspec.json.decode(text, type=NodeRecord)
             except msgspec.MsgspecError:
                 continue  # a row from an incompatible version; the agent re-registers
+            record.last_seen = max(record.last_seen, last_seen)
+            records.append(record)
         return records
 
-    def save(self, nodes: Iterable[NodeRecord], events: Iterable[tuple[float, str, dict[str, Any]]]) -> None:
-        """One transaction: upsert `nodes`, append `events` (ts, name, fields)."""
+    def save(
+        self,
+        nodes: Iterable[NodeRecord],
+        events: Iterable[tuple[float, str, dict[str, Any]]],
+        seen: Iterable[tuple[str, float]] = (),
+    ) -> None:
+        """One transaction: upsert `nodes`, append `events` (ts, name, fields), and bump
+        the last_seen time of the (node, time) pairs in `seen` (heartbeats: no rewrite of
+        the whole record)."""
+        seen_rows = [(ts, node) for node, ts in seen]
         node_rows = [
             (r.node, r.state.value, r.accelerator.value, r.last_seen, msgspec.json.encode(r).decode())
             for r in nodes
@@ -90,7 +100,7 @@ class Store:
             (ts, name, fields.get("node"), fields.get("job"), json.dumps(fields, default=str))
             for ts, name, fields in events
         ]
-        if not node_rows and not event_rows:
+        if not node_rows and not event_rows and not seen_rows:
             return
         try:
             with self._db:
@@ -101,6 +111,7 @@ class Store:
                     "accelerator=excluded.accelerator, last_seen=excluded.last_seen, record=excluded.record",
                     node_rows,
                 )
+                self._db.executemany("UPDATE nodes SET last_seen=? WHERE node=?", seen_rows)
                 self._db.executemany(
                     "INSERT INTO events (ts, event, node, job, fields) VALUES (?,?,?,?,?)", event_rows
                 )

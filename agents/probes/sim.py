@@ -119,7 +119,14 @@ class SimProbe:
                 ChipStatus(index=i, health=Health.UNKNOWN, reason=reason) for i in range(self.hardware.chips)
             )
         memory = _MEMORY_MB[state.accelerator]
-        return tuple(
+        read = {c.index for c in state.chips}
+        # A chip the "hardware" no longer lists is not healthy, it is unaccounted for.
+        missing = tuple(
+            ChipStatus(index=i, health=Health.UNKNOWN, reason=f"chip {i} missing from {self.hardware.path}")
+            for i in range(self.hardware.chips)
+            if i not in read
+        )
+        present = tuple(
             ChipStatus(
                 index=c.index,
                 health=c.health,
@@ -132,3 +139,4 @@ class SimProbe:
             )
             for c in state.chips
         )
+        return tuple(sorted(missing + present, key=lambda c: c.index))

@@ -1,0 +1,141 @@
+"""The CLI as a user meets it: help, clear errors, exit codes."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+
+import pytest
+
+from supervisor.localcluster import free_tcp_endpoint
+from tests.conftest import trainguard
+
+
+@pytest.mark.parametrize("command", ["", "daemon", "agent", "status", "inject", "demo"])
+@pytest.mark.timeout(30)
+def test_every_command_has_help_naming_its_environment_variables(command):
+    result = trainguard(*([command] if command else []), "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+    if command in ("daemon", "agent", "status"):
+        assert "TRAINGUARD_" in result.stdout
+
+
+@pytest.mark.timeout(30)
+def test_status_without_a_daemon_says_where_it_looked():
+    endpoint = free_tcp_endpoint()
+    result = trainguard("status", "--ctl", endpoint, "--timeout", "1s")
+    assert result.returncode == 1
+    assert f"no answer from the trainguard daemon at {endpoint}" in result.stderr
+    assert "TRAINGUARD_CTL" in result.stderr
+
+
+@pytest.mark.timeout(30)
+def test_status_reads_the_endpoint_from_the_environment():
+    endpoint = free_tcp_endpoint()
+    env = {**os.environ, "TRAINGUARD_CTL": endpoint}
+    result = trainguard("status", "--timeout", "500ms", env=env)
+    assert result.returncode == 1 and endpoint in result.stderr
+
+
+@pytest.mark.timeout(30)
+def test_bad_duration_is_a_usage_error():
+    result = trainguard("status", "--timeout", "soon")
+    assert result.returncode == 2
+    assert "expected a duration such as" in result.stderr
+
+
+@pytest.mark.timeout(30)
+def test_daemon_refuses_heartbeat_interval_not_below_timeout(tmp_path):
+    result = trainguard(
+        "daemon", "--state-dir", str(tmp_path), "--heartbeat-timeout", "2s", "--heartbeat-interval", "5s"
+    )
+    assert result.returncode == 2
+    assert "--heartbeat-interval" in result.stderr and "below --heartbeat-timeout" in result.stderr
+
+
+@pytest.mark.timeout(30)
+def test_second_daemon_on_the_same_state_dir_is_refused(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    with open(state / "daemon.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("4242")
+        lock.flush()
+        result = trainguard(
+            "daemon", "--state-dir", str(state), "--bind", free_tcp_endpoint(), "--ctl", free_tcp_endpoint()
+        )
+    assert result.returncode == 1
+    assert "another trainguard daemon (pid 4242)" in result.stderr
+
+
+@pytest.mark.timeout(30)
+def test_daemon_on_a_busy_port_names_the_endpoint(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        endpoint = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        result = trainguard("daemon", "--state-dir", str(tmp_path), "--bind", endpoint, "--ctl", free_tcp_endpoint())
+    assert result.returncode == 1
+    assert f"cannot bind the agent endpoint {endpoint}" in result.stderr
+
+
+@pytest.mark.timeout(30)
+def test_daemon_with_an_unusable_state_dir_says_so(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    result = trainguard("daemon", "--state-dir", str(not_a_dir / "state"))
+    assert result.returncode == 1
+    assert "cannot use state dir" in result.stderr
+
+
+@pytest.mark.timeout(30)
+def test_agent_with_an_unwritable_work_dir_says_so(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    result = trainguard(
+        "agent", "--accelerator", "sim-ascend", "--node-id", "n1", "--work-dir", str(not_a_dir / "w")
+    )
+    assert result.returncode == 1
+    assert "work dir" in result.stderr and "not writable" in result.stderr
+
+
+@pytest.mark.timeout(30)
+def test_agent_rejects_a_node_id_the_protocol_would_refuse():
+    result = trainguard("agent", "--accelerator", "cpu", "--node-id", "bad name!")
+    assert result.returncode == 2
+    assert "--node-id" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_inject_errors_are_specific(make_cluster):
+    cluster = make_cluster()
+    cluster.start_daemon()
+    cluster.start_agent("sim1", "sim-ascend", 2)
+    cluster.start_agent("cpu1", "cpu", 0)
+    cluster.wait_nodes("up", ["sim1", "cpu1"], timeout=30)
+    cases = [
+        (["nope", "critical"], "unknown node 'nope'; known nodes: cpu1, sim1"),
+        (["cpu1", "critical"], "faults can only be injected into sim-ascend / sim-nvidia nodes"),
+        (["sim1", "critical", "--chip", "7"], "has chips 0..1, not 7"),
+    ]
+    for args, message in cases:
+        result = trainguard("inject", "--ctl", cluster.ctl, *args)
+        assert result.returncode == 1, args
+        assert message in result.stderr, (args, result.stderr)
+    bad_fault = trainguard("inject", "--ctl", cluster.ctl, "sim1", "explode")
+    assert bad_fault.returncode == 2 and "'explode' is not one of" in bad_fault.stderr
+    status = json.loads(trainguard("status", "--ctl", cluster.ctl, "--json").stdout)
+    cpu = next(n for n in status["nodes"] if n["node"] == "cpu1")
+    assert cpu["chips"] == [] and cpu["health"] == "ok"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_demo_runs_to_the_end(tmp_path):
+    result = trainguard("demo", "--dir", str(tmp_path / "demo"), timeout=110)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "agents kept running through the daemon restart: True" in result.stdout
