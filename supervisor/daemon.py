@@ -189,16 +189,24 @@ class Daemon:
 
     # --- agent frames --------------------------------------------------------------
 
-    def _on_agent_frames(self, frames: list[zmq.Frame]) -> None:
-        now = system_now()
+    def _decode(self, frames: list[zmq.Frame], where: str, now: Instant) -> tuple[bytes, str, Any] | None:
+        """(identity, peer, message) of a ROUTER delivery, or None after counting it bad."""
         identity = frames[0].bytes
         peer = _peer_name(frames[-1], identity)
         if len(frames) != 2:
-            return self._bad_frame(peer, "malformed", f"{len(frames) - 1} frames, expected 1", now)
+            self._bad_frame(peer, "malformed", f"{len(frames) - 1} frames on the {where} socket, expected 1", now)
+            return None
         try:
-            msg = decode(frames[1].buffer)
+            return identity, peer, decode(frames[1].buffer)
         except ProtocolError as exc:
-            return self._bad_frame(peer, exc.reason, exc.detail, now)
+            self._bad_frame(peer, exc.reason, exc.detail, now)
+            return None
+
+    def _on_agent_frames(self, frames: list[zmq.Frame]) -> None:
+        now = system_now()
+        if (decoded := self._decode(frames, "agent", now)) is None:
+            return
+        identity, peer, msg = decoded
         node = getattr(msg, "node", None)
         if node is None or node.encode() != identity:
             return self._bad_frame(
@@ -215,16 +223,11 @@ class Daemon:
 
     def _on_ctl_frames(self, frames: list[zmq.Frame]) -> None:
         now = system_now()
-        identity = frames[0].bytes
-        peer = _peer_name(frames[-1], identity)
-        if len(frames) != 2:
-            return self._bad_frame(peer, "malformed", f"{len(frames) - 1} frames on control socket", now)
-        try:
-            msg = decode(frames[1].buffer)
-        except ProtocolError as exc:
-            return self._bad_frame(peer, exc.reason, exc.detail, now)
+        if (decoded := self._decode(frames, "control", now)) is None:
+            return
+        identity, peer, msg = decoded
         if not isinstance(msg, CtlRequest):
-            return self._bad_frame(peer, "unexpected", f"{type(msg).__name__} on control socket", now)
+            return self._bad_frame(peer, "unexpected", f"{type(msg).__name__} on the control socket", now)
         self._apply(self.cluster.on_ctl_request(identity, msg, now), now)
 
     def _bad_frame(self, peer: str, reason: str, detail: str, now: Instant) -> None:
