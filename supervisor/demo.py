@@ -72,8 +72,9 @@ def run_demo(work_dir: Path | None) -> int:
         console.rule("what the daemon logged (JSON, one event per line)")
         for event in cluster.events("daemon"):
             if event.get("event", "").startswith(("node.", "chip.")):
-                keys = ("event", "node", "chip", "health", "previous", "silent_for_s", "down_for_s", "evidence")
-                console.print({k: event[k] for k in keys if k in event}, highlight=False)
+                keys = ("node", "chip", "health", "previous", "silent_for_s", "down_for_s", "nodes", "evidence")
+                fields = " ".join(f"{k}={event[k]!r}" for k in keys if k in event)
+                console.print(f"{event['timestamp'][11:23]}  {event['event']:<20} {fields}", highlight=False)
         if temporary:
             console.print("\n(logs removed with the temporary directory; keep them with --dir DIR)")
         else:
