@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,116 @@ def demo(work_dir: Path | None) -> None:
     from supervisor.demo import run_demo
 
     sys.exit(run_demo(work_dir))
+
+
+@main.group()
+def policy() -> None:
+    """Check, replay and inspect failover policies (policies/README.md)."""
+
+
+@policy.command("check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def policy_check(paths: tuple[Path, ...]) -> None:
+    """Validate policy FILEs (or every *.yaml in a directory) as the daemon would.
+
+    Exits 0 when all are valid, 1 with every problem as `file:line: ...` otherwise:
+    usable as a CI step before a policy change reaches the daemon.
+    """
+    from supervisor.policy.loader import PolicyError, load_file
+    from supervisor.policy.reload import is_policy_file
+
+    files = []
+    for path in paths:
+        files.extend(sorted(p for p in path.iterdir() if is_policy_file(p)) if path.is_dir() else [path])
+    failed = False
+    names: dict[str, Path] = {}
+    for path in files:
+        try:
+            loaded = load_file(path)
+        except PolicyError as exc:
+            failed = True
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            continue
+        if loaded.name in names:
+            failed = True
+            click.echo(f"{path}:1: policy name {loaded.name!r} is also used by {names[loaded.name]}; the daemon would refuse one", err=True)
+            continue
+        names[loaded.name] = path
+        click.echo(f"ok  {path}  (policy {loaded.name}: {len(loaded.rules)} rules, sha256 {loaded.sha256[:12]})")
+    if not files:
+        raise click.ClickException("no policy files (*.yaml, *.yml) found")
+    sys.exit(1 if failed else 0)
+
+
+@policy.command("explain")
+@click.argument("policy_file", metavar="POLICY", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--events", "events_file", required=True, type=click.File("r"), help="JSON-lines event history ('-' for stdin): a daemon log or signal records.")
+@click.option("--healthy", multiple=True, metavar="POOL=N", help="Assume POOL has N healthy nodes (default: enough). Repeatable.")
+@click.option("--start-pool", default=None, help="The pool jobs start on (default: the policy's preferred_pool).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per decision, then a summary.")
+def policy_explain(policy_file: Path, events_file: Any, healthy: tuple[str, ...], start_pool: str | None, as_json: bool) -> None:
+    """Replay a recorded event history through POLICY and print each decision and why.
+
+    Nothing touches a cluster: use it to see what a policy change would have done to
+    last night's incident before deploying it.
+    """
+    from supervisor.policy.explain import explain
+    from supervisor.policy.history import read_history
+    from supervisor.policy.loader import PolicyError, load_file
+
+    try:
+        loaded = load_file(policy_file)
+    except PolicyError as exc:
+        raise click.ClickException(f"{policy_file} is not a valid policy:\n{exc}") from exc
+    pool_health = {}
+    for item in healthy:
+        pool, _, count = item.partition("=")
+        if pool not in loaded.pools or not count.isdigit():
+            raise click.BadParameter(f"{item!r}: expected POOL=N with POOL one of {', '.join(loaded.pools)}", param_hint="--healthy")
+        pool_health[pool] = int(count)
+    if start_pool is not None and start_pool not in loaded.pools:
+        raise click.BadParameter(f"{start_pool!r} is not a pool of {loaded.name}: {', '.join(loaded.pools)}", param_hint="--start-pool")
+    history = read_history(events_file, events_file.name, loaded)
+    if history.problems:
+        for problem in history.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException(f"{len(history.problems)} unreadable line(s) in {events_file.name}; nothing replayed")
+    report = explain(loaded, history.events, pool_health or None, start_pool)
+    if as_json:
+        for decision in report.decisions:
+            click.echo(json.dumps(decision.to_dict(), sort_keys=True))
+        click.echo(json.dumps({"summary": report.summary(), "skipped_lines": history.skipped}, sort_keys=True))
+    else:
+        from supervisor.render import print_explain
+
+        print_explain(loaded, report, events_file.name, history.skipped)
+
+
+@policy.command("show")
+@ctl_option
+@timeout_option
+@click.option("--dir", "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Load this directory here instead of asking the daemon.")
+@click.option("--json", "as_json", is_flag=True)
+def policy_show(ctl: str, timeout: float, directory: Path | None, as_json: bool) -> None:
+    """Show the policies the daemon has loaded (and files it refused), or those of --dir."""
+    if directory is not None:
+        from supervisor.policy.reload import PolicyDirectory
+
+        loaded_dir = PolicyDirectory(directory.resolve())
+        loaded_dir.load_all(time.time())
+        result = loaded_dir.describe()
+    else:
+        from supervisor.client import ClientError, request
+
+        try:
+            result = request(ctl, "policies", timeout=timeout)
+        except ClientError as exc:
+            raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        from supervisor.render import print_policies
+
+        print_policies(result)

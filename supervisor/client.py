@@ -15,7 +15,7 @@ import zmq
 
 from supervisor.protocol import CtlReply, CtlRequest, ProtocolError, decode, encode, new_id
 
-READ_ONLY_VERBS = frozenset({"ping", "status"})
+READ_ONLY_VERBS = frozenset({"ping", "status", "policies"})
 
 
 class ClientError(Exception):

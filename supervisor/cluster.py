@@ -19,6 +19,7 @@ from supervisor import control
 from supervisor.badframes import BadFrameCounter
 from supervisor.clock import Instant
 from supervisor.nodes import NodeChange, NodeTable, Unregistered
+from supervisor.policy.reload import PolicyDirectory
 from supervisor.protocol import (
     Ack,
     AnyMessage,
@@ -104,7 +105,8 @@ class Cluster:
         self._event_ids: dict[str, _SeenIds] = {}
         #: Frames that were not valid messages, counted by the daemon's transport.
         self.bad_frames = BadFrameCounter()
-        self.policy_dir: str | None = None
+        #: The policy directory, when the daemon was given one (read by control verbs).
+        self.policies: PolicyDirectory | None = None
 
     # --- agents --------------------------------------------------------------------
 
@@ -160,6 +162,7 @@ class Cluster:
             observed_at=msg.observed_at,
             # Wall clocks of two machines: good to NTP accuracy, which is what we have.
             detection_latency_s=round(max(0.0, now.wall - msg.observed_at), 3),
+            accelerator=self.nodes.get(msg.node).accelerator.value,  # type: ignore[union-attr]
             event_id=msg.id,
         )
         fields = {k: v for k, v in fields.items() if v is not None}

@@ -130,7 +130,9 @@ class Status(Verb):
                 "uptime_s": round(now.mono - cluster.started.mono, 3),
                 "heartbeat_timeout_s": cluster.config.heartbeat_timeout,
                 "heartbeat_interval_s": cluster.config.heartbeat_interval,
-                "policy_dir": cluster.policy_dir,
+                "policy_dir": str(cluster.policies.directory) if cluster.policies else None,
+                "policies": sorted(cluster.policies.by_name) if cluster.policies else [],
+                "policies_rejected": len(cluster.policies.rejected) if cluster.policies else 0,
                 "bad_frames": {
                     "total": cluster.bad_frames.total,
                     "by_reason": dict(cluster.bad_frames.by_reason),
@@ -140,6 +142,20 @@ class Status(Verb):
             "nodes": nodes,
             "jobs": [],
         }
+
+
+@_register
+class Policies(Verb):
+    """The policies the daemon has loaded from its policy directory (name, file, sha256,
+    rules), and the files it refused with their errors."""
+
+    name = "policies"
+    Params = _NoParams
+
+    def execute(self, cluster: "Cluster", params: _NoParams, now: Instant) -> Any:
+        if cluster.policies is None:
+            raise CtlError("this daemon was started without --policy-dir: no policies loaded", "no_policies")
+        return cluster.policies.describe()
 
 
 class _InjectParams(msgspec.Struct, forbid_unknown_fields=True):

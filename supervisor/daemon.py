@@ -24,6 +24,7 @@ from supervisor import __version__
 from supervisor.clock import Instant, system_now
 from supervisor.cluster import Cluster, ClusterConfig, Outcome, ToClient, ToNode
 from supervisor.nodes import NodeChange
+from supervisor.policy.reload import Change, DirectoryWatcher, PolicyDirectory
 from supervisor.protocol import CtlRequest, ProtocolError, decode, encode, new_id
 from supervisor.store import Store, StoreError
 
@@ -71,8 +72,13 @@ class Daemon:
             instance=new_id(),
             started=now,
         )
-        self.cluster.policy_dir = str(config.policy_dir) if config.policy_dir else None
         self._record(self.cluster.nodes.restore(self.store.load_nodes(), now), now)
+        self.watcher: DirectoryWatcher | None = None
+        if config.policy_dir is not None:
+            directory = config.policy_dir.resolve()
+            self.cluster.policies = PolicyDirectory(directory)
+            self._policy_changes(self.cluster.policies.load_all(now.wall), now)
+            self.watcher = DirectoryWatcher(directory)
         self.agents = self._bind(zmq.ROUTER, config.bind, "agent")
         self.agents.setsockopt(zmq.ROUTER_MANDATORY, 1)  # send to an absent node raises
         self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted agent takes its name back
@@ -142,12 +148,8 @@ class Daemon:
             heartbeat_interval_s=self.config.heartbeat_interval,
             pid=os.getpid(),
         )
-        if self.config.policy_dir is not None:
-            log.warning(
-                "policy.not_applied",
-                policy_dir=str(self.config.policy_dir),
-                reason="this trainguard version has no policy engine yet; the directory is recorded only",
-            )
+        if self.watcher is not None:
+            self.watcher.start()
         next_flush = time.monotonic() + _FLUSH_EVERY
         try:
             while not self._stop:
@@ -162,6 +164,9 @@ class Daemon:
                     self._drain(self.ctl, self._on_ctl_frames)
                 now = system_now()
                 self._apply(self.cluster.tick(now), now)
+                if self.watcher is not None and self.cluster.policies is not None:
+                    for path in self.watcher.due(now.mono):
+                        self._policy_changes(self.cluster.policies.reload(path, now.wall), now)
                 if now.mono >= next_flush:
                     self._flush()
                     next_flush = now.mono + _FLUSH_EVERY
@@ -171,6 +176,8 @@ class Daemon:
             self.close()
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         self.agents.close(linger=0)
         self.ctl.close(linger=0)
         self.store.close()
@@ -272,6 +279,12 @@ class Daemon:
             getattr(log, level)(change.event, **fields)
             if len(self._pending_events) < _MAX_UNSAVED_EVENTS:
                 self._pending_events.append((now.wall, change.event, fields))
+
+    def _policy_changes(self, changes: list[Change], now: Instant) -> None:
+        for change in changes:
+            level = "error" if change.event == "policy.rejected" else "info"
+            getattr(log, level)(change.event, **change.fields)
+            self._pending_events.append((now.wall, change.event, dict(change.fields)))
 
     def _flush(self) -> None:
         table = self.cluster.nodes

@@ -20,6 +20,8 @@ def parse_duration(text: str | int | float) -> float:
         try:
             seconds = float(value)
         except ValueError:
+            if value.startswith("-"):
+                raise ValueError(f"a duration must be zero or positive, got {text!r}") from None
             parts = _PART.findall(value)
             if not parts or "".join(n + u for n, u in parts) != value:
                 raise ValueError(
@@ -42,3 +44,12 @@ def format_duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def format_window(seconds: float) -> str:
+    """The form an operator would have written in a policy: 30s, 5m, 1h, 1.5h."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.4g}h"
+    if seconds >= 60:
+        return f"{seconds / 60:.4g}m"
+    return f"{seconds:.4g}s"

@@ -215,6 +215,7 @@ class NodeTable:
                     "node.lost",
                     node,
                     {
+                        "signal": "node_lost",
                         "previous_state": previous.value,
                         "silent_for_s": round(silent_for, 3),
                         "heartbeat_timeout_s": self.heartbeat_timeout,

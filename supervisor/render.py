@@ -83,3 +83,55 @@ def print_status(status: dict[str, Any], console: Console | None = None) -> None
         console.print(table)
     jobs = status["jobs"]
     console.print(f"jobs: {len(jobs) if jobs else 'none'}")
+
+
+_ACTION_STYLE = {"failover": "bold magenta", "fail": "bold red", "stop": "red", "restart": "yellow",
+                 "exclude": "yellow", "alert": "cyan", "checkpoint": "cyan", "none": "dim"}
+
+
+def print_explain(policy: Any, report: Any, events_name: str, skipped: int, console: Console | None = None) -> None:
+    """The decisions of a `policy explain` replay, one block per decision."""
+    console = console or Console()
+    console.print(
+        f"policy [bold]{policy.name}[/] ({policy.source}, sha256 {policy.sha256[:12]}) · "
+        f"{sum(1 for _ in report.decisions)} decisions for the signals in {events_name}"
+        + (f" · {skipped} lines without a signal skipped" if skipped else "")
+    )
+    first = report.first_at or 0.0
+    for d in report.decisions:
+        when = f"+{format_duration(d.at - first)}"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.at)) if d.at > 1e9 else ""
+        action = d.action.value + (" BLOCKED" if d.blocked else "")
+        style = "bold red" if d.blocked else _ACTION_STYLE.get(d.action.value, "")
+        target = f" → {d.to_pool}" if d.to_pool else ""
+        rule = f" [dim]rule {d.rule}" + (f" (line {_rule_line(policy, d.rule)})" if _rule_line(policy, d.rule) else "") + "[/]" if d.rule else ""
+        console.print(f"{when:>9} {stamp}  job {d.job}  [{style}]{action}{target}[/]{rule}", highlight=False)
+        console.print(f"          {d.reason}", highlight=False)
+        for e in d.evidence[-3:]:
+            where = " ".join(f"{k}={e[k]}" for k in ("pool", "node", "chip", "rank") if k in e)
+            text = f" — {e['evidence']}" if e.get("evidence") else ""
+            console.print(f"          [dim]· {e['signal']} {where}{text}[/]", highlight=False)
+    s = report.summary()
+    actions = ", ".join(f"{n} {a}" for a, n in s["actions"].items()) or "none"
+    finals = "; ".join(f"{j} ends on {v['pool']}" + (" (finished)" if v["finished"] else "") for j, v in s["jobs"].items())
+    console.print(f"summary: {actions}; {s['blocked']} blocked; {finals or 'no jobs'}")
+
+
+def _rule_line(policy: Any, name: str | None) -> int | None:
+    return next((r.line for r in policy.rules if r.name == name), None)
+
+
+def print_policies(result: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(f"policy directory: {result['directory']}")
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("POLICY", "FILE", "SHA256", "PREFERRED", "RULES"):
+        table.add_column(column)
+    for p in result["policies"]:
+        table.add_row(p["name"], p["file"], p["sha256"][:12], p["preferred_pool"],
+                      ", ".join(f"{r['name']}→{r['action']}" for r in p["rules"]))
+    console.print(table if result["policies"] else "no valid policies loaded")
+    for r in result["rejected"]:
+        console.print(f"[bold red]refused[/] {r['file']}:")
+        for error in r["errors"]:
+            console.print(f"  {error}", highlight=False)

@@ -105,3 +105,51 @@ class Fault(str, enum.Enum):
     ECC = "ecc"
     CHIP_ERROR = "chip_error"
     CHIP_DEGRADED = "chip_degraded"
+
+
+class Severity(str, enum.Enum):
+    """How bad one signal is, least first. Policies can filter on a minimum severity."""
+
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return list(Severity).index(self)
+
+
+#: The severity a signal carries unless its source says otherwise.
+DEFAULT_SEVERITY = {
+    Signal.CHIP_DEGRADED: Severity.WARNING,
+    Signal.STRAGGLER: Severity.WARNING,
+    Signal.CHIP_ERROR: Severity.CRITICAL,
+}
+
+
+def default_severity(signal: Signal) -> Severity:
+    return DEFAULT_SEVERITY.get(signal, Severity.ERROR)
+
+
+class Action(str, enum.Enum):
+    """What a policy decision asks for.
+
+    restart: stop the job's ranks and start them again in the same pool from the latest
+      checkpoint (optionally without the faulty node or chip).
+    checkpoint: take a checkpoint now; the job keeps running.
+    exclude: take the faulty node (or chip) out of the job's placement, then restart.
+    failover: checkpoint if possible, stop, and restart the job in another pool.
+    stop: stop the job for good (STOPPED); restarting would not help.
+    alert: tell a human (a `policy.alert` event); the job is not touched.
+    fail: the job is FAILED (a limit was reached); nothing more is tried.
+    none: no rule matched; the job continues as it is.
+    """
+
+    RESTART = "restart"
+    CHECKPOINT = "checkpoint"
+    EXCLUDE = "exclude"
+    FAILOVER = "failover"
+    STOP = "stop"
+    ALERT = "alert"
+    FAIL = "fail"
+    NONE = "none"

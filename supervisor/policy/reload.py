@@ -1,0 +1,174 @@
+"""The daemon's policy directory: load every policy file, and reload one when it changes.
+
+`PolicyDirectory` owns the loaded policies (by name) and the files that were refused.
+A changed file is loaded into a new `Policy` first and swapped in only if it is valid,
+so a broken edit leaves the running policy in force. Jobs hold the `Policy` object they
+started with; a reload changes what new decisions use, never half of one.
+
+`DirectoryWatcher` runs watchdog's observer thread and only records which files were
+touched; the daemon's loop takes them with `due(now)` once a file has been quiet for the
+debounce time (editors write a file in several steps: truncate, write, rename from a temp
+file). Loading happens on the daemon's thread, like everything else it does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from supervisor.policy.loader import PolicyError, load_file
+from supervisor.policy.schema import Policy
+
+SUFFIXES = (".yaml", ".yml")
+
+
+def is_policy_file(path: Path) -> bool:
+    """Top-level *.yaml / *.yml, not hidden (editor swap and temp files are)."""
+    return path.suffix in SUFFIXES and not path.name.startswith(".")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    policy: Policy
+    loaded_at: float
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a (re)load did, as a log event: policy.loaded / policy.rejected / policy.removed."""
+
+    event: str
+    fields: dict[str, Any]
+
+
+class PolicyDirectory:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.by_name: dict[str, Loaded] = {}
+        self._name_of_file: dict[Path, str] = {}
+        self.rejected: dict[Path, list[str]] = {}
+
+    def load_all(self, now: float) -> list[Change]:
+        changes = []
+        for path in sorted(self.directory.iterdir()):
+            if path.is_file() and is_policy_file(path):
+                changes.extend(self.reload(path, now))
+        return changes
+
+    def get(self, name: str) -> Policy | None:
+        loaded = self.by_name.get(name)
+        return loaded.policy if loaded else None
+
+    def reload(self, path: Path, now: float) -> list[Change]:
+        """Load `path` again; swap it in if valid, keep the old one if not."""
+        path = Path(path)
+        if not path.exists():
+            return self._removed(path)
+        try:
+            policy = load_file(path)
+        except PolicyError as exc:
+            errors = [str(p) for p in exc.problems]
+            self.rejected[path] = errors
+            kept = self._name_of_file.get(path)
+            return [Change("policy.rejected", {
+                "file": str(path), "errors": errors,
+                "kept": kept,
+                "action": f"policy {kept!r} stays in force as it was" if kept else "no policy loaded from this file",
+            })]
+        owner = next((f for f, n in self._name_of_file.items() if n == policy.name and f != path), None)
+        if owner is not None:
+            error = f"{path}:1: policy name {policy.name!r} is already loaded from {owner}; names must be unique"
+            self.rejected[path] = [error]
+            return [Change("policy.rejected", {"file": str(path), "errors": [error], "kept": None,
+                                               "action": "no policy loaded from this file"})]
+        changes = []
+        previous = self._name_of_file.get(path)
+        if previous is not None and previous != policy.name:
+            changes.extend(self._removed(path))
+        old = self.by_name.get(policy.name)
+        if old is not None and old.policy.sha256 == policy.sha256:
+            self.rejected.pop(path, None)
+            return changes  # saved without changes (editors do that): nothing to announce
+        self.by_name[policy.name] = Loaded(policy, now)
+        self._name_of_file[path] = policy.name
+        self.rejected.pop(path, None)
+        changes.append(Change("policy.loaded", {
+            "policy": policy.name, "file": str(path), "sha256": policy.sha256,
+            "previous_sha256": old.policy.sha256 if old else None,
+            "rules": [r.name for r in policy.rules],
+        }))
+        return changes
+
+    def _removed(self, path: Path) -> list[Change]:
+        self.rejected.pop(path, None)
+        name = self._name_of_file.pop(path, None)
+        if name is None:
+            return []
+        self.by_name.pop(name, None)
+        return [Change("policy.removed", {"policy": name, "file": str(path),
+                                          "action": "jobs already running under it keep it until they end"})]
+
+    def describe(self) -> dict[str, Any]:
+        """For `trainguard policy show`."""
+        return {
+            "directory": str(self.directory),
+            "policies": [
+                {
+                    "name": name,
+                    "file": loaded.policy.source,
+                    "sha256": loaded.policy.sha256,
+                    "loaded_at": loaded.loaded_at,
+                    "description": loaded.policy.description,
+                    "preferred_pool": loaded.policy.preferred_pool,
+                    "pools": {p.name: p.accelerator for p in loaded.policy.pools.values()},
+                    "rules": [{"name": r.name, "action": r.then.action.value, "line": r.line} for r in loaded.policy.rules],
+                }
+                for name, loaded in sorted(self.by_name.items())
+            ],
+            "rejected": [{"file": str(f), "errors": e} for f, e in sorted(self.rejected.items())],
+        }
+
+
+class DirectoryWatcher(FileSystemEventHandler):
+    """Notes which policy files changed; hands them out once quiet for `debounce` s."""
+
+    def __init__(self, directory: Path, debounce: float = 0.3) -> None:
+        self.directory = directory
+        self.debounce = debounce
+        self._lock = threading.Lock()
+        self._touched: dict[Path, float] = {}
+        self._observer = Observer()
+        self._observer.schedule(self, str(directory), recursive=False)
+
+    def start(self) -> None:
+        self._observer.daemon = True
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=5)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:  # watchdog's thread
+        paths = [event.src_path, getattr(event, "dest_path", "")]
+        now = time.monotonic()
+        with self._lock:
+            for raw in paths:
+                if not raw:
+                    continue
+                path = Path(raw if isinstance(raw, str) else raw.decode())
+                if path.parent == self.directory and is_policy_file(path):
+                    self._touched[path] = now
+
+    def due(self, now: float) -> list[Path]:
+        """Files last touched at least `debounce` seconds before `now` (monotonic)."""
+        with self._lock:
+            ready = [p for p, t in self._touched.items() if now - t >= self.debounce]
+            for p in ready:
+                del self._touched[p]
+        return sorted(ready)
