@@ -170,6 +170,7 @@ def test_an_event_is_acked_and_reported_with_its_evidence_and_latency(cluster: C
         "observed_at": at(10).wall,
         "detection_latency_s": 0.25,
         "event_id": "ev-1",
+        "accelerator": "sim-ascend",  # so a replay can tell the pool
     }  # job is None, so it is left out
 
 
