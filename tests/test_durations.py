@@ -46,14 +46,14 @@ def test_valid_durations(text: str | int | float, seconds: float) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["-5s", "5x", "", "   ", "1h 30m", "5S", "5sec", "s", "h1", "1.s", ".5s", "5 s", "1,5s", "five seconds", "30s!"],
+    ["5x", "", "   ", "1h 30m", "5S", "5sec", "s", "h1", "1.s", ".5s", "5 s", "1,5s", "five seconds", "30s!"],
 )
 def test_malformed_durations_are_rejected_naming_what_is_allowed(text: str) -> None:
     with pytest.raises(ValueError, match="^" + re.escape(SHAPE_ERROR + repr(text)) + "$"):
         parse_duration(text)
 
 
-@pytest.mark.parametrize("value", ["-5", "-0.5", -1, -0.001])
+@pytest.mark.parametrize("value", ["-5", "-0.5", -1, -0.001, "-5s", "-1h30m"])
 def test_negative_durations_are_rejected(value: str | float) -> None:
     with pytest.raises(ValueError, match=r"^a duration must be zero or positive, got "):
         parse_duration(value)

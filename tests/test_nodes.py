@@ -160,6 +160,7 @@ def test_a_silent_node_is_lost_at_exactly_the_timeout_and_not_a_tick_before(tabl
     changes = table.expire(at(TIMEOUT))
     assert events(changes) == [("node.lost", "n1")]
     assert changes[0].fields == {
+        "signal": "node_lost",  # so the daemon log replays through `policy explain`
         "previous_state": "up",
         "silent_for_s": TIMEOUT,
         "heartbeat_timeout_s": TIMEOUT,
