@@ -155,7 +155,7 @@ def main(log_format: str, log_level: str) -> None:
     show_envvar=True,
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     default=None,
-    help="Directory of policy YAML files (recorded; the policy engine is not in this version).",
+    help="Directory of policy YAML files; watched, and reloaded on change (policies/README.md).",
 )
 @click.option(
     "--heartbeat-timeout",

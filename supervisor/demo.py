@@ -17,13 +17,13 @@ from pathlib import Path
 from rich.console import Console
 
 from supervisor.localcluster import LocalCluster, WaitTimeout, wait_for
-from supervisor.render import print_status
+from supervisor.render import make_console, print_status
 
 ASCEND, NVIDIA = "ascend-0", "nvidia-0"
 
 
 def run_demo(work_dir: Path | None) -> int:
-    console = Console()
+    console = make_console()
     temporary = work_dir is None
     root = Path(tempfile.mkdtemp(prefix="trainguard-demo-")) if temporary else work_dir
     cluster = LocalCluster(root, heartbeat_timeout=3.0, heartbeat_interval=0.5, probe_interval=0.5)

@@ -3,6 +3,7 @@ these are for eyes, and may change."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -11,6 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from supervisor.durations import format_duration
+
+def make_console() -> Console:
+    """A terminal gets rich's own sizing; a pipe or file gets long unwrapped lines, so
+    that grep and log collectors see one line per item."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=200, soft_wrap=True)
+
 
 _STYLE = {
     "ok": "green",
@@ -53,7 +62,7 @@ def _host(host: dict[str, Any] | None) -> str:
 
 
 def print_status(status: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     d = status["daemon"]
     console.print(
         f"trainguard daemon {d['version']} · up {format_duration(d['uptime_s'])} · "
@@ -91,7 +100,7 @@ _ACTION_STYLE = {"failover": "bold magenta", "fail": "bold red", "stop": "red", 
 
 def print_explain(policy: Any, report: Any, events_name: str, skipped: int, console: Console | None = None) -> None:
     """The decisions of a `policy explain` replay, one block per decision."""
-    console = console or Console()
+    console = console or make_console()
     console.print(
         f"policy [bold]{policy.name}[/] ({policy.source}, sha256 {policy.sha256[:12]}) · "
         f"{sum(1 for _ in report.decisions)} decisions for the signals in {events_name}"
@@ -122,7 +131,7 @@ def _rule_line(policy: Any, name: str | None) -> int | None:
 
 
 def print_policies(result: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     console.print(f"policy directory: {result['directory']}")
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("POLICY", "FILE", "SHA256", "PREFERRED", "RULES"):
