@@ -66,4 +66,6 @@ def test_policy_edits_apply_without_restart_and_broken_ones_are_refused(make_clu
     wait_for(lambda: cluster.find_events("daemon", "policy.loaded", policy="night"), 10, "night to load")
     extra.unlink()
     wait_for(lambda: cluster.find_events("daemon", "policy.removed", policy="night"), 10, "night to go")
+    # The broken file was refused once, not again each time the daemon read it.
+    assert len(cluster.find_events("daemon", "policy.rejected")) == 1
     assert daemon.alive()

@@ -154,7 +154,13 @@ class DirectoryWatcher(FileSystemEventHandler):
         self._observer.stop()
         self._observer.join(timeout=5)
 
+    #: Events that can change a file's content. Not "opened" / "closed_no_write": our own
+    #: reading of a file raises those, and reacting to them would reload it forever.
+    CHANGES = frozenset({"created", "modified", "moved", "deleted", "closed"})
+
     def on_any_event(self, event: FileSystemEvent) -> None:  # watchdog's thread
+        if event.event_type not in self.CHANGES:
+            return
         paths = [event.src_path, getattr(event, "dest_path", "")]
         now = time.monotonic()
         with self._lock:
