@@ -166,7 +166,10 @@ class Daemon:
                 self._apply(self.cluster.tick(now), now)
                 if self.watcher is not None and self.cluster.policies is not None:
                     for path in self.watcher.due(now.mono):
-                        self._policy_changes(self.cluster.policies.reload(path, now.wall), now)
+                        try:
+                            self._policy_changes(self.cluster.policies.reload(path, now.wall), now)
+                        except Exception:  # a loader bug must not take the daemon down
+                            log.exception("policy.reload_failed", file=str(path), action="the policy in force is unchanged")
                 if now.mono >= next_flush:
                     self._flush()
                     next_flush = now.mono + _FLUSH_EVERY

@@ -103,6 +103,9 @@ class _Held:
     counts: tuple[Count, ...]
     events: tuple[SignalEvent, ...]
     key: str | None = None
+    # The node / chip the counted signals are about: what `exclude` acts on.
+    node: str | None = None
+    chip: int | None = None
 
 
 @dataclass
@@ -112,8 +115,11 @@ class JobPolicy:
     policy: Policy
     job: str
     pool: str
-    history: deque[SignalEvent] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
-    consumed: dict[str, float] = field(default_factory=dict)  # rule name -> time it fired
+    # (sequence number, signal): a rule that fires has used the signals up to its number,
+    # so signals with equal times are still told apart.
+    history: deque[tuple[int, SignalEvent]] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
+    consumed: dict[str, int] = field(default_factory=dict)  # rule name -> last sequence it used
+    _seq: int = 0
     restarts: deque[float] = field(default_factory=deque)
     last_failover: float | None = None
     preferred_healthy_since: float | None = None
@@ -126,7 +132,8 @@ class JobPolicy:
         unknown, assume enough)."""
         if self.finished:
             return []
-        self.history.append(event)
+        self._seq += 1
+        self.history.append((self._seq, event))
         if event.pool == self.policy.preferred_pool:
             self.preferred_healthy_since = None  # failback waits for a quiet preferred pool
         decisions: list[Decision] = []
@@ -143,7 +150,8 @@ class JobPolicy:
         decisions.append(
             Decision(
                 job=self.job, at=now, action=Action.NONE, rule=None, policy=self.policy.name,
-                reason=f"no rule matched {event.signal.value}"
+                reason=("no other rule matched " if decisions else "no rule matched ")
+                + event.signal.value
                 + (f" on pool {event.pool}" if event.pool else "")
                 + "; the job continues as it is",
                 evidence=(event.brief(),),
@@ -152,9 +160,9 @@ class JobPolicy:
         return decisions
 
     def _holds(self, rule: Rule, now: float) -> _Held | None:
-        since = self.consumed.get(rule.name)
-        events = [e for e in self.history if since is None or e.at > since]
-        return _evaluate(rule.when, events, now, self.history[-1])
+        since = self.consumed.get(rule.name, 0)
+        events = [e for seq, e in self.history if seq > since]
+        return _evaluate(rule.when, events, now, self.history[-1][1])
 
     def _act(self, rule: Rule, held: _Held, event: SignalEvent, pool_health: Mapping[str, int] | None, now: float) -> Decision:
         then = rule.then
@@ -218,16 +226,13 @@ class JobPolicy:
         return None
 
     def _fired(self, rule: Rule, now: float) -> None:
-        self.consumed[rule.name] = now
+        self.consumed[rule.name] = self._seq
 
     @staticmethod
     def _exclusion(target: ExcludeTarget, held: _Held, event: SignalEvent) -> tuple[str | None, int | None]:
         if target is ExcludeTarget.NONE:
             return None, None
-        node = event.node
-        if held.key is not None and not held.key.startswith("chip:"):
-            node = held.key
-        return node, (event.chip if target is ExcludeTarget.CHIP else None)
+        return held.node, (held.chip if target is ExcludeTarget.CHIP else None)
 
     # --- time ----------------------------------------------------------------------
 
@@ -300,8 +305,8 @@ def _evaluate(condition: Condition, events: list[SignalEvent], now: float, trigg
         if any(p is None for p in parts):
             return None
         merged = sorted({e for p in parts for e in p.events}, key=lambda e: e.at)  # type: ignore[union-attr]
-        key = next((p.key for p in parts if p and p.key), None)
-        return _Held(tuple(c for p in parts for c in p.counts), tuple(merged), key)  # type: ignore[union-attr]
+        keyed = next((p for p in parts if p and p.key), parts[0])
+        return _Held(tuple(c for p in parts for c in p.counts), tuple(merged), keyed.key, keyed.node, keyed.chip)  # type: ignore[union-attr]
     return _evaluate_leaf(condition, events, now, trigger)
 
 
@@ -310,7 +315,8 @@ def _evaluate_leaf(leaf: Leaf, events: list[SignalEvent], now: float, trigger: S
         # "One such signal" is the one that just arrived: quote it, not older ones.
         key = _group_key(leaf.per, trigger)
         if leaf.per is Per.JOB or key is not None:
-            return _Held((Count(leaf.describe(), leaf.line, 1, 1, leaf.within, key),), (trigger,), key)
+            count = Count(leaf.describe(), leaf.line, 1, 1, leaf.within, key)
+            return _Held((count,), (trigger,), key, trigger.node, trigger.chip)
     matching = [
         e for e in events
         if _matches(leaf, e) and in_window(e.at, now, leaf.within)
@@ -330,7 +336,9 @@ def _evaluate_leaf(leaf: Leaf, events: list[SignalEvent], now: float, trigger: S
     key = max(crossing, key=lambda k: crossing[k][-1].at)
     group = crossing[key]
     count = Count(leaf.describe(), leaf.line, len(group), leaf.count, leaf.within, key)
-    return _Held((count,), tuple(group), key)
+    newest = group[-1]
+    # per chip: that chip; per node: that node (its newest chip); per job: the newest signal.
+    return _Held((count,), tuple(group), key, newest.node, newest.chip)
 
 
 def _group_key(per: Per, event: SignalEvent) -> str | None:

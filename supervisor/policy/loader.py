@@ -47,7 +47,6 @@ _EXCLUDE_WORDS = {
     "faulty_node": ExcludeTarget.NODE,
     "faulty_chip": ExcludeTarget.CHIP,
 }
-_constructor = yaml.constructor.SafeConstructor()
 
 
 @dataclass(frozen=True)
@@ -106,6 +105,8 @@ class _Checker:
         # Every pool name the file declares, valid or not: a reference to a pool whose
         # definition has its own error is not a second problem.
         self.declared_pools: list[str] = []
+        # One per load: a constructor remembers every node it has built.
+        self._constructor = yaml.constructor.SafeConstructor()
 
     # --- reporting -----------------------------------------------------------------
 
@@ -141,7 +142,11 @@ class _Checker:
 
     def scalar(self, node: yaml.Node) -> Any:
         if isinstance(node, yaml.ScalarNode):
-            return _constructor.construct_object(node)
+            try:
+                return self._constructor.construct_object(node)
+            except (yaml.YAMLError, ValueError, TypeError):
+                # An explicit tag that does not construct (`!three 3`, `!!int abc`).
+                return _Unusable(f"{node.value!r} tagged {node.tag}")
         return _Unusable(_kind(node))
 
     def int_(self, node: yaml.Node, where: str, minimum: int) -> int | None:
@@ -213,7 +218,7 @@ class _Checker:
             return None
         if "version" in top:
             version = self.scalar(top["version"])
-            if version != POLICY_VERSION:
+            if isinstance(version, bool) or version != POLICY_VERSION:
                 self.error(top["version"], f"version must be {POLICY_VERSION} (the policy format this trainguard reads), got {_show(version)}")
         name = default_name
         if "name" in top:
@@ -271,8 +276,9 @@ class _Checker:
             where = f"checkpoint.{key}"
             if key == "every":
                 raw = self.scalar(value)
-                parsed: Any = None if raw in (None, "off", False) else self.duration(value, where)
-                ok &= parsed is not None or raw in (None, "off", False)
+                off = raw is None or raw is False or raw == "off"
+                parsed: Any = None if off else self.duration(value, where)
+                ok &= parsed is not None or off
             elif key == "before_failover":
                 parsed = self.bool_(value, where)
                 ok &= parsed is not None
@@ -287,7 +293,8 @@ class _Checker:
 
     def pools(self, node: yaml.Node) -> dict[str, Pool]:
         if not isinstance(node, yaml.MappingNode) or not node.value:
-            self.error(node, f"pools must map pool names to {{accelerator: ascend|nvidia|cpu}}, got {_kind(node)}")
+            got = "an empty mapping" if isinstance(node, yaml.MappingNode) else _kind(node)
+            self.error(node, f"pools must map pool names to {{accelerator: ascend|nvidia|cpu}}, got {got}")
             return {}
         pools: dict[str, Pool] = {}
         for key_node, value_node in node.value:

@@ -30,7 +30,7 @@ SUFFIXES = (".yaml", ".yml")
 
 def is_policy_file(path: Path) -> bool:
     """Top-level *.yaml / *.yml, not hidden (editor swap and temp files are)."""
-    return path.suffix in SUFFIXES and not path.name.startswith(".")
+    return path.suffix.lower() in SUFFIXES and not path.name.startswith(".")
 
 
 @dataclass(frozen=True)
@@ -73,37 +73,45 @@ class PolicyDirectory:
         try:
             policy = load_file(path)
         except PolicyError as exc:
-            errors = [str(p) for p in exc.problems]
-            self.rejected[path] = errors
-            kept = self._name_of_file.get(path)
-            return [Change("policy.rejected", {
-                "file": str(path), "errors": errors,
-                "kept": kept,
-                "action": f"policy {kept!r} stays in force as it was" if kept else "no policy loaded from this file",
-            })]
+            return [self._reject(path, [str(p) for p in exc.problems])]
         owner = next((f for f, n in self._name_of_file.items() if n == policy.name and f != path), None)
+        changes: list[Change] = []
+        if owner is not None and not owner.exists():
+            # A rename (old name's event not processed yet): the old file is gone.
+            changes.extend(self._removed(owner))
+            owner = None
         if owner is not None:
             error = f"{path}:1: policy name {policy.name!r} is already loaded from {owner}; names must be unique"
-            self.rejected[path] = [error]
-            return [Change("policy.rejected", {"file": str(path), "errors": [error], "kept": None,
-                                               "action": "no policy loaded from this file"})]
-        changes = []
+            return [self._reject(path, [error])]
         previous = self._name_of_file.get(path)
         if previous is not None and previous != policy.name:
             changes.extend(self._removed(path))
         old = self.by_name.get(policy.name)
+        was_rejected = self.rejected.pop(path, None) is not None
         if old is not None and old.policy.sha256 == policy.sha256:
-            self.rejected.pop(path, None)
-            return changes  # saved without changes (editors do that): nothing to announce
+            if was_rejected:  # the broken edit was undone: say the file is good again
+                changes.append(Change("policy.loaded", {
+                    "policy": policy.name, "file": str(path), "sha256": policy.sha256,
+                    "previous_sha256": old.policy.sha256, "unchanged": True,
+                    "rules": [r.name for r in policy.rules],
+                }))
+            return changes  # otherwise saved without changes (editors do that): nothing to say
         self.by_name[policy.name] = Loaded(policy, now)
         self._name_of_file[path] = policy.name
-        self.rejected.pop(path, None)
         changes.append(Change("policy.loaded", {
             "policy": policy.name, "file": str(path), "sha256": policy.sha256,
             "previous_sha256": old.policy.sha256 if old else None,
             "rules": [r.name for r in policy.rules],
         }))
         return changes
+
+    def _reject(self, path: Path, errors: list[str]) -> Change:
+        self.rejected[path] = errors
+        kept = self._name_of_file.get(path)
+        return Change("policy.rejected", {
+            "file": str(path), "errors": errors, "kept": kept,
+            "action": f"policy {kept!r} stays in force as it was" if kept else "no policy loaded from this file",
+        })
 
     def _removed(self, path: Path) -> list[Change]:
         self.rejected.pop(path, None)
