@@ -244,6 +244,15 @@ class Checkpointer:
             if m and int(m.group(1)) < newest:
                 shutil.rmtree(entry, ignore_errors=True)
 
+    def _clear_leftovers(self) -> None:
+        """Remove temp dirs a crashed run left behind, before this run writes any: a
+        stale `rank-N.done` mark in one must never count for this run's commit. Safe at
+        start: no rank can save before rank 0 has loaded (the first training step needs
+        it), so nothing of this run is in flight yet."""
+        for entry in self.directory.iterdir():
+            if _TEMP.match(entry.name) or entry.name.endswith(".old"):
+                shutil.rmtree(entry, ignore_errors=True)
+
     # --- loading -------------------------------------------------------------------
 
     def committed(self) -> list[tuple[int, Path]]:
@@ -267,6 +276,8 @@ class Checkpointer:
         """Restore the newest checkpoint that verifies; None when there is none. Corrupt,
         partial or truncated ones are skipped with a `runtime.checkpoint_skipped` line."""
         self.wait()
+        if self.rank == 0:
+            self._clear_leftovers()
         for step, path in reversed(self.committed()):
             problem = verify(path)
             if problem is not None:
@@ -414,7 +425,14 @@ def _detected_accelerator() -> str:
 
 def _write_file(path: Path, obj: Any) -> dict[str, Any]:
     with open(path, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            # torch's writer reports a failed write (ENOSPC, EIO) as an opaque "enforce
+            # fail ... unexpected pos"; the OSError that caused it is what on-call needs.
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from exc
+            raise
         f.flush()
         os.fsync(f.fileno())
     # The checksum is of the bytes as they are on disk, read back.

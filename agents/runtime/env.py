@@ -49,11 +49,14 @@ def assignment(env: Mapping[str, str] | None = None) -> Assignment:
         raise AssignmentError(
             f"TRAINGUARD_ACCELERATOR={accelerator!r} is not one of {', '.join(ACCELERATORS)}"
         )
+    rank, world_size = _int(env, "RANK", 0), _int(env, "WORLD_SIZE", 1)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise AssignmentError(f"RANK={rank} and WORLD_SIZE={world_size}: need 0 <= RANK < WORLD_SIZE")
     return Assignment(
         accelerator=accelerator,
-        rank=_int(env, "RANK", 0),
+        rank=rank,
         local_rank=_int(env, "LOCAL_RANK", 0),
-        world_size=_int(env, "WORLD_SIZE", 1),
+        world_size=world_size,
         local_world_size=_int(env, "LOCAL_WORLD_SIZE", 1),
         heartbeat=env.get("TRAINGUARD_HEARTBEAT") or None,
         ckpt_dir=env.get("TRAINGUARD_CKPT_DIR") or None,

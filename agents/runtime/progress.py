@@ -78,13 +78,15 @@ class _Beat:
         with self._lock:
             if phase == self._phase and now - self._last < self.interval:
                 return
-            self._last, self._phase = now, phase
             try:
                 import zmq
 
                 frame = encode_progress(self.rank, int(step), phase, {k: _plain(v) for k, v in metrics.items()}, time.time(), os.getpid())
                 self._socket().send(frame, zmq.NOBLOCK)
                 self.sent += 1
+                # Only a delivered message starts the interval: one dropped before the
+                # agent connected is retried at the next call, not a whole interval later.
+                self._last, self._phase = now, phase
             except Exception:
                 self.dropped += 1  # no agent, queue full, bad metric: never the loop's problem
 

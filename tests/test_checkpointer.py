@@ -1,0 +1,671 @@
+"""agents.runtime.checkpoint: atomic, verified, asynchronous checkpoints, in process.
+
+Tiny real objects (nn.Linear + AdamW + LambdaLR + ResumableSampler) and Checkpointers
+built with explicit Assignments, so nothing depends on the environment. Several ranks of
+one job are several Checkpointers on the same directory. Waits poll with deadlines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from agents.runtime import checkpoint, progress
+from agents.runtime.checkpoint import CheckpointError, Checkpointer, Restored, verify
+from agents.runtime.env import Assignment, AssignmentError
+from agents.runtime.sampler import ResumableSampler
+
+try:
+    import numpy
+except ImportError:  # the runtime treats numpy as optional; so do these tests
+    numpy = None
+
+PAGE = 4096
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def assigned(rank: int = 0, world_size: int = 1, accelerator: str | None = "cpu") -> Assignment:
+    return Assignment(
+        accelerator=accelerator,
+        rank=rank,
+        local_rank=rank,
+        world_size=world_size,
+        local_world_size=world_size,
+        heartbeat=None,
+        ckpt_dir=None,
+        job=None,
+        node=None,
+    )
+
+
+def _decay(step: int) -> float:
+    return 1.0 / (1 + step)
+
+
+@dataclass
+class Run:
+    """One rank's training state."""
+
+    model: nn.Linear
+    optimizer: torch.optim.AdamW
+    scheduler: LambdaLR
+    sampler: ResumableSampler
+
+    def parts(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "sampler": self.sampler}
+
+    def train(self, steps: int) -> None:
+        for _ in range(steps):
+            rows = self.sampler.next_batch()
+            x = torch.randn(len(rows), self.model.in_features)
+            loss = self.model(x).pow(2).mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+
+
+def make_run(seed: int, width: int = 8, out: int = 4, rank: int = 0, world: int = 1, batch: int = 4) -> Run:
+    torch.manual_seed(seed)
+    model = nn.Linear(width, out)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    return Run(model, optimizer, LambdaLR(optimizer, _decay), ResumableSampler(48, batch, rank, world, seed=7))
+
+
+def events(text: str, name: str) -> list[dict[str, Any]]:
+    """The runtime's JSON log lines called `name`."""
+    found = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == name:
+            found.append(record)
+    return found
+
+
+def draws() -> tuple[Any, ...]:
+    """The next value of every RNG stream a checkpoint restores."""
+    return (
+        random.random(),
+        torch.rand(4).tolist(),
+        numpy.random.rand(3).tolist() if numpy is not None else None,
+    )
+
+
+def scramble_rng(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if numpy is not None:
+        numpy.random.seed(seed)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+def same_tensors(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def chain(exc: BaseException | None) -> Iterator[BaseException]:
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+@pytest.fixture(autouse=True)
+def no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """save() sends a heartbeat: make sure it goes nowhere."""
+    monkeypatch.delenv("TRAINGUARD_HEARTBEAT", raising=False)
+    monkeypatch.setattr(progress, "_beat", None)
+
+
+# --- a complete save and an exact restore ----------------------------------------------
+
+
+def test_save_writes_a_committed_verified_directory(tmp_path: Path) -> None:
+    run = make_run(1)
+    run.train(2)
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    ckpt.save(5, **run.parts())
+    assert ckpt.wait() is None
+    assert ckpt.last_error is None
+
+    final = step_dir(tmp_path, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000005"]
+    assert sorted(p.name for p in final.iterdir()) == ["manifest.json", "rank-0.pt", "state.pt"]
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert manifest["format"] == checkpoint.FORMAT
+    assert manifest["step"] == 5
+    assert manifest["world_size"] == 1
+    assert manifest["accelerator"] == "cpu"
+    assert sorted(manifest["files"]) == ["rank-0.pt", "state.pt"]
+    for name, meta in manifest["files"].items():
+        data = (final / name).read_bytes()
+        assert meta == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    assert verify(final) is None
+    assert ckpt.committed() == [(5, final)]
+
+
+def test_load_latest_restores_everything_into_fresh_objects(tmp_path: Path) -> None:
+    scramble_rng(11)
+    run = make_run(1)
+    run.train(3)
+    writer = Checkpointer(tmp_path, assigned=assigned())
+    writer.save(5, **run.parts(), extra={"tokens": 1234, "ema": torch.ones(2)})
+    assert writer.wait() is None
+
+    # What the original run would do next.
+    expected_next = draws()
+    expected_batch = run.sampler.next_batch()
+    model_state = {k: v.clone() for k, v in run.model.state_dict().items()}
+    opt_state = run.optimizer.state_dict()
+    lr = run.scheduler.get_last_lr()
+
+    scramble_rng(99)  # a new process: other seeds, other weights
+    fresh = make_run(2)
+    assert not same_tensors(fresh.model.state_dict(), model_state)
+    restored = Checkpointer(tmp_path, assigned=assigned()).load_latest(**fresh.parts())  # as after a restart
+
+    assert isinstance(restored, Restored)
+    assert (restored.step, restored.exact, restored.world_size, restored.accelerator) == (5, True, 1, "cpu")
+    assert restored.path == step_dir(tmp_path, 5)
+    assert restored.extra["tokens"] == 1234 and torch.equal(restored.extra["ema"], torch.ones(2))
+    assert draws() == expected_next
+    assert fresh.sampler.next_batch() == expected_batch
+    assert same_tensors(fresh.model.state_dict(), model_state)
+    assert fresh.scheduler.get_last_lr() == lr
+    got = fresh.optimizer.state_dict()
+    assert got["param_groups"] == opt_state["param_groups"]
+    for key, state in opt_state["state"].items():
+        assert same_tensors(got["state"][key], state)
+
+
+def test_rng_restore_covers_numpy_when_installed(tmp_path: Path) -> None:
+    if numpy is None:
+        pytest.skip("numpy is not installed")
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    numpy.random.seed(5)
+    ckpt.save(1, model=nn.Linear(2, 2))
+    assert ckpt.wait() is None
+    expected = numpy.random.rand(5).tolist()
+    numpy.random.seed(6)
+    ckpt.load_latest(model=nn.Linear(2, 2))
+    assert numpy.random.rand(5).tolist() == expected
+
+
+def test_load_latest_with_no_checkpoint_returns_none(tmp_path: Path) -> None:
+    assert Checkpointer(tmp_path / "new", assigned=assigned()).load_latest(model=nn.Linear(2, 2)) is None
+
+
+def test_saving_the_same_step_again_replaces_it(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    model = nn.Linear(2, 2)
+    ckpt.save(4, model=model, extra={"n": 1})
+    assert ckpt.wait() is None
+    ckpt.save(4, model=model, extra={"n": 2})
+    assert ckpt.wait() is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004"]
+    assert ckpt.load_latest(model=nn.Linear(2, 2)).extra == {"n": 2}
+
+
+def test_constructor_rejects_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="keep"):
+        Checkpointer(tmp_path, keep=0, assigned=assigned())
+    with pytest.raises(AssignmentError, match="TRAINGUARD_CKPT_DIR"):
+        Checkpointer(None, assigned=assigned())
+
+
+# --- asynchronous, snapshotting, one write at a time ------------------------------------
+
+
+def test_save_is_asynchronous_snapshots_and_serialises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
+    gate = threading.Event()
+    log: list[tuple[str, int]] = []
+    real_write_file, real_commit = checkpoint._write_file, Checkpointer._commit
+
+    def gated_write_file(path: Path, obj: Any) -> dict[str, Any]:
+        log.append(("write", obj["step"]))
+        if obj["step"] == 1:
+            assert gate.wait(20), "the test never opened the gate"
+        return real_write_file(path, obj)
+
+    def logged_commit(self: Checkpointer, step: int, tmp: Path) -> Path:
+        log.append(("commit", step))
+        return real_commit(self, step, tmp)
+
+    monkeypatch.setattr(checkpoint, "_write_file", gated_write_file)
+    monkeypatch.setattr(Checkpointer, "_commit", logged_commit)
+
+    run = make_run(3)
+    run.train(1)
+    at_save = {k: v.clone() for k, v in run.model.state_dict().items()}
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    ckpt.save(1, **run.parts())
+    # save() returned while the writer is still held at the gate.
+    assert ckpt._thread is not None and ckpt._thread.is_alive()
+    assert ckpt.committed() == []
+    assert 0 < ckpt.last_stall < 5
+
+    # Training goes on and changes the live tensors in place.
+    with torch.no_grad():
+        for p in run.model.parameters():
+            p.add_(100.0)
+    run.train(1)
+    after = {k: v.clone() for k, v in run.model.state_dict().items()}
+
+    second = threading.Thread(target=lambda: ckpt.save(2, **run.parts()))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive(), "the second save did not wait for the first"
+    assert ("write", 2) not in log
+    gate.set()
+    second.join(20)
+    assert not second.is_alive()
+    assert ckpt.wait() is None
+
+    assert log == [("write", 1), ("write", 1), ("commit", 1), ("write", 2), ("write", 2), ("commit", 2)]
+    assert [s for s, _ in ckpt.committed()] == [1, 2]
+    first = torch.load(step_dir(tmp_path, 1) / "state.pt", weights_only=False)
+    assert same_tensors(first["model"], at_save)
+    assert same_tensors(torch.load(step_dir(tmp_path, 2) / "state.pt", weights_only=False)["model"], after)
+    saved = events(capfd.readouterr().err, "runtime.checkpoint_saved")
+    assert [e["step"] for e in saved] == [1, 2]
+    assert all(e["stall_s"] >= 0 and e["bytes"] > 0 for e in saved)
+
+
+# --- pruning and abandoned writes --------------------------------------------------------
+
+
+def test_keep_prunes_old_checkpoints_and_abandoned_temp_dirs(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=2, assigned=assigned())
+    model = nn.Linear(3, 3)
+    for step in (1, 2, 3, 4):
+        with torch.no_grad():
+            model.weight.fill_(step)
+        ckpt.save(step, model=model)
+        assert ckpt.wait() is None
+    assert [s for s, _ in ckpt.committed()] == [3, 4]
+
+    # A crash mid-write of step 6 leaves a complete-looking temp dir (even with a
+    # manifest): it must never be loaded.
+    other = Checkpointer(tmp_path / "other", assigned=assigned())
+    with torch.no_grad():
+        model.weight.fill_(6)
+    other.save(6, model=model)
+    assert other.wait() is None
+    os.rename(step_dir(tmp_path / "other", 6), tmp_path / "ckpt" / ".step-00000006.tmp")
+
+    fresh = nn.Linear(3, 3)
+    assert ckpt.load_latest(model=fresh).step == 4
+    assert torch.all(fresh.weight == 4)
+
+    # A newer temp dir may belong to a save still in flight on another rank: left alone.
+    (tmp_path / "ckpt" / ".step-00000009.tmp").mkdir()
+    ckpt.save(7, model=model)
+    assert ckpt.wait() is None
+    left = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert left == [".step-00000009.tmp", "step-00000004", "step-00000007"]
+
+
+# --- damaged checkpoints are skipped, loudly -----------------------------------------------
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "corrupted": (lambda d: _flip_a_byte(d / "state.pt"), "state.pt does not match its checksum"),
+    "truncated": (lambda d: _truncate(d / "state.pt"), "truncated"),
+    "no manifest": (lambda d: (d / "manifest.json").unlink(), "no manifest"),
+    "garbled manifest": (lambda d: (d / "manifest.json").write_text("{not json"), "unreadable manifest"),
+    "rank file missing": (lambda d: (d / "rank-0.pt").unlink(), "rank-0.pt is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_newest_checkpoint_is_skipped(tmp_path: Path, capfd, damage: str) -> None:
+    harm, reason = DAMAGE[damage]
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    model = nn.Linear(4, 4)
+    for step in (1, 2):
+        with torch.no_grad():
+            model.weight.fill_(step)
+        ckpt.save(step, model=model, extra={"step": step})
+        assert ckpt.wait() is None
+    harm(step_dir(tmp_path, 2))
+    capfd.readouterr()
+
+    fresh = nn.Linear(4, 4)
+    restored = Checkpointer(tmp_path, assigned=assigned()).load_latest(model=fresh)
+
+    assert restored is not None and restored.step == 1 and restored.extra == {"step": 1}
+    assert torch.all(fresh.weight == 1)
+    skipped = events(capfd.readouterr().err, "runtime.checkpoint_skipped")
+    assert len(skipped) == 1
+    assert skipped[0]["step"] == 2 and skipped[0]["path"] == str(step_dir(tmp_path, 2))
+    assert reason in skipped[0]["reason"]
+
+
+def test_nothing_verifies_returns_none(tmp_path: Path, capfd) -> None:
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    ckpt.save(1, model=nn.Linear(2, 2))
+    assert ckpt.wait() is None
+    _flip_a_byte(step_dir(tmp_path, 1) / "state.pt")
+    assert ckpt.load_latest(model=nn.Linear(2, 2)) is None
+    assert len(events(capfd.readouterr().err, "runtime.checkpoint_skipped")) == 1
+
+
+@pytest.mark.parametrize(
+    "misfit",
+    [
+        pytest.param(lambda: make_run(1, width=8, out=5), id="model"),
+        pytest.param(lambda: Run(*_other_sampler()), id="sampler"),
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_raises(tmp_path: Path, capfd, misfit: Callable[[], Run]) -> None:
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    run = make_run(1)
+    for step in (1, 2):  # an older one exists, and must not be fallen back to silently
+        ckpt.save(step, **run.parts())
+        assert ckpt.wait() is None
+    capfd.readouterr()
+
+    with pytest.raises(CheckpointError, match="does not fit this run") as info:
+        ckpt.load_latest(**misfit().parts())
+    assert str(step_dir(tmp_path, 2)) in str(info.value)
+    assert events(capfd.readouterr().err, "runtime.checkpoint_skipped") == []
+
+
+def _other_sampler() -> tuple[Any, ...]:
+    run = make_run(1)
+    return run.model, run.optimizer, run.scheduler, ResumableSampler(100, 4, seed=7)
+
+
+# --- several ranks, and a change of world size ----------------------------------------------
+
+
+def test_two_ranks_commit_together_and_load_at_world_size_one(tmp_path: Path, capfd) -> None:
+    run0 = make_run(1, rank=0, world=2, batch=3)
+    run0.train(3)
+    rank1_sampler = ResumableSampler(48, 3, 1, 2, seed=7)
+    for _ in range(3):
+        rank1_sampler.next_batch()
+    rank0 = Checkpointer(tmp_path, commit_timeout=30, assigned=assigned(0, 2))
+    rank1 = Checkpointer(tmp_path, commit_timeout=30, assigned=assigned(1, 2))
+
+    rank0.save(5, **run0.parts(), extra={"who": "rank0"})
+    wait_until(lambda: (tmp_path / ".step-00000005.tmp" / "rank-0.done").exists(), what="rank 0's mark")
+    assert rank0.committed() == []  # rank 0 waits for rank 1
+    rank1.save(5, model=run0.model)  # rank 1's model/optimizer are not written: rank 0's are
+    assert rank1.wait() is None
+    assert rank0.wait() is None
+
+    final = step_dir(tmp_path, 5)
+    assert sorted(p.name for p in final.iterdir()) == ["manifest.json", "rank-0.pt", "rank-1.pt", "state.pt"]
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and sorted(manifest["files"]) == ["rank-0.pt", "rank-1.pt", "state.pt"]
+    # The global data position, as one rank with the same global batch would continue it.
+    expected_batch = run0.sampler.next_batch() + rank1_sampler.next_batch()
+    weights = {k: v.clone() for k, v in run0.model.state_dict().items()}
+    capfd.readouterr()
+
+    scramble_rng(42)
+    untouched = draws()
+    single = make_run(2, batch=6)
+    scramble_rng(42)
+    restored = Checkpointer(tmp_path, assigned=assigned(0, 1)).load_latest(**single.parts())
+
+    assert restored is not None
+    assert (restored.step, restored.world_size, restored.exact) == (5, 2, False)
+    assert restored.extra == {"who": "rank0"}
+    assert same_tensors(single.model.state_dict(), weights)
+    assert single.sampler.next_batch() == expected_batch
+    assert draws() == untouched  # per-rank streams could not be restored: left alone
+    changed = events(capfd.readouterr().err, "runtime.world_size_changed")
+    assert len(changed) == 1 and (changed[0]["then"], changed[0]["now"]) == (2, 1)
+
+
+def test_each_rank_gets_its_own_rng_streams_back(tmp_path: Path) -> None:
+    rank0 = Checkpointer(tmp_path, commit_timeout=30, assigned=assigned(0, 2))
+    rank1 = Checkpointer(tmp_path, commit_timeout=30, assigned=assigned(1, 2))
+    model = nn.Linear(2, 2)
+    scramble_rng(100)
+    rank0.save(3, model=model)
+    expected0 = draws()
+    scramble_rng(200)
+    rank1.save(3, model=model)
+    expected1 = draws()
+    assert rank1.wait() is None and rank0.wait() is None
+
+    scramble_rng(0)
+    assert Checkpointer(tmp_path, assigned=assigned(1, 2)).load_latest(model=nn.Linear(2, 2)).exact
+    assert draws() == expected1
+    Checkpointer(tmp_path, assigned=assigned(0, 2)).load_latest(model=nn.Linear(2, 2))
+    assert draws() == expected0
+
+
+def test_commit_times_out_when_a_rank_never_writes(tmp_path: Path, capfd) -> None:
+    rank0 = Checkpointer(tmp_path, commit_timeout=0.5, assigned=assigned(0, 2))
+    started = time.monotonic()
+    rank0.save(3, model=nn.Linear(2, 2))
+    error = rank0.wait()
+
+    assert time.monotonic() - started >= 0.5
+    assert isinstance(error, CheckpointError) and rank0.last_error is error
+    assert "[1]" in str(error)
+    assert list(tmp_path.iterdir()) == []  # neither a committed nor a temp dir
+    failed = events(capfd.readouterr().err, "runtime.checkpoint_failed")
+    assert len(failed) == 1
+    assert failed[0]["step"] == 3 and failed[0]["error"].startswith("CheckpointError")
+
+
+def test_a_mark_left_by_a_crashed_run_does_not_count(tmp_path: Path) -> None:
+    # The previous run: rank 1 finished writing step 10, rank 0 was killed before its commit.
+    crashed_rank1 = Checkpointer(tmp_path, assigned=assigned(1, 2))
+    crashed_rank1.save(10, model=nn.Linear(2, 2))
+    assert crashed_rank1.wait() is None
+    assert (tmp_path / ".step-00000010.tmp" / "rank-1.done").exists()
+
+    # The restarted run reaches step 10 again; its rank 1 never writes (hung, say).
+    rank0 = Checkpointer(tmp_path, commit_timeout=0.5, assigned=assigned(0, 2))
+    assert rank0.load_latest(model=nn.Linear(2, 2)) is None
+    rank0.save(10, model=nn.Linear(2, 2))
+    error = rank0.wait()
+
+    assert rank0.committed() == [], "committed with the crashed run's rank 1 files"
+    assert isinstance(error, CheckpointError)
+
+
+# --- a full disk -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: int) -> Iterator[Callable[[int], None]]:
+    """A tmpfs of `size` bytes at `where`; yields a function that resizes it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                       check=True, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {getattr(exc, 'stderr', '') or exc}")
+
+    def resize(new: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={new}", str(where)],
+                       check=True, capture_output=True, text=True, timeout=30)
+
+    try:
+        yield resize
+    finally:
+        subprocess.run(["umount", str(where)], check=False, capture_output=True, timeout=30)
+
+
+def _pages(size: int) -> int:
+    return -(-size // PAGE) * PAGE
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path: Path, capfd) -> None:
+    run = make_run(4, width=64, out=64)
+    run.train(1)
+    measure = Checkpointer(tmp_path / "measure", assigned=assigned())
+    measure.save(1, **run.parts())
+    assert measure.wait() is None
+    files = {p.name: p.stat().st_size for p in step_dir(tmp_path / "measure", 1).iterdir()}
+    one = sum(_pages(s) for s in files.values())
+    # Room for one checkpoint (plus its small marker files while it commits), and for
+    # only half of the second one's state.pt.
+    size = one + 2 * PAGE + files["state.pt"] // 2 // PAGE * PAGE
+
+    disk = tmp_path / "disk"
+    with tmpfs(disk, size) as resize:
+        ckpt = Checkpointer(disk, assigned=assigned())
+        ckpt.save(1, **run.parts())
+        assert ckpt.wait() is None
+        run.train(1)
+        capfd.readouterr()
+
+        ckpt.save(2, **run.parts())
+        error = ckpt.wait()
+
+        assert error is not None and ckpt.last_error is error
+        assert any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain(error)), repr(error)
+        failed = events(capfd.readouterr().err, "runtime.checkpoint_failed")
+        assert len(failed) == 1 and failed[0]["step"] == 2
+        assert sorted(p.name for p in disk.iterdir()) == ["step-00000001"]
+        assert verify(step_dir(disk, 1)) is None
+        assert Checkpointer(disk, assigned=assigned()).load_latest(**make_run(5, width=64, out=64).parts()).step == 1
+
+        resize(4 * one + 4 * PAGE)
+        ckpt.save(3, **run.parts())
+        assert ckpt.wait() is None and ckpt.last_error is None
+        assert [s for s, _ in ckpt.committed()] == [1, 3]
+        assert ckpt.load_latest(**make_run(6, width=64, out=64).parts()).step == 3
+
+
+class _DiskFillsAfter:
+    """A binary file whose writes fail with ENOSPC once `room` bytes are written."""
+
+    def __init__(self, path: Any, room: int) -> None:
+        self._f = io.open(path, "wb", buffering=0)
+        self.room = room
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        if size > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= size
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "_DiskFillsAfter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def test_a_full_disk_is_reported_as_enospc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
+    # Deterministic stand-in for the tmpfs above: state.pt's writes fail after 4 KiB.
+    real_open = open
+
+    def full_disk_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if mode == "wb" and Path(file).name == "state.pt":
+            return _DiskFillsAfter(file, PAGE)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "open", full_disk_open, raising=False)
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    ckpt.save(1, model=nn.Linear(64, 64))
+    error = ckpt.wait()
+
+    assert list(tmp_path.iterdir()) == []
+    failed = events(capfd.readouterr().err, "runtime.checkpoint_failed")
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC, repr(error)
+    assert "No space left on device" in failed[0]["error"]
+
+
+# --- requests from outside ------------------------------------------------------------------
+
+
+def test_due_is_periodic_or_on_request(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    assert [s for s in range(1, 13) if ckpt.due(s, every=5)] == [5, 10]
+    assert not any(ckpt.due(s) for s in range(1, 13))
+    assert not any(ckpt.due(s, every=0) for s in range(1, 13))
+    ckpt.request()
+    assert ckpt.requested and not ckpt.stop_requested
+    assert ckpt.due(3) and ckpt.due(3, every=5)
+    ckpt.save(3, model=nn.Linear(2, 2))
+    assert not ckpt.requested and not ckpt.due(3, every=5)
+    ckpt.request(stop=True)
+    ckpt.request()
+    assert ckpt.stop_requested  # a later plain request does not cancel the stop
+    assert ckpt.wait() is None
+
+
+def test_signals_request_a_checkpoint_and_a_stop(tmp_path: Path) -> None:
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    try:
+        ckpt = Checkpointer(tmp_path, assigned=assigned())
+        ckpt.install_signal_handlers()
+
+        os.kill(os.getpid(), signal.SIGUSR1)
+        wait_until(lambda: ckpt.requested, what="SIGUSR1 to be handled")
+        assert not ckpt.stop_requested
+        assert ckpt.due(7, every=100)
+        ckpt.save(7, model=nn.Linear(2, 2))
+        assert ckpt.wait() is None and not ckpt.requested
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        wait_until(lambda: ckpt.stop_requested, what="SIGTERM to be handled")
+        assert ckpt.requested
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
