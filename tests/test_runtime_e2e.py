@@ -127,3 +127,50 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank_and_says_so(reference, tmp_pa
     resumed = next(e for e in events if e["event"] == "runtime.resumed")
     assert resumed["step"] == 20 and resumed["exact"] is False
     assert [s for s, _ in losses(tmp_path / "m1.jsonl")] == [21, 22, 23, 24, 25]
+
+
+def test_train_gpt_under_the_trainguard_launcher_heartbeats_and_checkpoints(tmp_path):
+    """The example run by the agent's launcher: the assignment comes from the environment
+    (no --ckpt-dir), progress reaches the agent's socket, and a killed rank is a crash."""
+    import socket as pysocket
+
+    import zmq
+
+    from agents.launcher import Launcher, RankSpec
+    from agents.runtime.progress import decode_progress
+    from supervisor.vocab import Accelerator
+
+    endpoint = f"ipc://{tmp_path}/hb.sock"
+    pull = zmq.Context.instance().socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.bind(endpoint)
+    with pysocket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = Launcher(tmp_path / "logs")
+    for rank in (0, 1):
+        launcher.start(RankSpec(
+            job="gpt", rank=rank, local_rank=rank, world_size=2, local_world_size=2,
+            argv=(sys.executable, str(TRAIN), "--steps", "400", "--checkpoint-every", "5"),
+            master_addr="127.0.0.1", master_port=port, accelerator=Accelerator.SIM_ASCEND,
+            chips=(rank,), node="n1", heartbeat=endpoint, ckpt_dir=str(tmp_path / "ckpt"), cwd=str(REPO),
+        ))
+    progress: dict[int, int] = {}
+
+    def both_ranks_past_step_10() -> bool:
+        while pull.poll(10):
+            msg = decode_progress(pull.recv())
+            progress[msg["rank"]] = max(progress.get(msg["rank"], 0), msg["step"])
+        return progress.get(0, 0) > 10 and progress.get(1, 0) > 10
+
+    wait_for(both_ranks_past_step_10, timeout=240, what="progress from both ranks", interval=0)
+    wait_for(lambda: any(p.name.startswith("step-") for p in (tmp_path / "ckpt").iterdir()), 60,
+             "a checkpoint in TRAINGUARD_CKPT_DIR")
+    os.kill(launcher.ranks[("gpt", 1)].pid, signal.SIGKILL)
+    exits = []
+    wait_for(lambda: exits.extend(launcher.poll()) or any(e.rank == 1 for e in exits), 30, "rank 1's exit")
+    crash = next(e for e in exits if e.rank == 1)
+    assert crash.crash and crash.signal_name == "SIGKILL"
+    exits.extend(launcher.stop("gpt", grace=5))
+    assert {e.rank for e in exits} == {0, 1}
+    pull.close()
