@@ -147,6 +147,20 @@ def test_rate_limit_drops_calls_within_the_interval_but_not_phase_changes(agent:
     assert beat.sent - sent == 4
 
 
+def test_the_last_step_held_back_by_the_rate_limit_is_sent_after_the_interval(agent: zmq.Socket, endpoint: str) -> None:
+    """A rank that stops stepping right after a rate-limited heartbeat: the agent must
+    still learn the step it stopped at, or a hang report would name an older one."""
+    beat = _Beat(endpoint, rank=0, interval=0.0)
+    send_until_received(agent, lambda: beat(0, "train", {}))  # the connection is up
+    beat.interval = 0.3
+    for step in range(1, 6):
+        beat(step, "train", {})  # 1 goes at once (interval passed); 2..5 are held back
+    steps = []
+    while not steps or steps[-1] != 5:
+        steps.append(receive(agent, timeout=5.0)["step"])
+    assert steps[-1] == 5 and 2 not in steps
+
+
 def test_a_dropped_message_does_not_start_the_interval() -> None:
     """Nobody listening: each call tries again (cheaply) instead of going quiet for an
     interval, so the first message after the agent appears is not held back."""
@@ -182,9 +196,9 @@ def test_heartbeat_with_nobody_listening_is_quick(tmp_path: Path, monkeypatch: p
 
 
 def test_encode_decode_round_trip() -> None:
-    frame = encode_progress(1, 42, "eval", {"acc": 0.9}, now=1700000000.5, pid=123)
+    frame = encode_progress(1, 42, "eval", {"acc": 0.9}, now=1700000000.5, pid=123, job="gpt")
     assert decode_progress(frame) == {
-        "v": FORMAT_VERSION, "type": "progress", "rank": 1, "step": 42, "phase": "eval",
+        "v": FORMAT_VERSION, "type": "progress", "job": "gpt", "rank": 1, "step": 42, "phase": "eval",
         "ts": 1700000000.5, "pid": 123, "metrics": {"acc": 0.9},
     }
 

@@ -19,9 +19,10 @@ PHASES = ("train", "checkpoint", "eval")
 FORMAT_VERSION = 1
 
 
-def encode_progress(rank: int, step: int, phase: str, metrics: dict[str, Any], now: float, pid: int) -> bytes:
+def encode_progress(rank: int, step: int, phase: str, metrics: dict[str, Any], now: float, pid: int,
+                    job: str = "") -> bytes:
     return json.dumps(
-        {"v": FORMAT_VERSION, "type": "progress", "rank": rank, "step": step, "phase": phase,
+        {"v": FORMAT_VERSION, "type": "progress", "job": job, "rank": rank, "step": step, "phase": phase,
          "ts": now, "pid": pid, "metrics": metrics},
         separators=(",", ":"),
     ).encode()
@@ -51,13 +52,18 @@ def _plain(value: Any) -> Any:
 
 
 class _Beat:
-    def __init__(self, endpoint: str | None, rank: int, interval: float) -> None:
-        self.endpoint, self.rank, self.interval = endpoint, rank, interval
+    def __init__(self, endpoint: str | None, rank: int, interval: float, job: str = "") -> None:
+        self.endpoint, self.rank, self.interval, self.job = endpoint, rank, interval, job
         self.sent = self.dropped = 0
         self._last = float("-inf")
         self._phase: str | None = None
         self._sock: Any = None
         self._lock = threading.Lock()
+        # The newest progress held back by the rate limit. A background thread sends it
+        # once the interval has passed, so the last step before a stall is never lost
+        # (the hang watcher must see where a rank stopped, not where it was 0.5 s before).
+        self._pending: tuple[int, str, dict[str, Any]] | None = None
+        self._flusher: threading.Thread | None = None
 
     def _socket(self) -> Any:
         if self._sock is None:
@@ -77,18 +83,35 @@ class _Beat:
         now = time.monotonic()
         with self._lock:
             if phase == self._phase and now - self._last < self.interval:
+                self._pending = (int(step), phase, metrics)
+                if self._flusher is None:
+                    self._flusher = threading.Thread(target=self._flush_loop, name="trainguard-heartbeat", daemon=True)
+                    self._flusher.start()
                 return
-            try:
-                import zmq
+            self._send(int(step), phase, metrics, now)
 
-                frame = encode_progress(self.rank, int(step), phase, {k: _plain(v) for k, v in metrics.items()}, time.time(), os.getpid())
-                self._socket().send(frame, zmq.NOBLOCK)
-                self.sent += 1
-                # Only a delivered message starts the interval: one dropped before the
-                # agent connected is retried at the next call, not a whole interval later.
-                self._last, self._phase = now, phase
-            except Exception:
-                self.dropped += 1  # no agent, queue full, bad metric: never the loop's problem
+    def _send(self, step: int, phase: str, metrics: dict[str, Any], now: float) -> None:
+        """Send one progress message; the caller holds the lock."""
+        self._pending = None
+        try:
+            import zmq
+
+            frame = encode_progress(self.rank, step, phase, {k: _plain(v) for k, v in metrics.items()}, time.time(), os.getpid(), self.job)
+            self._socket().send(frame, zmq.NOBLOCK)
+            self.sent += 1
+            # Only a delivered message starts the interval: one dropped before the
+            # agent connected is retried at the next call, not a whole interval later.
+            self._last, self._phase = now, phase
+        except Exception:
+            self.dropped += 1  # no agent, queue full, bad metric: never the loop's problem
+
+    def _flush_loop(self) -> None:
+        while True:
+            time.sleep(self.interval / 2)
+            now = time.monotonic()
+            with self._lock:
+                if self._pending is not None and now - self._last >= self.interval:
+                    self._send(*self._pending, now)
 
 
 _beat: _Beat | None = None
@@ -103,6 +126,7 @@ def heartbeat(step: int, phase: str = "train", **metrics: Any) -> None:
                 os.environ.get("TRAINGUARD_HEARTBEAT") or None,
                 int(os.environ.get("RANK", "0") or 0),
                 float(os.environ.get("TRAINGUARD_HEARTBEAT_INTERVAL", "0.5") or 0.5),
+                os.environ.get("TRAINGUARD_JOB", ""),
             )
         _beat(step, phase if phase in PHASES else "train", metrics)
     except Exception:

@@ -1,0 +1,164 @@
+"""The agent's eyes on the ranks it runs: exits, progress and output become signals.
+
+`RankMonitor` owns the launcher and the socket the ranks' `heartbeat()` sends to. Its
+`tick()` gathers what happened since the last one — ranks that exited (crash), log lines
+the scanner classified (interconnect_timeout, chip_error, oom, network, user_error), ranks
+whose step stopped advancing (hang) — and returns them as `Observation`s carrying the
+evidence and the time they were observed. The agent turns those into events for the
+daemon; nothing here decides what to do about them.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+from agents.launcher import Launcher, RankSpec
+from agents.runtime.progress import decode_progress
+from agents.watchers.hang import HangLimits, HangWatcher
+from agents.watchers.logscan import Catalog, LogScanner
+from supervisor.vocab import Signal
+
+#: Enough of a stack dump to see where each rank is stuck, bounded for the wire.
+_EVIDENCE_LIMIT = 12 * 1024
+
+
+@dataclass(frozen=True)
+class Observation:
+    signal: Signal
+    job: str
+    rank: int | None
+    evidence: str
+    observed_at: float  # wall clock
+    source: str  # launcher / logscan / hang
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class RankMonitor:
+    def __init__(self, log_dir: Path, heartbeat_endpoint: str, limits: HangLimits, catalog: Catalog) -> None:
+        self._lines: queue.SimpleQueue[tuple[str, int, str]] = queue.SimpleQueue()
+        self.launcher = Launcher(log_dir, on_line=lambda spec, line: self._lines.put((spec.job, spec.rank, line)))
+        self.heartbeat_endpoint = heartbeat_endpoint
+        self.hang = HangWatcher(limits)
+        self.catalog = catalog
+        self._scanners: dict[tuple[str, int], LogScanner] = {}
+        self._pull = zmq.Context.instance().socket(zmq.PULL)
+        self._pull.setsockopt(zmq.LINGER, 0)
+        self._pull.setsockopt(zmq.RCVHWM, 10_000)
+        self._pull.bind(heartbeat_endpoint)
+        self.bad_progress = 0
+
+    def close(self) -> None:
+        self._pull.close(linger=0)
+
+    # --- hands -----------------------------------------------------------------------
+
+    def launch(self, spec: RankSpec, now: float) -> None:
+        self.launcher.start(spec)
+        self._scanners[(spec.job, spec.rank)] = LogScanner(self.catalog)
+        self.hang.started(spec.job, spec.rank, now)
+
+    def stop(self, job: str, grace: float) -> list[Observation]:
+        """Stop a job's ranks; their exits are expected, so they are not crashes."""
+        for (j, rank) in list(self._scanners):
+            if j == job:
+                self.hang.forget(j, rank)
+        self.launcher.stop(job, grace)
+        return self._flush_scanners(job)
+
+    # --- eyes ------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Observation]:
+        """Everything observed since the last tick. `now` is monotonic time."""
+        observations: list[Observation] = []
+        self._drain_progress(now)
+        observations += self._drain_lines()
+        for exit in self.launcher.poll():
+            self.hang.forget(exit.job, exit.rank)
+            scanner = self._scanners.pop((exit.job, exit.rank), None)
+            if scanner is not None:
+                observations += [self._finding(exit.job, exit.rank, f) for f in scanner.flush()]
+            if exit.crash:
+                observations.append(
+                    Observation(Signal.CRASH, exit.job, exit.rank, exit.describe(), exit.observed_at, "launcher",
+                                {"exit_code": exit.returncode, "signal_name": exit.signal_name, "pid": exit.pid})
+                )
+        for finding in self.hang.check(now):
+            observations.append(
+                Observation(Signal.HANG, finding.job, finding.rank, self._hang_evidence(finding.job, finding.evidence),
+                            time.time(), "hang",
+                            {"step": finding.step, "phase": finding.phase,
+                             "stalled_for_s": round(finding.stalled_for, 1), "limit_s": finding.limit})
+            )
+        return observations
+
+    def _drain_progress(self, now: float) -> None:
+        while True:
+            try:
+                frame = self._pull.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = decode_progress(frame)
+            except ValueError:
+                self.bad_progress += 1
+                continue
+            job = msg.get("job") or next((j for (j, r) in self._scanners if r == msg["rank"]), None)
+            if (job, msg["rank"]) in self._scanners:
+                self.hang.progress(job, msg["rank"], msg["step"], msg["phase"], now)
+
+    def _drain_lines(self) -> list[Observation]:
+        out = []
+        while True:
+            try:
+                job, rank, line = self._lines.get_nowait()
+            except queue.Empty:
+                return out
+            scanner = self._scanners.get((job, rank))
+            if scanner is not None:
+                out += [self._finding(job, rank, f) for f in scanner.feed(line)]
+
+    def _flush_scanners(self, job: str) -> list[Observation]:
+        out = self._drain_lines()
+        for (j, rank) in [k for k in self._scanners if k[0] == job]:
+            out += [self._finding(j, rank, f) for f in self._scanners.pop((j, rank)).flush()]
+        return out
+
+    def _finding(self, job: str, rank: int, finding: Any) -> Observation:
+        return Observation(
+            finding.signal, job, rank, finding.evidence, time.time(), "logscan",
+            {"pattern": finding.pattern, "line": finding.line, "severity": finding.severity.value
+             if hasattr(finding.severity, "value") else str(finding.severity)},
+        )
+
+    def _hang_evidence(self, job: str, summary: str) -> str:
+        """The finding plus where every rank of the job is: py-spy stacks when installed,
+        else last steps and CPU use (and a note saying py-spy would show more)."""
+        ranks = {r: p for (j, r), p in self.launcher.ranks.items() if j == job}
+        parts = [summary]
+        pyspy = shutil.which("py-spy")
+        if pyspy is None:
+            parts.append("py-spy is not installed, so no stack dumps; last steps and CPU use:")
+        for rank, process in sorted(ranks.items()):
+            if pyspy is not None:
+                try:
+                    dump = subprocess.run([pyspy, "dump", "--pid", str(process.pid)], capture_output=True,
+                                          text=True, timeout=10).stdout
+                except (subprocess.TimeoutExpired, OSError) as exc:
+                    dump = f"py-spy dump failed: {exc}"
+                parts.append(f"--- rank {rank} (pid {process.pid}) ---\n{dump.strip()}")
+            else:
+                try:
+                    cpu = psutil.Process(process.pid).cpu_percent(interval=0.1)
+                except psutil.Error:
+                    cpu = float("nan")
+                parts.append(f"rank {rank} (pid {process.pid}): last step {self.hang.last_step(job, rank)}, cpu {cpu:.0f}%")
+        return "\n".join(parts)[:_EVIDENCE_LIMIT]

@@ -1,0 +1,539 @@
+"""The log scanner: a training rank's output lines in, `Finding`s (signals with evidence) out.
+
+The catalog (policies/patterns/faults.yaml) is an ordered list of named regexes; the first
+whose regex matches a line decides that line's signal. A Python traceback is one finding,
+not one per line: it is collected to its end (chained tracebacks included) and takes the
+signal of the earliest catalog pattern that matches any of its lines, or `user_error` when
+none does. Output of several ranks interleaved by torchrun (`[rank0]: ...`, `[rank1]: ...`)
+is kept apart by that prefix, so each rank's traceback stays whole.
+
+Pure: no clock, no files except `load_catalog`; the agent owns the pipes and feeds lines.
+Memory is bounded: a traceback keeps only its header, best-matching line and last line
+(each clipped), is cut off after `MAX_TRACEBACK_LINES`, and at most `MAX_OPEN_TRACEBACKS`
+are open at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from supervisor.vocab import Severity, Signal, default_severity
+
+CATALOG_VERSION = 1
+#: The pattern name of a traceback that no catalog pattern matched.
+TRACEBACK_PATTERN = "python-traceback"
+#: The signals a log line can carry (the rest come from the launcher, probes and daemon).
+LOG_SIGNALS = (Signal.INTERCONNECT_TIMEOUT, Signal.CHIP_ERROR, Signal.OOM, Signal.NETWORK, Signal.USER_ERROR)
+VENDORS = ("ascend", "nvidia", "any")
+PATTERN_KEYS = ("name", "signal", "regex", "severity", "vendor", "source", "example")
+ENV_PATTERNS = "TRAINGUARD_PATTERNS"
+
+MAX_EVIDENCE_BYTES = 2048
+MAX_TRACEBACK_LINES = 500
+MAX_OPEN_TRACEBACKS = 256
+#: Regexes only see this much of a line: fault messages are short, and a regex with `.*`
+#: on a megabyte-long line (a printed tensor) would cost quadratic time.
+MAX_MATCH_CHARS = 16384
+
+_NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*\Z")
+# Prefixes that launchers put before every line of a rank's output: torchrun's
+# `[rank1]: ` / `[default0]:` and Ray's `(RayTrainWorker pid=8464, ip=10.0.0.1) `. One space
+# after the colon belongs to the prefix, so a frame line keeps its indentation.
+_PREFIX = re.compile(r"\[[A-Za-z_]*\d+\]: ?|\((?:[\w.-]+ )?pid=\d+(?:, ip=[\w.:]+)?\) ")
+_MAX_PREFIXES = 4
+_HEADER = "Traceback (most recent call last):"
+_CHAIN_LINES = frozenset({
+    "During handling of the above exception, another exception occurred:",
+    "The above exception was the direct cause of the following exception:",
+})
+
+
+# --- the catalog -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One catalog entry; `line` is where it starts in the catalog file."""
+
+    name: str
+    signal: Signal
+    regex: re.Pattern[str]
+    severity: Severity
+    vendor: str
+    source: str
+    example: str
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The ordered fault patterns: the first whose regex matches a line decides it."""
+
+    patterns: tuple[Pattern, ...]
+    source: str = "<memory>"
+    sha256: str = ""
+
+    def match(self, line: str) -> Pattern | None:
+        """The pattern that decides `line` (a raw log line; a rank prefix is ignored)."""
+        index = self._first(split_prefix(line)[1])
+        return None if index is None else self.patterns[index]
+
+    def _first(self, text: str, below: int | None = None) -> int | None:
+        text = text[:MAX_MATCH_CHARS]
+        for index, pattern in enumerate(self.patterns[:below]):
+            if pattern.regex.search(text):
+                return index
+        return None
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+class CatalogError(Exception):
+    """A pattern catalog that cannot be used; `problems` lists every reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def default_catalog_path() -> Path:
+    """$TRAINGUARD_PATTERNS when set (an operator's extended catalog), else the shipped
+    one beside the package (`<root>/policies/patterns/faults.yaml`)."""
+    configured = os.environ.get(ENV_PATTERNS)
+    if configured:
+        return Path(configured)
+    shipped = Path(__file__).resolve().parents[2] / "policies" / "patterns" / "faults.yaml"
+    if shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"no pattern catalog: {shipped} does not exist and ${ENV_PATTERNS} is not set")
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """Load and check a catalog file (the shipped one by default)."""
+    path = Path(path) if path is not None else default_catalog_path()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CatalogError([Problem(str(path), 0, f"cannot read: {exc.strerror or exc}")]) from None
+    return load_catalog_bytes(data, str(path))
+
+
+def load_catalog_bytes(data: bytes, path: str) -> Catalog:
+    """Check catalog YAML; every problem is reported at once, as `path:line: message`."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CatalogError([Problem(path, 0, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        raise CatalogError([Problem(path, line, f"not valid YAML: {exc.problem or exc}")]) from None
+    except yaml.YAMLError as exc:
+        raise CatalogError([Problem(path, 0, f"not valid YAML: {exc}")]) from None
+    if root is None:
+        raise CatalogError([Problem(path, 1, "the file is empty; a catalog needs version and patterns")])
+    checker = _Checker(path)
+    patterns = checker.catalog(root)
+    if checker.problems or patterns is None:
+        raise CatalogError(sorted(checker.problems, key=lambda p: p.line))
+    return Catalog(patterns=patterns, source=path, sha256=hashlib.sha256(data).hexdigest())
+
+
+class _Checker:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.problems: list[Problem] = []
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def error(self, node: yaml.Node, message: str) -> None:
+        self.problems.append(Problem(self.path, node.start_mark.line + 1, message))
+
+    def mapping(self, node: yaml.Node, where: str, allowed: tuple[str, ...]) -> dict[str, yaml.Node] | None:
+        """The mapping's values by key, after reporting duplicate, unknown and missing keys
+        (every allowed key is required)."""
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, f"{where} must be a mapping of keys ({', '.join(allowed)}), got {_kind(node)}")
+            return None
+        out: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is None:
+                self.error(key_node, f"{where}: keys must be plain words")
+                continue
+            if key in out:
+                self.error(key_node, f"{where}: duplicate key {key!r} (YAML would silently keep only the last)")
+                continue
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                self.error(key_node, f"{where}: unknown key {key!r}; {hint}allowed: {', '.join(allowed)}")
+                continue
+            out[key] = value_node
+        for key in allowed:
+            if key not in out:
+                self.error(node, f"{where}: missing required key {key!r}")
+        return out
+
+    def scalar(self, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                return self._constructor.construct_object(node)
+            except (yaml.YAMLError, ValueError, TypeError):
+                return _Unusable(f"{node.value!r} tagged {node.tag}")
+        return _Unusable(_kind(node))
+
+    def str_(self, node: yaml.Node, where: str) -> str | None:
+        value = self.scalar(node)
+        if not isinstance(value, str) or not value:
+            self.error(node, f"{where} must be a non-empty string, got {_show(value)}")
+            return None
+        return value
+
+    def choice(self, node: yaml.Node, where: str, options: tuple[str, ...]) -> str | None:
+        value = self.scalar(node)
+        if isinstance(value, str) and value in options:
+            return value
+        close = difflib.get_close_matches(value, options, n=1, cutoff=0.6) if isinstance(value, str) else []
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        self.error(node, f"{where}: {_show(value)} is not allowed; {hint}allowed: {', '.join(options)}")
+        return None
+
+    def catalog(self, root: yaml.Node) -> tuple[Pattern, ...] | None:
+        top = self.mapping(root, "catalog", ("version", "patterns"))
+        if top is None:
+            return None
+        if "version" in top:
+            version = self.scalar(top["version"])
+            if isinstance(version, bool) or version != CATALOG_VERSION:
+                self.error(top["version"], f"version must be {CATALOG_VERSION} (the catalog format this trainguard reads), got {_show(version)}")
+        if "patterns" not in top:
+            return None
+        node = top["patterns"]
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            got = "an empty list" if isinstance(node, yaml.SequenceNode) else _kind(node)
+            self.error(node, f"patterns must be a non-empty list of patterns ({', '.join(PATTERN_KEYS)}), got {got}")
+            return None
+        patterns: list[Pattern] = []
+        first_seen: dict[str, int] = {}
+        for index, entry in enumerate(node.value):
+            pattern = self.pattern(entry, index, first_seen)
+            if pattern is not None:
+                patterns.append(pattern)
+        if len(patterns) != len(node.value):
+            return None
+        # An example decided by an earlier pattern means its own entry can never fire:
+        # the catalog's order is wrong or the earlier regex is too broad.
+        catalog = Catalog(tuple(patterns))
+        for pattern, entry in zip(patterns, node.value):
+            winner = catalog.match(pattern.example)
+            if winner is not pattern and winner is not None:
+                self.error(
+                    _value_node(entry, "example"),
+                    f"pattern {pattern.name!r}: its example is matched first by the earlier pattern "
+                    f"{winner.name!r} (line {winner.line}, signal {winner.signal.value}); move this entry "
+                    f"above it or narrow that regex",
+                )
+        return tuple(patterns)
+
+    def pattern(self, node: yaml.Node, index: int, first_seen: dict[str, int]) -> Pattern | None:
+        # Name the entry in every message about it, even one about its keys.
+        named = _scalar_value(node, "name")
+        where = f"pattern {named!r}" if named else f"pattern #{index + 1}"
+        values = self.mapping(node, where, PATTERN_KEYS)
+        if values is None:
+            return None
+        name = self.str_(values["name"], f"{where} name") if "name" in values else None
+        ok = name is not None
+        if name is not None:
+            name_line = values["name"].start_mark.line + 1
+            if not _NAME.match(name):
+                self.error(values["name"], f"{where}: a name is kebab-case (lower-case letters, digits, single '-')")
+                ok = False
+            elif name == TRACEBACK_PATTERN:
+                self.error(values["name"], f"{where}: the name is reserved for tracebacks that no pattern matches")
+                ok = False
+            elif name in first_seen:
+                self.error(values["name"], f"{where}: the name is used twice (first at line {first_seen[name]}); names must be unique")
+                ok = False
+            else:
+                first_seen[name] = name_line
+        signal = severity = vendor = source = example = regex = None
+        if "signal" in values:
+            signal = self.choice(values["signal"], f"{where} signal", tuple(s.value for s in LOG_SIGNALS))
+        if "severity" in values:
+            severity = self.choice(values["severity"], f"{where} severity", tuple(s.value for s in Severity))
+        if "vendor" in values:
+            vendor = self.choice(values["vendor"], f"{where} vendor", VENDORS)
+        if "source" in values:
+            source = self.str_(values["source"], f"{where} source")
+        if "example" in values:
+            example = self.str_(values["example"], f"{where} example")
+            if example is not None and "\n" in example:
+                self.error(values["example"], f"{where} example must be one log line")
+                example = None
+        if "regex" in values:
+            text = self.str_(values["regex"], f"{where} regex")
+            if text is not None:
+                try:
+                    regex = re.compile(text)
+                except re.error as exc:
+                    self.error(values["regex"], f"{where} regex does not compile: {exc}")
+                else:
+                    if regex.search(""):
+                        self.error(values["regex"], f"{where} regex matches the empty string, so it would match every line")
+                        regex = None
+        if regex is not None and example is not None and not regex.search(split_prefix(example)[1]):
+            self.error(values["example"], f"{where}: the example is not matched by the pattern's own regex")
+            ok = False
+        if not ok or None in (signal, severity, vendor, source, example, regex):
+            return None
+        return Pattern(
+            name=name, signal=Signal(signal), regex=regex, severity=Severity(severity),  # type: ignore[arg-type]
+            vendor=vendor, source=source, example=example, line=node.start_mark.line + 1,  # type: ignore[arg-type]
+        )
+
+
+class _Unusable:
+    """A YAML mapping or list where a single value was expected."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return self.kind
+
+
+def _scalar_value(node: yaml.Node, key: str) -> str | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for k, v in node.value:
+        if isinstance(k, yaml.ScalarNode) and k.value == key and isinstance(v, yaml.ScalarNode) and v.value:
+            return v.value
+    return None
+
+
+def _value_node(mapping: yaml.MappingNode, key: str) -> yaml.Node:
+    return next(v for k, v in mapping.value if isinstance(k, yaml.ScalarNode) and k.value == key)
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return repr(node.value)
+
+
+def _show(value: Any) -> str:
+    return value.kind if isinstance(value, _Unusable) else repr(value)
+
+
+# --- the scanner -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One fault seen in a log: it starts at (1-based) `line` and spans `lines` lines of
+    the stream (for a traceback interleaved with other ranks' output, those lines too).
+    `evidence` is the matching line, or a traceback's header, the line that decided its
+    signal and its last line (the exception); at most `MAX_EVIDENCE_BYTES` of UTF-8."""
+
+    line: int
+    signal: Signal
+    pattern: str
+    severity: Severity
+    evidence: str
+    lines: int = 1
+
+
+def split_prefix(line: str) -> tuple[str, str]:
+    """(prefix, text): the launcher's rank prefix(es) at the start of `line`, and the rest.
+    The prefix, without its trailing space, identifies the stream a line belongs to."""
+    pos = 0
+    keys: list[str] = []
+    for _ in range(_MAX_PREFIXES):
+        found = _PREFIX.match(line, pos)
+        if found is None:
+            break
+        keys.append(found.group(0).rstrip(" "))
+        pos = found.end()
+    return "".join(keys), line[pos:]
+
+
+_FRAMES, _AFTER_EXCEPTION, _CHAINED = "frames", "after-exception", "chained"
+
+
+class _Traceback:
+    """What one open traceback keeps: a constant amount, whatever its length."""
+
+    __slots__ = ("start", "header", "state", "count", "end", "tail", "exception", "best", "best_line")
+
+    def __init__(self, start: int, header: str) -> None:
+        self.start = start
+        self.header = header
+        self.state = _FRAMES
+        self.count = 1  # lines of this stream taken in, blank ones included
+        self.end = start  # the last non-blank line that belongs to it
+        self.tail: tuple[int, str] = (start, header)  # that line
+        self.exception: tuple[int, str] | None = None  # the latest exception line
+        self.best: int | None = None  # index of the earliest catalog pattern matched
+        self.best_line: tuple[int, str] = (0, "")
+
+
+class LogScanner:
+    """Fed one line at a time; returns findings as soon as they are complete.
+
+    A line outside a traceback that a catalog pattern matches is a finding at once. A
+    traceback is complete when a line of its stream shows it has ended (neither its
+    frames, nor a chaining line and the traceback that follows it), when it reaches
+    `max_traceback_lines`, or at `flush()`, which the caller owes at end of stream.
+    """
+
+    def __init__(self, catalog: Catalog, *, max_traceback_lines: int = MAX_TRACEBACK_LINES) -> None:
+        if max_traceback_lines < 2:
+            raise ValueError("max_traceback_lines must be at least 2 (a header and an exception)")
+        self.catalog = catalog
+        self.max_traceback_lines = max_traceback_lines
+        self.line_no = 0
+        self._open: dict[str, _Traceback] = {}  # by stream prefix, oldest first
+
+    def feed(self, line: str) -> list[Finding]:
+        """Take the next line of the stream (a trailing newline is ignored); return the
+        findings it completes, in order of the line each starts at."""
+        self.line_no += 1
+        number = self.line_no
+        line = line.rstrip("\r\n")
+        prefix, text = split_prefix(line)
+        found: list[Finding] = []
+        open_tb = self._open.get(prefix)
+        if open_tb is not None:
+            if self._take(open_tb, number, line, text):
+                if open_tb.count >= self.max_traceback_lines:
+                    found.append(self._close(prefix))
+                return found
+            found.append(self._close(prefix))
+        if text.rstrip() == _HEADER:
+            if len(self._open) >= MAX_OPEN_TRACEBACKS:
+                found.append(self._close(next(iter(self._open))))
+            self._open[prefix] = tb = _Traceback(number, _clip(line))
+            self._note(tb, number, line, text)
+        else:
+            index = self.catalog._first(text)
+            if index is not None:
+                pattern = self.catalog.patterns[index]
+                found.append(Finding(number, pattern.signal, pattern.name, pattern.severity, _clip(line), 1))
+        found.sort(key=lambda f: f.line)
+        return found
+
+    def flush(self) -> list[Finding]:
+        """End of stream: every open traceback becomes a finding, as far as it got."""
+        found = [self._close(prefix) for prefix in list(self._open)]
+        return sorted(found, key=lambda f: f.line)
+
+    def _take(self, tb: _Traceback, number: int, line: str, text: str) -> bool:
+        """Whether the open traceback `tb` takes in this line of its stream."""
+        blank = not text.strip()
+        stripped = text.rstrip()
+        if tb.state == _FRAMES:
+            if stripped == _HEADER:
+                return False  # a new traceback: this one was cut short
+            if not blank and text[0] not in " \t" and stripped not in _CHAIN_LINES:
+                tb.exception = (number, _clip(line))
+                tb.state = _AFTER_EXCEPTION
+        elif blank:
+            pass  # Python puts a blank line either side of a chaining line
+        elif tb.state == _AFTER_EXCEPTION and stripped in _CHAIN_LINES:
+            tb.state = _CHAINED
+        elif tb.state == _CHAINED and stripped == _HEADER:
+            tb.state = _FRAMES
+        else:
+            return False
+        tb.count += 1
+        if not blank:
+            self._note(tb, number, line, text)
+        return True
+
+    def _note(self, tb: _Traceback, number: int, line: str, text: str) -> None:
+        """A non-blank line of the traceback: it may match an earlier catalog pattern than
+        any line before it (catalog order decides, not line order)."""
+        tb.end = number
+        tb.tail = (number, _clip(line))
+        index = self.catalog._first(text, below=tb.best)
+        if index is not None:
+            tb.best = index
+            tb.best_line = (number, tb.tail[1])
+
+    def _close(self, prefix: str) -> Finding:
+        tb = self._open.pop(prefix)
+        pieces = {tb.start: tb.header}
+        if tb.best is not None:
+            pattern = self.catalog.patterns[tb.best]
+            signal, name, severity = pattern.signal, pattern.name, pattern.severity
+            pieces[tb.best_line[0]] = tb.best_line[1]
+        else:
+            signal, name, severity = Signal.USER_ERROR, TRACEBACK_PATTERN, default_severity(Signal.USER_ERROR)
+        last = tb.exception if tb.state != _FRAMES and tb.exception is not None else tb.tail
+        pieces[last[0]] = last[1]
+        evidence = _join_clipped([pieces[n] for n in sorted(pieces)], MAX_EVIDENCE_BYTES)
+        return Finding(tb.start, signal, name, severity, evidence, tb.end - tb.start + 1)
+
+
+def scan_lines(lines: Iterable[str], catalog: Catalog) -> list[Finding]:
+    """Every finding in a finished log, in order of the line each starts at."""
+    scanner = LogScanner(catalog)
+    found: list[Finding] = []
+    for line in lines:
+        found.extend(scanner.feed(line))
+    found.extend(scanner.flush())
+    return sorted(found, key=lambda f: f.line)
+
+
+# --- evidence ----------------------------------------------------------------------
+
+_ELLIPSIS = "…"
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _clip(text: str, limit: int = MAX_EVIDENCE_BYTES) -> str:
+    """`text`, cut to at most `limit` bytes of UTF-8 (an ellipsis marks the cut)."""
+    if len(text) * 4 <= limit:
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    if limit < _size(_ELLIPSIS):
+        return data[:limit].decode("utf-8", "ignore")
+    return data[: limit - _size(_ELLIPSIS)].decode("utf-8", "ignore") + _ELLIPSIS
+
+
+def _join_clipped(pieces: list[str], limit: int) -> str:
+    """The pieces joined by newlines, each clipped so that the whole fits in `limit`
+    bytes; short pieces stay whole and leave their share to the long ones."""
+    budget = limit - (len(pieces) - 1)
+    shares: dict[int, int] = {}
+    for left, index in enumerate(sorted(range(len(pieces)), key=lambda i: _size(pieces[i]))):
+        share = min(_size(pieces[index]), budget // (len(pieces) - left))
+        shares[index] = share
+        budget -= share
+    return "\n".join(_clip(piece, shares[i]) for i, piece in enumerate(pieces))

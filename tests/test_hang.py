@@ -1,0 +1,81 @@
+"""Hang detection with literal times."""
+
+from __future__ import annotations
+
+from agents.watchers.hang import HangLimits, HangWatcher, QuietReading, QuietWatcher
+
+LIMITS = HangLimits(train=10.0, checkpoint=60.0, eval=30.0)
+
+
+def test_a_rank_stuck_on_a_step_is_hung_at_exactly_its_limit_and_reported_once():
+    w = HangWatcher(LIMITS)
+    w.started("j", 0, now=0.0)
+    w.progress("j", 0, step=5, phase="train", now=3.0)
+    assert w.check(12.9) == []
+    (finding,) = w.check(13.0)
+    assert (finding.rank, finding.step, finding.phase, finding.stalled_for, finding.how) == (0, 5, "train", 10.0, "heartbeat")
+    assert "step 5 (train) for 10s" in finding.evidence
+    assert w.check(100.0) == [], "one finding per stall"
+    w.progress("j", 0, step=6, phase="train", now=101.0)
+    assert w.check(110.0) == []
+    assert len(w.check(111.0)) == 1, "advancing re-arms the watcher"
+
+
+def test_the_same_step_repeated_is_no_progress():
+    w = HangWatcher(LIMITS)
+    w.progress("j", 0, 5, "train", 0.0)
+    w.progress("j", 0, 5, "train", 9.0)
+    assert len(w.check(10.0)) == 1
+
+
+def test_checkpoint_and_eval_phases_have_their_own_longer_limits():
+    w = HangWatcher(LIMITS)
+    w.progress("j", 0, 5, "checkpoint", 0.0)
+    w.progress("j", 1, 5, "eval", 0.0)
+    assert w.check(29.0) == []
+    assert [f.rank for f in w.check(30.0)] == [1]
+    assert [f.rank for f in w.check(60.0)] == [0]
+
+
+def test_a_rank_that_never_reports_is_hung_after_the_train_limit_from_its_start():
+    w = HangWatcher(LIMITS)
+    w.started("j", 3, 100.0)
+    assert w.check(109.0) == []
+    (finding,) = w.check(110.0)
+    assert finding.rank == 3 and finding.step == 0
+
+
+def test_forgotten_ranks_are_not_reported():
+    w = HangWatcher(LIMITS)
+    w.started("j", 0, 0.0)
+    w.forget("j", 0)
+    assert w.check(1000.0) == []
+
+
+def quiet(lines=0, cpu=0.0, util=0.0):
+    return QuietReading(new_log_lines=lines, cpu_seconds=cpu, chip_utilisation=util)
+
+
+def test_a_job_quiet_for_n_consecutive_checks_is_hung_once():
+    w = QuietWatcher(checks=3)
+    assert w.observe("j", quiet(), 5.0) is None
+    assert w.observe("j", quiet(), 5.0) is None
+    finding = w.observe("j", quiet(), 5.0)
+    assert finding is not None and finding.how == "quiet" and finding.stalled_for == 15.0
+    assert "no log output" in finding.evidence and "3 consecutive checks" in finding.evidence
+    assert w.observe("j", quiet(), 5.0) is None, "reported once per quiet spell"
+
+
+def test_any_sign_of_life_resets_the_count():
+    for alive in (quiet(lines=1), quiet(cpu=0.5), quiet(util=80.0)):
+        w = QuietWatcher(checks=2)
+        assert w.observe("j", quiet(), 5.0) is None
+        assert w.observe("j", alive, 5.0) is None
+        assert w.observe("j", quiet(), 5.0) is None, f"{alive} should have reset the count"
+        assert w.observe("j", quiet(), 5.0) is not None
+
+
+def test_unknown_chip_utilisation_does_not_count_as_busy():
+    w = QuietWatcher(checks=1)
+    finding = w.observe("j", QuietReading(0, 0.0, None), 5.0)
+    assert finding is not None and "chips at unknown" in finding.evidence

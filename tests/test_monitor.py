@@ -1,0 +1,96 @@
+"""The agent's eyes on real ranks: crash, hang and log-line signals, with evidence."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from agents.launcher import RankSpec
+from agents.monitor import Observation, RankMonitor
+from agents.watchers.hang import HangLimits
+from agents.watchers.logscan import default_catalog_path, load_catalog
+from supervisor.localcluster import wait_for
+from supervisor.vocab import Accelerator, Signal
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+REPO = Path(__file__).resolve().parent.parent
+HANG_TIMEOUT = 3.0
+
+
+@pytest.fixture
+def monitor(tmp_path):
+    m = RankMonitor(tmp_path / "logs", f"ipc://{tmp_path}/hb.sock", HangLimits(train=HANG_TIMEOUT),
+                    load_catalog(default_catalog_path()))
+    yield m
+    for job in {j for j, _ in m.launcher.ranks}:
+        m.stop(job, grace=1)
+    m.close()
+
+
+def rank(tmp_path: Path, argv: list[str], job: str = "j1", r: int = 0) -> RankSpec:
+    return RankSpec(job=job, rank=r, local_rank=r, world_size=1, local_world_size=1, argv=tuple(argv),
+                    master_addr="127.0.0.1", master_port=29500, accelerator=Accelerator.SIM_ASCEND,
+                    chips=(r,), node="n1", heartbeat=f"ipc://{tmp_path}/hb.sock", cwd=str(REPO))
+
+
+def collect(monitor: RankMonitor, until, timeout: float) -> list[Observation]:
+    seen: list[Observation] = []
+    wait_for(lambda: seen.extend(monitor.tick(time.monotonic())) or until(seen), timeout, "an observation", 0.05)
+    return seen
+
+
+def test_a_training_rank_that_hangs_is_reported_within_hang_timeout_plus_2s(monitor, tmp_path):
+    marker = tmp_path / "hung"
+    monitor.launch(rank(tmp_path, [sys.executable, str(REPO / "tests" / "ranks" / "hanging_trainer.py"),
+                                   "--hang-at", "5", "--marker", str(marker)]), time.monotonic())
+    wait_for(marker.exists, 60, "the rank to reach its hang", 0.02)
+    hung_since = time.monotonic()
+    seen = collect(monitor, lambda s: any(o.signal is Signal.HANG for o in s), HANG_TIMEOUT + 2)
+    detected_after = time.monotonic() - hung_since
+    assert detected_after <= HANG_TIMEOUT + 2
+    hang = next(o for o in seen if o.signal is Signal.HANG)
+    assert hang.rank == 0 and hang.fields["step"] == 5 and hang.fields["phase"] == "train"
+    assert "at step 5 (train)" in hang.evidence
+    if "py-spy is not installed" in hang.evidence:  # the fallback evidence still says where
+        assert "rank 0 (pid" in hang.evidence and "last step 5" in hang.evidence
+    assert not any(o.signal is Signal.CRASH for o in seen)
+
+
+def test_a_sigkilled_rank_is_a_crash_with_the_signal_name(monitor, tmp_path):
+    monitor.launch(rank(tmp_path, [sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)"]), time.monotonic())
+    pid = monitor.launcher.ranks[("j1", 0)].pid
+    os.kill(pid, signal.SIGKILL)
+    seen = collect(monitor, lambda s: any(o.signal is Signal.CRASH for o in s), 20)
+    crash = next(o for o in seen if o.signal is Signal.CRASH)
+    assert crash.fields["signal_name"] == "SIGKILL" and crash.rank == 0
+    assert crash.evidence == "rank 0 of job j1 was killed by SIGKILL"
+
+
+def test_an_hccl_timeout_line_is_an_interconnect_timeout_with_that_line_as_evidence(monitor, tmp_path):
+    line = "EI0002: The wait execution of the Notify register times out. Reason: The Notify register has not received the Notify record from remote rank [1]."
+    script = tmp_path / "hccl.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        print("step 1 loss 2.5")
+        print({line!r}, file=sys.stderr)
+        sys.exit(1)
+    """))
+    monitor.launch(rank(tmp_path, [sys.executable, str(script)]), time.monotonic())
+    seen = collect(monitor, lambda s: any(o.signal is Signal.CRASH for o in s), 20)
+    timeouts = [o for o in seen if o.signal is Signal.INTERCONNECT_TIMEOUT]
+    assert len(timeouts) == 1 and line in timeouts[0].evidence
+    assert timeouts[0].source == "logscan" and timeouts[0].fields["pattern"]
+    assert [o.signal for o in seen].count(Signal.CRASH) == 1
+
+
+def test_a_stopped_job_is_not_a_crash(monitor, tmp_path):
+    monitor.launch(rank(tmp_path, [sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)"]), time.monotonic())
+    monitor.stop("j1", grace=2)
+    assert not [o for o in monitor.tick(time.monotonic()) if o.signal is Signal.CRASH]
