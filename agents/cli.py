@@ -92,3 +92,46 @@ def agent(daemon: str, node_id: str, accelerator: str, chips: int, work_dir: Pat
         Agent(config).run()
     except AgentError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@click.command()
+@click.argument("source", type=click.File("r", errors="replace"), default="-")
+@click.option("--patterns", envvar="TRAINGUARD_PATTERNS", show_envvar=True, type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Pattern catalog (default: the shipped policies/patterns/faults.yaml).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per finding.")
+def logscan(source: "click.utils.LazyFile", patterns: str | None, as_json: bool) -> None:
+    """Classify a rank's log (FILE or - for stdin) the way the live agent does: one
+    finding per matching line or per Python traceback."""
+    import json
+
+    from agents.watchers.logscan import CatalogError, LogScanner, load_catalog
+
+    try:
+        catalog = load_catalog(patterns)
+    except (CatalogError, OSError) as exc:
+        raise click.ClickException(f"cannot load the pattern catalog: {exc}") from exc
+    scanner = LogScanner(catalog)
+    findings = []
+    for raw in source:
+        findings.extend(scanner.feed(raw.rstrip("\n")))
+    findings.extend(scanner.flush())
+    # A traceback is reported when it ends; print in the order the log has them.
+    for finding in sorted(findings, key=lambda f: f.line):
+        _print_finding(finding, as_json, json)
+    if not as_json:
+        click.echo(f"{len(findings)} finding(s)", err=True)
+
+
+def _print_finding(finding: object, as_json: bool, json: object) -> None:
+    record = {
+        "line": finding.line,  # type: ignore[attr-defined]
+        "signal": finding.signal.value,  # type: ignore[attr-defined]
+        "pattern": finding.pattern,  # type: ignore[attr-defined]
+        "severity": finding.severity.value,  # type: ignore[attr-defined]
+        "evidence": finding.evidence,  # type: ignore[attr-defined]
+    }
+    if as_json:
+        click.echo(json.dumps(record))  # type: ignore[attr-defined]
+    else:
+        first = record["evidence"].splitlines()[-1] if record["evidence"] else ""
+        click.echo(f"{record['line']:>6}  {record['signal']:<21} {record['pattern']:<40} {first[:160]}")

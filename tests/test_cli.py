@@ -139,3 +139,22 @@ def test_demo_runs_to_the_end(tmp_path):
     result = trainguard("demo", "--dir", str(tmp_path / "demo"), timeout=110)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "agents kept running through the daemon restart: True" in result.stdout
+
+
+@pytest.mark.timeout(30)
+def test_logscan_prints_one_finding_per_line_or_traceback(tmp_path):
+    log = tmp_path / "rank1.log"
+    log.write_text(
+        "step 1 loss 3.2\n"
+        "[rank1]: Traceback (most recent call last):\n"
+        '[rank1]:   File "train.py", line 9, in <module>\n'
+        "[rank1]:     x = y / 0\n"
+        "[rank1]: ZeroDivisionError: division by zero\n"
+        "EI0002: The wait execution of the Notify register times out.\n"
+    )
+    result = trainguard("logscan", str(log), "--json")
+    assert result.returncode == 0, result.stderr
+    findings = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(f["line"], f["signal"]) for f in findings] == [(2, "user_error"), (6, "interconnect_timeout")]
+    assert findings[0]["pattern"] == "python-traceback" and "ZeroDivisionError" in findings[0]["evidence"]
+    assert findings[1]["evidence"] == "EI0002: The wait execution of the Notify register times out."
