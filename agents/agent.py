@@ -20,7 +20,11 @@ from typing import Any
 import structlog
 import zmq
 
+from agents.launcher import RankSpec
 from agents.link import Backoff, DaemonLink, Outbox
+from agents.monitor import RankMonitor
+from agents.watchers.hang import HangLimits
+from agents.watchers.logscan import CatalogError, load_catalog
 from agents.probes import chip_probe_for
 from agents.probes.base import ChipProbe, HostProbe, chip_changes
 from agents.probes.host import PsutilHostProbe
@@ -38,6 +42,7 @@ from supervisor.protocol import (
     ProtocolError,
     Register,
     Result,
+    RunningRank,
     decode,
     encode,
     new_id,
@@ -55,6 +60,7 @@ class AgentConfig:
     chips: int
     work_dir: Path
     probe_interval: float = 5.0
+    hang_timeout: float = 300.0
 
 
 class AgentError(Exception):
@@ -72,6 +78,14 @@ class Agent:
         except OSError as exc:
             raise AgentError(f"work dir {config.work_dir} is not writable: {exc.strerror or exc}") from exc
         self.chip_probe = chip_probe or chip_probe_for(config.accelerator, config.chips, config.work_dir)
+        try:
+            catalog = load_catalog()
+        except (CatalogError, OSError) as exc:
+            raise AgentError(f"cannot load the log pattern catalog: {exc}") from exc
+        progress = config.work_dir / "progress.sock"
+        # AF_UNIX paths are short (107 bytes); a deep work dir gets a loopback port instead.
+        endpoint = f"ipc://{progress}" if len(str(progress)) < 100 else "tcp://127.0.0.1:*"
+        self.monitor = RankMonitor(config.work_dir / "logs", endpoint, HangLimits(train=config.hang_timeout), catalog)
         self.host_probe = host_probe or PsutilHostProbe(config.work_dir)
         self.instance = new_id()
         self.link = DaemonLink(Backoff())
@@ -131,13 +145,16 @@ class Agent:
                 now = time.monotonic()
                 if now >= self._next_probe:
                     self._probe(now)
+                self._watch_ranks(now)
                 self._talk(now)
                 wake = min(self._next_probe, self.link.next_wakeup(), self.outbox.next_due() or float("inf"))
                 timeout_ms = max(0, min(250, int((wake - time.monotonic()) * 1000) + 1))
                 if poller.poll(timeout_ms):
                     self._drain()
         finally:
-            log.info("agent.stopping", unsent_events=len(self.outbox))
+            running = sorted({job for job, *_ in self.monitor.running()})
+            log.info("agent.stopping", unsent_events=len(self.outbox), jobs_left_running=running)
+            self.monitor.close()
             self.sock.close(linger=0)
 
     def _talk(self, now: float) -> None:
@@ -162,6 +179,7 @@ class Agent:
                 agent_instance=self.instance,
                 hostname=socket.gethostname(),
                 pid=os.getpid(),
+                running=self._running(),
             )
             self.link.register_sent(msg.id, now, self._send(msg))
         if self.link.heartbeat_due(now):
@@ -175,6 +193,7 @@ class Agent:
                     agent_instance=self.instance,
                     chips=self._chips,
                     host=self._host or HostStatus(health=Health.UNKNOWN),
+                    running=self._running(),
                 )
             )
             self.link.heartbeat_sent(now)
@@ -249,16 +268,86 @@ class Agent:
         self._send(result)
 
     def _execute(self, cmd: Command) -> dict[str, Any]:
+        if cmd.kind is CommandKind.LAUNCH:
+            return self._launch(cmd.args)
+        if cmd.kind is CommandKind.STOP:
+            job = str(cmd.args["job"])
+            asked = self.monitor.request_stop(job, float(cmd.args.get("grace", 30.0)))
+            if not asked:
+                raise ValueError(f"no rank of job {job!r} runs on node {self.config.node_id}")
+            return {"node": self.config.node_id, "job": job, "ranks_asked": asked}
         if cmd.kind is CommandKind.INJECT:
             if not isinstance(self.chip_probe, SimProbe):
                 raise ValueError(f"node {self.config.node_id} is not simulated ({self.config.accelerator.value})")
             hardware: SimHardware = self.chip_probe.hardware
             fault = Fault(cmd.args["fault"])
             chip = int(cmd.args.get("chip", 0))
+            if fault.needs_rank:
+                return self._act_out_on_rank(fault, chip)
             state = hardware.apply(fault, chip, int(cmd.args.get("count", 1)))
             return {"node": self.config.node_id, "fault": fault.value, "chip": chip, "chip_state": state,
                     "probe_interval_s": self.config.probe_interval}
         raise ValueError(f"this agent does not handle {cmd.kind.value!r} commands yet")
+
+    # --- training ranks ------------------------------------------------------------
+
+    def _launch(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Start a single-node job: `nproc` ranks of `argv`, rank i on chip i."""
+        job, nproc = str(args["job"]), int(args.get("nproc", 1))
+        argv = [str(a) for a in args["argv"]]
+        if not argv or nproc < 1:
+            raise ValueError("launch needs a command and at least one rank")
+        if self.config.chips and nproc > self.config.chips:
+            raise ValueError(f"node {self.config.node_id} has {self.config.chips} chips, not {nproc}")
+        port = int(args.get("master_port") or 0) or _free_port()
+        ckpt_dir = args.get("ckpt_dir") or str(self.config.work_dir / "checkpoints" / job)
+        now = time.monotonic()
+        try:
+            self._start_ranks(job, nproc, argv, port, ckpt_dir, args, now)
+        except OSError as exc:
+            self.monitor.request_stop(job, grace=0.0)  # no half-started job left behind
+            raise ValueError(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from exc
+        log.info("job.ranks_started", job=job, ranks=nproc, argv=argv, ckpt_dir=ckpt_dir,
+                 logs=str(self.config.work_dir / "logs" / job))
+        return {"node": self.config.node_id, "job": job, "ranks": nproc, "ckpt_dir": ckpt_dir,
+                "pids": [pid for j, _, pid, _ in self.monitor.running() if j == job]}
+
+    def _start_ranks(self, job: str, nproc: int, argv: list[str], port: int, ckpt_dir: str,
+                     args: dict[str, Any], now: float) -> None:
+        for rank in range(nproc):
+            self.monitor.launch(
+                RankSpec(
+                    job=job, rank=rank, local_rank=rank, world_size=nproc, local_world_size=nproc,
+                    argv=tuple(argv), master_addr="127.0.0.1", master_port=port,
+                    accelerator=self.config.accelerator, chips=(rank,) if self.config.chips else (),
+                    node=self.config.node_id, heartbeat=self.monitor.heartbeat_endpoint, ckpt_dir=ckpt_dir,
+                    cwd=args.get("cwd"), env={str(k): str(v) for k, v in (args.get("env") or {}).items()},
+                ),
+                now,
+            )
+
+    def _act_out_on_rank(self, fault: Fault, chip: int) -> dict[str, Any]:
+        """A crash: SIGKILL the rank on that chip, as a dying process would end."""
+        for (job, rank), process in self.monitor.launcher.ranks.items():
+            if chip in process.spec.chips:
+                os.kill(process.pid, signal.SIGKILL)
+                return {"node": self.config.node_id, "fault": fault.value, "chip": chip, "job": job, "rank": rank,
+                        "pid": process.pid}
+        raise ValueError(f"no training rank runs on chip {chip} of node {self.config.node_id}")
+
+    def _running(self) -> tuple[RunningRank, ...]:
+        return tuple(RunningRank(job=j, rank=r, pid=p, step=s) for j, r, p, s in self.monitor.running())
+
+    def _watch_ranks(self, now: float) -> None:
+        for o in self.monitor.tick(now):
+            chip = o.chip
+            name = f"signal.{o.signal.value}"
+            log.warning(name, job=o.job, rank=o.rank, chip=chip, evidence=o.evidence, source=o.source, **o.fields)
+            self.outbox.add(
+                Event(id=new_id(), ts=time.time(), node=self.config.node_id, name=name, observed_at=o.observed_at,
+                      signal=o.signal, chip=chip, job=o.job, rank=o.rank, evidence=o.evidence[:16_000],
+                      fields={"source": o.source, **o.fields})
+            )
 
     # --- probes --------------------------------------------------------------------
 
@@ -318,3 +407,9 @@ _SIGNAL_FOR_HEALTH = {
     Health.ALARM: Signal.CHIP_ERROR,
     Health.CRITICAL: Signal.CHIP_ERROR,
 }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -63,7 +63,15 @@ from supervisor.vocab import Accelerator
     show_default=True,
     help="How often chip and host health are read.",
 )
-def agent(daemon: str, node_id: str, accelerator: str, chips: int, work_dir: Path, probe_interval: str) -> None:
+@click.option(
+    "--hang-timeout",
+    envvar="TRAINGUARD_HANG_TIMEOUT",
+    show_envvar=True,
+    default="300s",
+    show_default=True,
+    help="A rank whose step does not advance for this long (training phase) is hung.",
+)
+def agent(daemon: str, node_id: str, accelerator: str, chips: int, work_dir: Path, probe_interval: str, hang_timeout: str) -> None:
     """Run this node's agent: registers with the daemon, heartbeats, probes chips."""
     import re
 
@@ -78,6 +86,10 @@ def agent(daemon: str, node_id: str, accelerator: str, chips: int, work_dir: Pat
         interval = parse_duration(probe_interval)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--probe-interval") from exc
+    try:
+        hang = parse_duration(hang_timeout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--hang-timeout") from exc
     if interval <= 0:
         raise click.BadParameter("must be above zero", param_hint="--probe-interval")
     config = AgentConfig(
@@ -87,6 +99,7 @@ def agent(daemon: str, node_id: str, accelerator: str, chips: int, work_dir: Pat
         chips=chips if accelerator != "cpu" else 0,
         work_dir=work_dir,
         probe_interval=interval,
+        hang_timeout=hang,
     )
     try:
         Agent(config).run()

@@ -117,6 +117,7 @@ class RankProcess:
     log_path: Path
     reader: threading.Thread
     stop_requested: bool = False
+    kill_at: float | None = None  # monotonic deadline of a requested stop
     # Every descendant seen, as psutil handles: they check the process's start time
     # before signalling, so a recycled pid is never hit.
     descendants: dict[int, psutil.Process] = field(default_factory=dict)
@@ -168,12 +169,29 @@ class Launcher:
                     except Exception:
                         pass  # a scanner bug must not stop the log from being written
 
+    def request_stop(self, job: str, grace: float) -> int:
+        """SIGTERM every rank of `job` now; `poll()` SIGKILLs what is left after `grace`
+        seconds. Returns how many ranks were asked. Non-blocking, for the agent's loop."""
+        deadline = time.monotonic() + grace
+        asked = 0
+        for (j, _), process in self.ranks.items():
+            if j == job and not process.stop_requested:
+                process.stop_requested = True
+                process.kill_at = deadline
+                process.descendants.update(_descendants(process.pid))
+                _signal_group(process.pid, signal.SIGTERM)
+                asked += 1
+        return asked
+
     def poll(self) -> list[RankExit]:
-        """Ranks that have exited since the last poll (non-blocking)."""
+        """Ranks that have exited since the last poll (non-blocking); ranks whose stop
+        grace period has run out are SIGKILLed here."""
         exits = []
         for key, process in list(self.ranks.items()):
             if process.popen.poll() is None:
                 process.descendants.update(_descendants(process.pid))
+                if process.kill_at is not None and time.monotonic() >= process.kill_at:
+                    _kill_all(process)
                 continue
             del self.ranks[key]
             process.reader.join(timeout=5)
@@ -188,10 +206,7 @@ class Launcher:
         """SIGTERM every rank of `job`; SIGKILL what is left after `grace` seconds,
         including any descendant that left the rank's process group."""
         targets = [p for (j, _), p in self.ranks.items() if j == job]
-        for process in targets:
-            process.stop_requested = True
-            process.descendants.update(_descendants(process.pid))
-            _signal_group(process.pid, signal.SIGTERM)
+        self.request_stop(job, grace)
         deadline = time.monotonic() + grace
         for process in targets:
             try:

@@ -40,6 +40,7 @@ class Observation:
     observed_at: float  # wall clock
     source: str  # launcher / logscan / hang
     fields: dict[str, Any] = field(default_factory=dict)
+    chip: int | None = None  # the rank's (first) chip
 
 
 class RankMonitor:
@@ -50,10 +51,13 @@ class RankMonitor:
         self.hang = HangWatcher(limits)
         self.catalog = catalog
         self._scanners: dict[tuple[str, int], LogScanner] = {}
+        self._chips: dict[tuple[str, int], int | None] = {}
         self._pull = zmq.Context.instance().socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.setsockopt(zmq.RCVHWM, 10_000)
         self._pull.bind(heartbeat_endpoint)
+        # The endpoint actually bound (a tcp://127.0.0.1:* wildcard becomes a real port).
+        self.heartbeat_endpoint = self._pull.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.bad_progress = 0
 
     def close(self) -> None:
@@ -64,7 +68,20 @@ class RankMonitor:
     def launch(self, spec: RankSpec, now: float) -> None:
         self.launcher.start(spec)
         self._scanners[(spec.job, spec.rank)] = LogScanner(self.catalog)
+        self._chips[(spec.job, spec.rank)] = spec.chips[0] if spec.chips else None
         self.hang.started(spec.job, spec.rank, now)
+
+    def request_stop(self, job: str, grace: float) -> int:
+        """Non-blocking stop for the agent's loop: SIGTERM now, SIGKILL after `grace`
+        (in a later tick). The ranks' exits are expected, not crashes."""
+        for (j, rank) in list(self._scanners):
+            if j == job:
+                self.hang.forget(j, rank)
+        return self.launcher.request_stop(job, grace)
+
+    def running(self) -> list[tuple[str, int, int, int | None]]:
+        """(job, rank, pid, last step) of every rank alive."""
+        return [(j, r, p.pid, self.hang.last_step(j, r)) for (j, r), p in sorted(self.launcher.ranks.items())]
 
     def stop(self, job: str, grace: float) -> list[Observation]:
         """Stop a job's ranks; their exits are expected, so they are not crashes."""
@@ -89,14 +106,16 @@ class RankMonitor:
             if exit.crash:
                 observations.append(
                     Observation(Signal.CRASH, exit.job, exit.rank, exit.describe(), exit.observed_at, "launcher",
-                                {"exit_code": exit.returncode, "signal_name": exit.signal_name, "pid": exit.pid})
+                                {"exit_code": exit.returncode, "signal_name": exit.signal_name, "pid": exit.pid},
+                                self._chips.get((exit.job, exit.rank)))
                 )
         for finding in self.hang.check(now):
             observations.append(
                 Observation(Signal.HANG, finding.job, finding.rank, self._hang_evidence(finding.job, finding.evidence),
                             time.time(), "hang",
                             {"step": finding.step, "phase": finding.phase,
-                             "stalled_for_s": round(finding.stalled_for, 1), "limit_s": finding.limit})
+                             "stalled_for_s": round(finding.stalled_for, 1), "limit_s": finding.limit},
+                            self._chips.get((finding.job, finding.rank)))
             )
         return observations
 
@@ -135,8 +154,8 @@ class RankMonitor:
     def _finding(self, job: str, rank: int, finding: Any) -> Observation:
         return Observation(
             finding.signal, job, rank, finding.evidence, time.time(), "logscan",
-            {"pattern": finding.pattern, "line": finding.line, "severity": finding.severity.value
-             if hasattr(finding.severity, "value") else str(finding.severity)},
+            {"pattern": finding.pattern, "line": finding.line, "severity": finding.severity.value},
+            self._chips.get((job, rank)),
         )
 
     def _hang_evidence(self, job: str, summary: str) -> str:

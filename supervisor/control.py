@@ -158,6 +158,68 @@ class Policies(Verb):
         return cluster.policies.describe()
 
 
+def _up_node(cluster: "Cluster", node: str) -> Any:
+    record = cluster.nodes.get(node)
+    if record is None:
+        known = ", ".join(r.node for r in cluster.nodes.records()) or "none"
+        raise CtlError(f"unknown node {node!r}; known nodes: {known}", "unknown_node")
+    if record.state is not NodeState.UP:
+        raise CtlError(f"node {node!r} is {record.state.value}, not up", "node_not_up")
+    return record
+
+
+class _LaunchParams(msgspec.Struct, forbid_unknown_fields=True):
+    node: str
+    job: str
+    argv: list[str]
+    nproc: int = 1
+    ckpt_dir: str | None = None
+    cwd: str | None = None
+    env: dict[str, str] = {}
+
+
+@_register
+class Launch(Verb):
+    """Start `nproc` ranks of a command on one node, as a single-node job: the agent
+    gives them a torchrun environment and their chips, watches them (crash, hang, log
+    faults) and reports what it sees as `signal.*` events. (The job lifecycle across
+    nodes, with restarts and failover, builds on this.)"""
+
+    name = "launch"
+    Params = _LaunchParams
+
+    def execute(self, cluster: "Cluster", params: _LaunchParams, now: Instant) -> Any:
+        record = _up_node(cluster, params.node)
+        if not params.argv:
+            raise CtlError("launch needs a command to run", "bad_request")
+        if params.nproc < 1 or (record.chips and params.nproc > len(record.chips)):
+            raise CtlError(f"node {params.node!r} has {len(record.chips)} chips; cannot run {params.nproc} ranks", "bad_request")
+        if any(r.job == params.job for r in record.running):
+            raise CtlError(f"job {params.job!r} already runs on node {params.node!r}", "busy")
+        args = msgspec.to_builtins(params)
+        del args["node"]
+        return SendCommand(params.node, CommandKind.LAUNCH, args)
+
+
+class _StopParams(msgspec.Struct, forbid_unknown_fields=True):
+    node: str
+    job: str
+    grace: float = 30.0
+
+
+@_register
+class Stop(Verb):
+    """Stop a job's ranks on a node: SIGTERM (the runtime takes a final checkpoint),
+    then SIGKILL of whatever is left after `grace` seconds."""
+
+    name = "stop"
+    Params = _StopParams
+
+    def execute(self, cluster: "Cluster", params: _StopParams, now: Instant) -> Any:
+        _up_node(cluster, params.node)
+        return SendCommand(params.node, CommandKind.STOP, {"job": params.job, "grace": params.grace})
+
+
 class _InjectParams(msgspec.Struct, forbid_unknown_fields=True):
     node: str
     fault: Fault

@@ -278,7 +278,7 @@ class Daemon:
     def _record(self, changes: list[NodeChange], now: Instant) -> None:
         for change in changes:
             fields = {"node": change.node, **change.fields} if change.node != "*" else dict(change.fields)
-            level = "warning" if change.event in _WARN_EVENTS else "info"
+            level = "warning" if change.event in _WARN_EVENTS or change.event.startswith("signal.") else "info"
             getattr(log, level)(change.event, **fields)
             if len(self._pending_events) < _MAX_UNSAVED_EVENTS:
                 self._pending_events.append((now.wall, change.event, fields))

@@ -117,7 +117,7 @@ class LocalCluster:
             ],
         )
 
-    def start_agent(self, node: str, accelerator: str = "sim-ascend", chips: int = 4) -> Proc:
+    def start_agent(self, node: str, accelerator: str = "sim-ascend", chips: int = 4, *extra: str) -> Proc:
         return self._spawn(
             node,
             [
@@ -128,6 +128,7 @@ class LocalCluster:
                 "--chips", str(chips),
                 "--work-dir", str(self.root / "nodes" / node),
                 "--probe-interval", f"{self.probe_interval}s",
+                *extra,
             ],
         )
 

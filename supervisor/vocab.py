@@ -95,7 +95,8 @@ class Fault(str, enum.Enum):
 
     The health levels set one chip's reported health directly; `ecc` adds uncorrectable
     ECC errors to a chip; `chip_error` / `chip_degraded` are the taxonomy's names for a
-    chip that reports critical / warning with a vendor error code.
+    chip that reports critical / warning with a vendor error code; `crash` SIGKILLs the
+    training rank that uses the chip.
     """
 
     OK = "ok"
@@ -105,6 +106,12 @@ class Fault(str, enum.Enum):
     ECC = "ecc"
     CHIP_ERROR = "chip_error"
     CHIP_DEGRADED = "chip_degraded"
+    CRASH = "crash"
+
+    @property
+    def needs_rank(self) -> bool:
+        """Acted out on the training rank that uses the chip, not on the chip."""
+        return self is Fault.CRASH
 
 
 class Severity(str, enum.Enum):

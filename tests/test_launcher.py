@@ -152,3 +152,21 @@ def test_a_repeated_start_of_a_running_rank_starts_nothing(tmp_path):
     first = launcher.start(s)
     assert launcher.start(s) is first
     launcher.stop("j1", grace=0.5)
+
+
+def test_a_non_blocking_stop_kills_a_rank_that_ignores_sigterm_once_the_grace_has_passed(tmp_path):
+    launcher = Launcher(tmp_path / "logs")
+    ready = tmp_path / "ready"
+    launcher.start(spec(tmp_path, f"""
+        import pathlib, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        pathlib.Path({str(ready)!r}).touch()
+        while True: time.sleep(0.1)
+    """))
+    wait_for(ready.exists, 20, "the rank to ignore SIGTERM")
+    started = time.monotonic()
+    assert launcher.request_stop("j1", grace=1.0) == 1
+    assert time.monotonic() - started < 0.5, "request_stop must not wait"
+    exit = wait_exit(launcher, timeout=10)
+    assert time.monotonic() - started >= 1.0
+    assert exit.requested and exit.signal_name == "SIGKILL" and not exit.crash

@@ -137,11 +137,21 @@ FAULT_ON_HEALTHY = {
 }
 
 
-def test_every_fault_has_an_expected_effect() -> None:
-    assert set(FAULT_ON_HEALTHY) == set(Fault)
+CHIP_FAULTS = [f for f in Fault if not f.needs_rank]
 
 
-@pytest.mark.parametrize("fault", list(Fault), ids=lambda f: f.value)
+def test_every_chip_fault_has_an_expected_effect() -> None:
+    assert set(FAULT_ON_HEALTHY) == set(CHIP_FAULTS)
+
+
+def test_a_rank_fault_is_not_a_chip_state(hardware: SimHardware) -> None:
+    """crash is acted out on the training rank (the agent SIGKILLs it), not on the chip."""
+    with pytest.raises(ValueError):
+        hardware.apply(Fault.CRASH, 1)
+    assert all(c.health is Health.OK for c in read(hardware))
+
+
+@pytest.mark.parametrize("fault", CHIP_FAULTS, ids=lambda f: f.value)
 def test_each_fault_changes_what_the_probe_reads(hardware: SimHardware, fault: Fault) -> None:
     returned = hardware.apply(fault, 1, count=3)
     health, ecc, codes = FAULT_ON_HEALTHY[fault]

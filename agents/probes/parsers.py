@@ -97,13 +97,13 @@ def _not_found(tool: str, expected: str, text: str) -> ParseError:
     lines = _nonblank(text)
     if not lines:
         return ParseError(tool, f"printed nothing; expected {expected}")
-    n, line = lines[0]
-    return ParseError(tool, f"found no {expected} in the output, which begins", line_no=n, line=line)
+    # Quote the first line that says something: a box border tells on-call nothing.
+    n, line = next(((n, l) for n, l in lines if not _is_separator(_table_line(l))), lines[0])
+    return ParseError(tool, f"output does not contain {expected}; it begins", line_no=n, line=line)
 
 
 _INT = re.compile(r"[+-]?[0-9]{1,18}")
 _FLOAT = re.compile(r"[+-]?[0-9]{1,18}(?:\.[0-9]{1,18})?")
-_ABSENT = {"", "-", "na", "n/a", "[n/a]", "[not supported]", "not supported", "--"}
 
 
 def _int(value: str | None) -> int | None:
@@ -147,6 +147,10 @@ def normalize_pci_bus_id(bus_id: str) -> str:
         raise ValueError(f"not a PCI bus id: {_clip(bus_id, 60)!r}")
     domain, bus, device, function = m.groups()
     return f"{int(domain, 16):08X}:{bus.upper()}:{device.upper()}.{function or '0'}"
+
+
+def _errors(count: int) -> str:
+    return f"{count} uncorrectable ECC error{'' if count == 1 else 's'}"
 
 
 def _worst(contributions: list[tuple[Health, str]]) -> tuple[Health, str | None]:
@@ -291,7 +295,8 @@ def _cell_values(fields: list[tuple[int, str]], raw: str) -> dict[str, str]:
         # A chip name with spaces: it takes the surplus words.
         k = names.index("name")
         extra = len(tokens) - len(fields)
-        merged = tokens[:k] + [(tokens[k][0], " ".join(t for _, t in tokens[k : k + extra + 1]))] + tokens[k + extra + 1 :]
+        name_words = " ".join(t for _, t in tokens[k : k + extra + 1])
+        merged = tokens[:k] + [(tokens[k][0], name_words)] + tokens[k + extra + 1 :]
         return {name: text for name, (_, text) in zip(names, merged)}
     # Counts differ (a blank sub-column): fall back to the header's columns. Only exact when
     # the spacing is as npu-smi printed it, which is the only case this can arise in.
@@ -374,7 +379,8 @@ def parse_npu_smi_info_chips(text: str) -> list[NpuSmiChip]:
             line_no, line, _ = group[-1]
             raise ParseError(
                 _NPU_TOOL,
-                f"a chip entry has {len(group)} rows but the header has {rows_per_chip}",
+                f"a chip entry has {len(group)} table row(s) but each chip takes {rows_per_chip}"
+                " (output cut short?)",
                 line_no=line_no,
                 line=line,
             )
@@ -745,7 +751,10 @@ def parse_nvidia_smi_csv_rows(text: str, fields: Sequence[str] | None = None) ->
         names = _csv_header(first)
         if fields is not None and names != _csv_header(fields):
             raise ParseError(
-                _CSV_TOOL, f"header does not match the queried fields {list(fields)}", line_no=header_no, line=header_line
+                _CSV_TOOL,
+                f"header does not match the queried fields {list(fields)}",
+                line_no=header_no,
+                line=header_line,
             )
         rows = parsed[1:]
     elif fields is not None:
@@ -809,10 +818,10 @@ def parse_nvidia_smi_csv(text: str, fields: Sequence[str] | None = None) -> list
         corrected, _ = _csv_count(row, "corrected")
         if uncorrected:
             if scope == "volatile":
-                findings.append((Health.ALARM, f"{uncorrected} uncorrectable ECC errors since the driver loaded"))
+                findings.append((Health.ALARM, f"{_errors(uncorrected)} since the driver loaded"))
             else:
                 findings.append(
-                    (Health.WARNING, f"{uncorrected} uncorrectable ECC errors in the GPU's lifetime (aggregate)")
+                    (Health.WARNING, f"{_errors(uncorrected)} in the GPU's lifetime (aggregate)")
                 )
         if _yes(row.get("retired_pages.pending")):
             findings.append((Health.ALARM, "a retired page is pending: reset the GPU to retire it"))
@@ -823,7 +832,8 @@ def parse_nvidia_smi_csv(text: str, fields: Sequence[str] | None = None) -> list
         for name, value in row.items():
             if isinstance(value, CsvProblem):
                 lost = "gpu is lost" in value.text.lower()
-                findings.append((Health.CRITICAL if lost else Health.UNKNOWN, f"nvidia-smi printed {value.text} for {name}"))
+                level = Health.CRITICAL if lost else Health.UNKNOWN
+                findings.append((level, f"nvidia-smi printed {value.text} for {name}"))
         health, reason = _worst(findings)
         temperature = row.get("temperature.gpu")
         used, total = row.get("memory.used"), row.get("memory.total")
@@ -931,9 +941,9 @@ def parse_nvidia_smi_q(text: str) -> list[ChipStatus]:
         agg_c, agg_u = _q_ecc(block, "aggregate")
         if vol_u:
             detail = f"; {agg_u} in its lifetime" if agg_u else ""
-            findings.append((Health.ALARM, f"{vol_u} uncorrectable ECC errors since the driver loaded{detail}"))
+            findings.append((Health.ALARM, f"{_errors(vol_u)} since the driver loaded{detail}"))
         elif vol_u is None and agg_u:
-            findings.append((Health.WARNING, f"{agg_u} uncorrectable ECC errors in the GPU's lifetime (aggregate)"))
+            findings.append((Health.WARNING, f"{_errors(agg_u)} in the GPU's lifetime (aggregate)"))
         flags = {path: v.strip().lower() for path, v in block.items() if len(path) == 2}
         # `Pending Page Blacklist` (fixtures) was renamed `Pending Page Retirement` later.
         if any(p[0] == "retired pages" and "pending" in p[1] and v == "yes" for p, v in flags.items()):
@@ -1030,7 +1040,7 @@ def parse_nvidia_smi_table(text: str) -> list[ChipStatus]:
         elif _INT.fullmatch(ecc_word):
             uncorrectable = int(ecc_word)
             if uncorrectable > 0:
-                findings.append((Health.ALARM, f"{uncorrectable} uncorrectable ECC errors since the driver loaded"))
+                findings.append((Health.ALARM, f"{_errors(uncorrectable)} since the driver loaded"))
         temperature = used = total = None
         if len(record) > 1:
             second = record[1][2]
@@ -1099,9 +1109,10 @@ XID_SEVERITY: dict[int, Health] = {
     31: Health.WARNING,
     # GPU stopped processing: the application's channel faulted; the GPU remains usable.
     43: Health.WARNING,
-    # Preemptive cleanup, due to previous errors: informational; the Xid that caused it
-    # is reported on its own.
-    45: Health.OK,
+    # Preemptive cleanup, due to previous errors: "informational" per NVIDIA, the cause is
+    # another Xid; but it means channels were torn down, and on A100 it can appear alone
+    # when Fabric Manager stopped unexpectedly, so it is not `ok`.
+    45: Health.WARNING,
     # Double Bit ECC Error: uncorrectable memory error; drain and reset (with 63/64).
     48: Health.ALARM,
     # Internal micro-controller breakpoint/warning (PMU breakpoint): reset the GPU.
@@ -1186,7 +1197,8 @@ def _nvrm_messages(text: str) -> Iterator[tuple[int, str | None, str]]:
                 pending = None
             continue
         prefix, body = line[:at], line[at + len("NVRM:") :].strip()
-        if pending and not prefix.strip() and line[:1].isspace():
+        # A continuation is indented, has no time stamp, and does not start a new Xid.
+        if pending and not prefix.strip() and line[:1].isspace() and not body.startswith("Xid"):
             pending[2].append(body)
             continue
         if pending:

@@ -64,6 +64,8 @@ class SimHardware:
 
     def apply(self, fault: Fault, chip: int, count: int = 1) -> dict[str, Any]:
         """Change one chip as `fault` would; returns the chip's new state."""
+        if fault.needs_rank:
+            raise ValueError(f"{fault.value} is acted out on the training rank, not on the chip")
         state = self.load()
         if not 0 <= chip < len(state.chips):
             raise ValueError(f"chip {chip} does not exist (this node has 0..{len(state.chips) - 1})")
