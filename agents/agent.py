@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,8 @@ class Agent:
         self._chips: tuple[ChipStatus, ...] = ()
         self._host: HostStatus | None = None
         self._next_probe = 0.0
+        self._probe_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe")
+        self._probing: Future[tuple[tuple[ChipStatus, ...], HostStatus, float]] | None = None
         self._ctx = zmq.Context.instance()
         self.sock = self._connect()
 
@@ -140,6 +143,10 @@ class Agent:
         )
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        # One read before registering, so the daemon learns the chips at once; nothing
+        # needs heartbeating yet, so waiting for a slow tool here costs nothing.
+        self._apply_probe(*self._read_probes())
+        self._next_probe = time.monotonic() + self.config.probe_interval
         try:
             while not self._stop:
                 now = time.monotonic()
@@ -155,6 +162,7 @@ class Agent:
             running = sorted({job for job, *_ in self.monitor.running()})
             log.info("agent.stopping", unsent_events=len(self.outbox), jobs_left_running=running)
             self.monitor.close()
+            self._probe_pool.shutdown(wait=False, cancel_futures=True)
             self.sock.close(linger=0)
 
     def _talk(self, now: float) -> None:
@@ -352,7 +360,22 @@ class Agent:
     # --- probes --------------------------------------------------------------------
 
     def _probe(self, now: float) -> None:
-        self._next_probe = now + self.config.probe_interval
+        """Start a probe read in the worker thread (vendor tools can take seconds, or
+        hang until their timeout: the loop must keep heartbeating meanwhile); apply the
+        result of the previous one when it is there."""
+        if self._probing is not None:
+            if not self._probing.done():
+                self._next_probe = now + 0.05
+                return
+            chips, host, observed_at = self._probing.result()
+            self._probing = None
+            self._apply_probe(chips, host, observed_at)
+            self._next_probe = now + self.config.probe_interval
+            return
+        self._probing = self._probe_pool.submit(self._read_probes)
+        self._next_probe = now + 0.05
+
+    def _read_probes(self) -> tuple[tuple[ChipStatus, ...], HostStatus, float]:
         observed_at = time.time()
         try:
             chips = self.chip_probe.read()
@@ -364,6 +387,9 @@ class Agent:
         except Exception as exc:
             log.exception("probe.failed", probe="host")
             host = HostStatus(health=Health.UNKNOWN, reason=f"probe failed: {exc!r}")
+        return chips, host, observed_at
+
+    def _apply_probe(self, chips: tuple[ChipStatus, ...], host: HostStatus, observed_at: float) -> None:
         first = not self._chips and self._host is None
         if not first:
             for change in chip_changes(self._chips, chips):

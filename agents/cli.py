@@ -148,3 +148,52 @@ def _print_finding(finding: object, as_json: bool, json: object) -> None:
     else:
         first = record["evidence"].splitlines()[-1] if record["evidence"] else ""
         click.echo(f"{record['line']:>6}  {record['signal']:<21} {record['pattern']:<40} {first[:160]}")
+
+
+_PARSE_FORMATS = ("npu-smi", "npu-smi-health", "npu-smi-ecc", "npu-smi-common", "hccn-link",
+                  "nvidia-smi", "nvidia-smi-q", "nvidia-smi-csv", "dmesg")
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(_PARSE_FORMATS), required=True, help="Which tool printed the input.")
+@click.argument("source", type=click.File("r", errors="replace"), default="-")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def parse(fmt: str, source: "click.utils.LazyFile", as_json: bool) -> None:
+    """Read a saved tool output (FILE or - for stdin) with the agent's own parsers and
+    print the chips (or Xid events) it found: what the live agent would have seen."""
+    import dataclasses
+    import json
+
+    import msgspec
+
+    from agents.probes import parsers as p
+
+    text = source.read()
+    readers = {
+        "npu-smi": p.parse_npu_smi_info, "npu-smi-health": p.parse_npu_smi_health, "npu-smi-ecc": p.parse_npu_smi_ecc,
+        "npu-smi-common": p.parse_npu_smi_common, "hccn-link": p.parse_hccn_link, "nvidia-smi": p.parse_nvidia_smi_table,
+        "nvidia-smi-q": p.parse_nvidia_smi_q, "nvidia-smi-csv": p.parse_nvidia_smi_csv, "dmesg": p.parse_dmesg_xid,
+    }
+    try:
+        result = readers[fmt](text)
+    except p.ParseError as exc:
+        raise click.ClickException(f"{getattr(source, 'name', '-')}: {exc}") from exc
+
+    def plain(value: object) -> object:
+        if dataclasses.is_dataclass(value):
+            return {k: plain(v) for k, v in dataclasses.asdict(value).items()}  # type: ignore[arg-type]
+        return msgspec.to_builtins(value)
+
+    data = plain(result) if not isinstance(result, list) else [plain(r) for r in result]
+    if as_json or not isinstance(data, list):
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    for row in data:
+        if fmt == "dmesg":
+            click.echo(f"line {row['line']:>5}  Xid {row['xid']:<4} {row['pci_bus_id'] or '-':<18} {row['message'][:120]}")
+        else:
+            extra = f"  {row['temperature_c']}°C" if row.get("temperature_c") is not None else ""
+            memory = f"  {row['memory_used_mb']}/{row['memory_total_mb']} MB" if row.get("memory_total_mb") else ""
+            ecc = f"  ECC uncorrectable {row['ecc_uncorrectable']}" if row.get("ecc_uncorrectable") else ""
+            reason = f"  ({row['reason']})" if row.get("reason") else ""
+            click.echo(f"chip {row['index']:>3}  {row['health']:<8}{extra}{memory}{ecc}{reason}")

@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,22 @@ def test_logscan_prints_one_finding_per_line_or_traceback(tmp_path):
     assert [(f["line"], f["signal"]) for f in findings] == [(2, "user_error"), (6, "interconnect_timeout")]
     assert findings[0]["pattern"] == "python-traceback" and "ZeroDivisionError" in findings[0]["evidence"]
     assert findings[1]["evidence"] == "EI0002: The wait execution of the Notify register times out."
+
+
+@pytest.mark.timeout(30)
+def test_parse_reads_a_saved_tool_output_like_the_agent():
+    fixture = Path(__file__).resolve().parent / "fixtures" / "tools" / "npu-smi-info-atlas800-9010-24.1.RC2-warning.txt"
+    result = trainguard("parse", "--format", "npu-smi", str(fixture), "--json")
+    assert result.returncode == 0, result.stderr
+    chips = json.loads(result.stdout)
+    assert [c["index"] for c in chips if c["health"] == "warning"] == [3, 7]
+    human = trainguard("parse", "--format", "npu-smi", str(fixture))
+    assert "chip   3  warning" in human.stdout
+
+
+@pytest.mark.timeout(30)
+def test_parse_says_why_it_cannot_read_an_output(tmp_path):
+    bad = tmp_path / "out.txt"
+    bad.write_text("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n")
+    result = trainguard("parse", "--format", "nvidia-smi", str(bad))
+    assert result.returncode == 1 and str(bad) in result.stderr

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from agents.probes.base import ChipProbe, NoChips, UnavailableProbe
 from agents.probes.sim import SimHardware, SimProbe
+from agents.probes.vendor import AscendProbe, NvidiaProbe
 from supervisor.vocab import Accelerator
 
 
@@ -16,6 +17,8 @@ def chip_probe_for(accelerator: Accelerator, chips: int, work_dir: Path) -> Chip
         return SimProbe(hardware)
     if accelerator is Accelerator.CPU:
         return NoChips()
-    return UnavailableProbe(
-        chips, f"this trainguard version has no {accelerator.value} probe yet; chip health is not read"
-    )
+    if accelerator is Accelerator.ASCEND:
+        return AscendProbe(chips)
+    if accelerator is Accelerator.NVIDIA:
+        return NvidiaProbe(chips)
+    return UnavailableProbe(chips, f"no probe for {accelerator.value}")
