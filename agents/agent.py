@@ -23,7 +23,7 @@ import zmq
 
 from agents.launcher import RankSpec
 from agents.link import Backoff, DaemonLink, Outbox
-from agents.monitor import RankMonitor
+from agents.monitor import Observation, RankMonitor
 from agents.watchers.hang import HangLimits
 from agents.watchers.logscan import CatalogError, load_catalog
 from agents.probes import chip_probe_for
@@ -348,14 +348,17 @@ class Agent:
 
     def _watch_ranks(self, now: float) -> None:
         for o in self.monitor.tick(now):
-            chip = o.chip
-            name = f"signal.{o.signal.value}"
-            log.warning(name, job=o.job, rank=o.rank, chip=chip, evidence=o.evidence, source=o.source, **o.fields)
-            self.outbox.add(
-                Event(id=new_id(), ts=time.time(), node=self.config.node_id, name=name, observed_at=o.observed_at,
-                      signal=o.signal, chip=chip, job=o.job, rank=o.rank, evidence=o.evidence[:16_000],
-                      fields={"source": o.source, **o.fields})
-            )
+            self._report(o)
+
+    def _report(self, o: Observation) -> None:
+        """One observation: logged here, and queued for the daemon as an event."""
+        name = f"signal.{o.signal.value}"
+        log.warning(name, job=o.job, rank=o.rank, chip=o.chip, evidence=o.evidence, source=o.source, **o.fields)
+        self.outbox.add(
+            Event(id=new_id(), ts=time.time(), node=self.config.node_id, name=name, observed_at=o.observed_at,
+                  signal=o.signal, chip=o.chip, job=o.job, rank=o.rank, evidence=o.evidence[:16_000],
+                  fields={"source": o.source, **o.fields})
+        )
 
     # --- probes --------------------------------------------------------------------
 
@@ -397,6 +400,10 @@ class Agent:
             if self._host is not None and host.health is not self._host.health:
                 log.warning("host.health_changed", previous=self._host.health.value, health=host.health.value, evidence=host.reason)
         self._chips, self._host = chips, host
+        # The no-heartbeat hang check rides on the probe interval (it needs chip use).
+        utilisation = {c.index: None for c in chips}  # probes do not read utilisation yet
+        for o in self.monitor.check_quiet(utilisation, self.config.probe_interval):
+            self._report(o)
 
     def _chip_changed(self, before: ChipStatus | None, after: ChipStatus | None, observed_at: float) -> None:
         if after is None:

@@ -23,7 +23,7 @@ import zmq
 
 from agents.launcher import Launcher, RankSpec
 from agents.runtime.progress import decode_progress
-from agents.watchers.hang import HangLimits, HangWatcher
+from agents.watchers.hang import HangLimits, HangWatcher, QuietReading, QuietWatcher
 from agents.watchers.logscan import Catalog, LogScanner
 from supervisor.vocab import Signal
 
@@ -52,6 +52,11 @@ class RankMonitor:
         self.catalog = catalog
         self._scanners: dict[tuple[str, int], LogScanner] = {}
         self._chips: dict[tuple[str, int], int | None] = {}
+        # For scripts that send no heartbeats: output, CPU and chip use per job.
+        self.quiet = QuietWatcher()
+        self._lines_since: dict[str, int] = {}
+        self._cpu_seen: dict[int, float] = {}
+        self._heartbeating: set[str] = set()
         self._pull = zmq.Context.instance().socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.setsockopt(zmq.RCVHWM, 10_000)
@@ -132,6 +137,7 @@ class RankMonitor:
                 continue
             job = msg.get("job") or next((j for (j, r) in self._scanners if r == msg["rank"]), None)
             if (job, msg["rank"]) in self._scanners:
+                self._heartbeating.add(job)
                 self.hang.progress(job, msg["rank"], msg["step"], msg["phase"], now)
 
     def _drain_lines(self) -> list[Observation]:
@@ -143,7 +149,38 @@ class RankMonitor:
                 return out
             scanner = self._scanners.get((job, rank))
             if scanner is not None:
-                out += [self._finding(job, rank, f) for f in scanner.feed(line)]
+                self._lines_since[job] = self._lines_since.get(job, 0) + 1
+            out += [self._finding(job, rank, f) for f in scanner.feed(line)]
+
+    def check_quiet(self, chip_utilisation: dict[int, float | None], interval: float) -> list[Observation]:
+        """The no-heartbeat hang check, once per probe interval: a job whose ranks print
+        nothing, use (almost) no CPU and whose chips idle for several checks in a row.
+        Jobs that send heartbeats are left to the heartbeat watcher."""
+        out = []
+        for job in sorted({j for j, _ in self.launcher.ranks}):
+            if job in self._heartbeating:
+                continue
+            cpu = 0.0
+            utils: list[float] = []
+            for (j, rank), process in self.launcher.ranks.items():
+                if j != job:
+                    continue
+                try:
+                    times = psutil.Process(process.pid).cpu_times()
+                    total = times.user + times.system + times.children_user + times.children_system
+                except psutil.Error:
+                    continue
+                cpu += max(0.0, total - self._cpu_seen.get(process.pid, 0.0))
+                self._cpu_seen[process.pid] = total
+                for chip in process.spec.chips:
+                    if chip_utilisation.get(chip) is not None:
+                        utils.append(chip_utilisation[chip])  # type: ignore[arg-type]
+            reading = QuietReading(self._lines_since.pop(job, 0), cpu, max(utils) if utils else None)
+            finding = self.quiet.observe(job, reading, interval)
+            if finding is not None:
+                out.append(Observation(Signal.HANG, job, None, self._hang_evidence(job, finding.evidence), time.time(),
+                                       "hang", {"how": "quiet", "quiet_checks": self.quiet.checks}))
+        return out
 
     def _flush_scanners(self, job: str) -> list[Observation]:
         out = self._drain_lines()

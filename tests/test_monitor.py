@@ -94,3 +94,32 @@ def test_a_stopped_job_is_not_a_crash(monitor, tmp_path):
     monitor.launch(rank(tmp_path, [sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)"]), time.monotonic())
     monitor.stop("j1", grace=2)
     assert not [o for o in monitor.tick(time.monotonic()) if o.signal is Signal.CRASH]
+
+
+def test_a_script_without_heartbeats_that_goes_quiet_is_hung(monitor, tmp_path):
+    """No runtime, no heartbeats: no output, no CPU, idle chips for N checks in a row."""
+    script = tmp_path / "silent.py"
+    script.write_text("import time\nprint('loading', flush=True)\nwhile True: time.sleep(1)\n")
+    monitor.quiet.checks = 3
+    monitor.launch(rank(tmp_path, [sys.executable, str(script)]), time.monotonic())
+    wait_for(lambda: monitor.tick(time.monotonic()) == [] and monitor._lines_since.get("j1"), 20, "its first line")
+    findings = []
+    for _ in range(6):  # checks are driven here; the agent runs one per probe interval
+        time.sleep(0.2)
+        monitor.tick(time.monotonic())
+        findings += monitor.check_quiet({0: 0.0}, interval=0.2)
+    assert len(findings) == 1
+    assert findings[0].signal is Signal.HANG and findings[0].fields["how"] == "quiet"
+    assert "no log output" in findings[0].evidence
+
+
+def test_a_busy_script_without_heartbeats_is_not_hung(monitor, tmp_path):
+    script = tmp_path / "busy.py"
+    script.write_text("x = 0\nwhile True: x += 1\n")
+    monitor.quiet.checks = 2
+    monitor.launch(rank(tmp_path, [sys.executable, str(script)]), time.monotonic())
+    findings = []
+    for _ in range(5):
+        time.sleep(0.2)
+        findings += monitor.check_quiet({0: None}, interval=0.2)
+    assert findings == []
