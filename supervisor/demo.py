@@ -15,11 +15,13 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from supervisor.localcluster import LocalCluster, WaitTimeout, wait_for
 from supervisor.render import make_console, print_status
 
 ASCEND, NVIDIA = "ascend-0", "nvidia-0"
+TRAIN_GPT = Path(__file__).resolve().parents[1] / "examples" / "train_gpt.py"
 
 
 def run_demo(work_dir: Path | None) -> int:
@@ -69,19 +71,24 @@ def run_demo(work_dir: Path | None) -> int:
         console.print(f"agents kept running through the daemon restart: {same}")
         step.done()
 
+        if TRAIN_GPT.exists():
+            _training(cluster, console, step)
+        else:
+            console.print(f"[yellow]skipping the training part: {TRAIN_GPT} is not here (run from a checkout)[/]")
+
         console.rule("what the daemon logged (JSON, one event per line)")
         for event in cluster.events("daemon"):
-            if event.get("event", "").startswith(("node.", "chip.")):
-                keys = ("node", "chip", "health", "previous", "silent_for_s", "down_for_s", "nodes", "evidence")
+            if event.get("event", "").startswith(("node.", "chip.", "signal.")):
+                keys = ("node", "job", "rank", "chip", "health", "previous", "silent_for_s", "down_for_s", "nodes", "evidence")
                 fields = " ".join(f"{k}={event[k]!r}" for k in keys if k in event)
-                console.print(f"{event['timestamp'][11:23]}  {event['event']:<20} {fields}", highlight=False)
+                console.print(f"{event['timestamp'][11:23]}  {event['event']:<20} {fields}", highlight=False, markup=False)
         if temporary:
             console.print("\n(logs removed with the temporary directory; keep them with --dir DIR)")
         else:
             console.print(f"\nlogs: {root / 'logs'}")
         return 0
     except (WaitTimeout, Exception) as exc:
-        console.print(f"[bold red]demo failed:[/] {exc}")
+        console.print(f"[bold red]demo failed:[/] {escape(str(exc))}")
         console.print(f"logs: {root / 'logs'}")
         temporary = False  # keep the evidence
         return 1
@@ -89,6 +96,53 @@ def run_demo(work_dir: Path | None) -> int:
         cluster.stop_all()
         if temporary:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _training(cluster: LocalCluster, console: Console, step: "_Stepper") -> None:
+    """A real 2-rank training job on the Ascend node: a rank is killed, the daemon hears
+    of it with the evidence, and the job, started again, resumes from its checkpoint."""
+    import sys
+
+    from supervisor.client import request
+
+    def launch() -> None:
+        request(cluster.ctl, "launch", {
+            "node": ASCEND, "job": "gpt", "nproc": 2, "cwd": str(TRAIN_GPT.parents[1]),
+            "argv": [sys.executable, str(TRAIN_GPT), "--steps", "100000", "--checkpoint-every", "20"],
+        }, timeout=10)
+
+    def steps() -> list[int]:
+        return [r["step"] or 0 for r in cluster.node(ASCEND)["running"]]  # type: ignore[index]
+
+    step(f"launch a 2-rank GPT training job on {ASCEND} (gloo on the CPU, sim-ascend chips 0 and 1)")
+    launch()
+    wait_for(lambda: len(steps()) == 2 and min(steps()) >= 45, 180, "both ranks past step 45")
+    print_status(cluster.status(), console)
+    console.print(f"ranks report their steps through heartbeat(): {steps()}")
+    step.done()
+
+    step(f"inject a crash into the rank on {ASCEND} chip 1 (the agent SIGKILLs it)")
+    request(cluster.ctl, "inject", {"node": ASCEND, "fault": "crash", "chip": 1})
+    wait_for(lambda: len(cluster.find_events("daemon", "signal.crash", job="gpt")) >= 2, 120,
+             "the daemon to hear of both ranks ending")
+    for e in cluster.find_events("daemon", "signal.crash", job="gpt") + cluster.find_events("daemon", "signal.network", job="gpt"):
+        console.print(f"  {e['event']:<15} rank {e['rank']} chip {e.get('chip')}: {e['evidence'].splitlines()[-1][:110]}",
+                      highlight=False, markup=False)
+    step.done()
+
+    step("start the job again: it resumes from its last checkpoint, losing at most 20 steps")
+    wait_for(lambda: not cluster.node(ASCEND)["running"], 30, "the agent to report no ranks running")  # type: ignore[index]
+    launch()
+    log = cluster.root / "nodes" / ASCEND / "logs" / "gpt" / "rank-0.log"
+    resumed = wait_for(lambda: [l for l in log.read_text().splitlines() if '"runtime.resumed"' in l], 120,
+                       "rank 0 to resume")
+    import json
+
+    console.print(f"  rank 0: {json.loads(resumed[-1])['event']} at step {json.loads(resumed[-1])['step']}", highlight=False)
+    request(cluster.ctl, "stop", {"node": ASCEND, "job": "gpt", "grace": 20.0})
+    wait_for(lambda: not cluster.node(ASCEND)["running"], 60, "the job to stop")  # type: ignore[index]
+    console.print("  stopped with a final checkpoint (SIGTERM → checkpoint → exit)")
+    step.done()
 
 
 class _Stepper:

@@ -90,6 +90,13 @@ def print_status(status: dict[str, Any], console: Console | None = None) -> None
         )
     if status["nodes"]:
         console.print(table)
+    for n in status["nodes"]:
+        by_job: dict[str, list[dict[str, Any]]] = {}
+        for r in n["running"]:
+            by_job.setdefault(r["job"], []).append(r)
+        for job, ranks in sorted(by_job.items()):
+            steps = ", ".join(f"rank {r['rank']} step {r['step'] if r['step'] is not None else '?'}" for r in ranks)
+            console.print(f"ranks on {n['node']}: job {job}: {steps}", highlight=False)
     jobs = status["jobs"]
     console.print(f"jobs: {len(jobs) if jobs else 'none'}")
 

@@ -140,6 +140,7 @@ def test_demo_runs_to_the_end(tmp_path):
     result = trainguard("demo", "--dir", str(tmp_path / "demo"), timeout=110)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "agents kept running through the daemon restart: True" in result.stdout
+    assert "signal.crash" in result.stdout and "runtime.resumed at step" in result.stdout
 
 
 @pytest.mark.timeout(30)
