@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass
@@ -202,7 +201,7 @@ class Daemon:
     def _decode(self, frames: list[zmq.Frame], where: str, now: Instant) -> tuple[bytes, str, Any] | None:
         """(identity, peer, message) of a ROUTER delivery, or None after counting it bad."""
         identity = frames[0].bytes
-        peer = _peer_name(frames[-1], identity)
+        peer = _peer_name(frames[-1], identity, self._known_node(identity))
         if len(frames) != 2:
             self._bad_frame(peer, "malformed", f"{len(frames) - 1} frames on the {where} socket, expected 1", now)
             return None
@@ -211,6 +210,12 @@ class Daemon:
         except ProtocolError as exc:
             self._bad_frame(peer, exc.reason, exc.detail, now)
             return None
+
+    def _known_node(self, identity: bytes) -> bool:
+        try:
+            return self.cluster.nodes.get(identity.decode()) is not None
+        except UnicodeDecodeError:
+            return False
 
     def _on_agent_frames(self, frames: list[zmq.Frame]) -> None:
         now = system_now()
@@ -316,21 +321,19 @@ class Daemon:
 _WARN_EVENTS = {"node.lost", "chip.health_changed"}
 
 
-def _peer_name(frame: zmq.Frame, identity: bytes) -> str:
+def _peer_name(frame: zmq.Frame, identity: bytes, known_node: bool) -> str:
     """Who sent a frame, for logs and for rate-limiting them: the peer's address when the
-    transport knows it (tcp over ZMTP 3), else its zmq identity when that is a plausible
-    node name. Anything else shares one bucket: libzmq reads a raw byte stream that is
-    not ZMTP 3 as a legacy ZMTP 1.0 peer whose first frame becomes a random identity, so
-    keying on those would give every garbage connection its own log line."""
+    transport knows it (tcp over ZMTP 3), else the node it is, when its identity is a
+    node the daemon knows. Anything else shares one bucket: libzmq reads a raw byte
+    stream that is not ZMTP 3 as a legacy ZMTP 1.0 peer whose first frame becomes a
+    random identity, so keying on those would give every garbage connection its own
+    log line."""
     try:
         address = frame.get("Peer-Address")
     except (zmq.ZMQError, AttributeError, KeyError):
         address = None
     if address:
         return address
-    if _PRINTABLE_ID.match(identity):
-        return f"identity:{identity.decode()}"
+    if known_node:
+        return f"node:{identity.decode()}"
     return "unidentified"
-
-
-_PRINTABLE_ID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")

@@ -167,7 +167,8 @@ def test_garbage_frames_leave_the_daemon_serving(make_cluster):
     assert states["n1"]["agent_version"] != "evil"
     assert cluster.procs["daemon"].alive()
     bad = cluster.find_events("daemon", "protocol.bad_frame")
-    assert 1 <= len(bad) <= 3, f"bad frames must be logged once per peer per minute, got {len(bad)} lines"
+    peers = [b["peer"] for b in bad]
+    assert 1 <= len(bad) <= 2 and len(set(peers)) == len(peers), f"one line per peer per minute, got {peers}"
     assert {"peer", "reason", "detail", "total"} <= set(bad[0])
     # Everything still works afterwards: agents keep heartbeating, a fault still shows.
     result = trainguard("inject", "--ctl", cluster.ctl, "n1", "critical", "--chip", "1")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agents.probes import chip_probe_for
+from agents.probes.vendor import AscendProbe, NvidiaProbe
 from agents.probes.base import ChipChange, NoChips, UnavailableProbe, chip_changes
 from agents.probes.host import DISK_CRITICAL_FRACTION, DISK_WARNING_FRACTION, MEM_WARNING_PCT, assess_host
 from agents.probes.sim import SimHardware, SimProbe
@@ -249,11 +250,14 @@ def test_chip_probe_for_picks_the_probe_by_accelerator(tmp_path: Path) -> None:
     assert isinstance(chip_probe_for(Accelerator.CPU, 0, tmp_path), NoChips)
     assert NoChips().read() == ()
 
-    blind = chip_probe_for(Accelerator.ASCEND, 3, tmp_path)
-    assert isinstance(blind, UnavailableProbe)
-    chips = blind.read()
+    assert isinstance(chip_probe_for(Accelerator.ASCEND, 3, tmp_path), AscendProbe)
+    assert isinstance(chip_probe_for(Accelerator.NVIDIA, 3, tmp_path), NvidiaProbe)
+
+
+def test_an_unavailable_probe_is_blind_not_healthy() -> None:
+    chips = UnavailableProbe(3, "no probe for ascend").read()
     assert [c.index for c in chips] == [0, 1, 2]
-    assert all(c.health is Health.UNKNOWN and c.reason and "ascend" in c.reason for c in chips)
+    assert all(c.health is Health.UNKNOWN and c.reason == "no probe for ascend" for c in chips)
 
 
 # --- host thresholds ------------------------------------------------------------------
