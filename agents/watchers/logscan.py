@@ -15,17 +15,17 @@ are open at once.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import yaml
 
 from supervisor.vocab import Severity, Signal, default_severity
+from supervisor.yamlcheck import Checker, Problem, YamlProblems, compose, kind as _kind, show as _show
 
 CATALOG_VERSION = 1
 #: The pattern name of a traceback that no catalog pattern matched.
@@ -94,22 +94,8 @@ class Catalog:
         return None
 
 
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
-
-
-class CatalogError(Exception):
+class CatalogError(YamlProblems):
     """A pattern catalog that cannot be used; `problems` lists every reason."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
 
 
 def default_catalog_path() -> Path:
@@ -137,84 +123,20 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
 def load_catalog_bytes(data: bytes, path: str) -> Catalog:
     """Check catalog YAML; every problem is reported at once, as `path:line: message`."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CatalogError([Problem(path, 0, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        raise CatalogError([Problem(path, line, f"not valid YAML: {exc.problem or exc}")]) from None
-    except yaml.YAMLError as exc:
-        raise CatalogError([Problem(path, 0, f"not valid YAML: {exc}")]) from None
-    if root is None:
-        raise CatalogError([Problem(path, 1, "the file is empty; a catalog needs version and patterns")])
+        root = compose(data, path, "a catalog needs version and patterns")
+    except YamlProblems as exc:
+        raise CatalogError(exc.problems) from None
     checker = _Checker(path)
     patterns = checker.catalog(root)
     if checker.problems or patterns is None:
-        raise CatalogError(sorted(checker.problems, key=lambda p: p.line))
+        raise CatalogError(checker.sorted_problems())
     return Catalog(patterns=patterns, source=path, sha256=hashlib.sha256(data).hexdigest())
 
 
-class _Checker:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.problems: list[Problem] = []
-        self._constructor = yaml.constructor.SafeConstructor()
-
-    def error(self, node: yaml.Node, message: str) -> None:
-        self.problems.append(Problem(self.path, node.start_mark.line + 1, message))
-
-    def mapping(self, node: yaml.Node, where: str, allowed: tuple[str, ...]) -> dict[str, yaml.Node] | None:
-        """The mapping's values by key, after reporting duplicate, unknown and missing keys
-        (every allowed key is required)."""
-        if not isinstance(node, yaml.MappingNode):
-            self.error(node, f"{where} must be a mapping of keys ({', '.join(allowed)}), got {_kind(node)}")
-            return None
-        out: dict[str, yaml.Node] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if key is None:
-                self.error(key_node, f"{where}: keys must be plain words")
-                continue
-            if key in out:
-                self.error(key_node, f"{where}: duplicate key {key!r} (YAML would silently keep only the last)")
-                continue
-            if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                self.error(key_node, f"{where}: unknown key {key!r}; {hint}allowed: {', '.join(allowed)}")
-                continue
-            out[key] = value_node
-        for key in allowed:
-            if key not in out:
-                self.error(node, f"{where}: missing required key {key!r}")
-        return out
-
-    def scalar(self, node: yaml.Node) -> Any:
-        if isinstance(node, yaml.ScalarNode):
-            try:
-                return self._constructor.construct_object(node)
-            except (yaml.YAMLError, ValueError, TypeError):
-                return _Unusable(f"{node.value!r} tagged {node.tag}")
-        return _Unusable(_kind(node))
-
-    def str_(self, node: yaml.Node, where: str) -> str | None:
-        value = self.scalar(node)
-        if not isinstance(value, str) or not value:
-            self.error(node, f"{where} must be a non-empty string, got {_show(value)}")
-            return None
-        return value
-
-    def choice(self, node: yaml.Node, where: str, options: tuple[str, ...]) -> str | None:
-        value = self.scalar(node)
-        if isinstance(value, str) and value in options:
-            return value
-        close = difflib.get_close_matches(value, options, n=1, cutoff=0.6) if isinstance(value, str) else []
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        self.error(node, f"{where}: {_show(value)} is not allowed; {hint}allowed: {', '.join(options)}")
-        return None
+class _Checker(Checker):
+    def mapping(self, node: yaml.Node, where: str, allowed: Sequence[str], required: Sequence[str] | None = None) -> dict[str, yaml.Node] | None:  # type: ignore[override]
+        """Every key of a catalog mapping is required."""
+        return super().mapping(node, where, allowed, allowed if required is None else required)
 
     def catalog(self, root: yaml.Node) -> tuple[Pattern, ...] | None:
         top = self.mapping(root, "catalog", ("version", "patterns"))
@@ -311,16 +233,6 @@ class _Checker:
         )
 
 
-class _Unusable:
-    """A YAML mapping or list where a single value was expected."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-
-    def __repr__(self) -> str:
-        return self.kind
-
-
 def _scalar_value(node: yaml.Node, key: str) -> str | None:
     if not isinstance(node, yaml.MappingNode):
         return None
@@ -332,18 +244,6 @@ def _scalar_value(node: yaml.Node, key: str) -> str | None:
 
 def _value_node(mapping: yaml.MappingNode, key: str) -> yaml.Node:
     return next(v for k, v in mapping.value if isinstance(k, yaml.ScalarNode) and k.value == key)
-
-
-def _kind(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    return repr(node.value)
-
-
-def _show(value: Any) -> str:
-    return value.kind if isinstance(value, _Unusable) else repr(value)
 
 
 # --- the scanner -------------------------------------------------------------------

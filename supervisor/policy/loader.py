@@ -9,16 +9,13 @@ rule. Duplicate keys are errors too (YAML would quietly keep the last one).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import yaml
 
-from supervisor.durations import parse_duration
 from supervisor.policy.schema import (
     POLICY_VERSION,
     AllOf,
@@ -37,6 +34,7 @@ from supervisor.policy.schema import (
     Then,
 )
 from supervisor.vocab import Action, Severity, Signal
+from supervisor.yamlcheck import Checker, Problem, YamlProblems, compose, kind as _kind, show as _show
 
 T = TypeVar("T")
 
@@ -49,22 +47,11 @@ _EXCLUDE_WORDS = {
 }
 
 
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
-
-
-class PolicyError(Exception):
+class PolicyError(YamlProblems):
     """A policy file that cannot be used; `problems` lists every reason."""
 
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
+
+__all__ = ["PolicyError", "Problem", "load_bytes", "load_file"]
 
 
 def load_file(path: str | Path) -> Policy:
@@ -77,133 +64,23 @@ def load_file(path: str | Path) -> Policy:
 
 
 def load_bytes(data: bytes, path: str, default_name: str = "policy") -> Policy:
+    try:
+        root = compose(data, path, "a policy needs at least version, pools and rules")
+    except YamlProblems as exc:
+        raise PolicyError(exc.problems) from None
     checker = _Checker(path)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PolicyError([Problem(path, 0, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        raise PolicyError([Problem(path, line, f"not valid YAML: {exc.problem or exc}")]) from None
-    except yaml.YAMLError as exc:
-        raise PolicyError([Problem(path, 0, f"not valid YAML: {exc}")]) from None
-    if root is None:
-        raise PolicyError([Problem(path, 1, "the file is empty; a policy needs at least version, pools and rules")])
     policy = checker.policy(root, default_name)
     if checker.problems or policy is None:
-        raise PolicyError(sorted(checker.problems, key=lambda p: p.line))
+        raise PolicyError(checker.sorted_problems())
     return Policy(**{**policy.__dict__, "source": path, "sha256": hashlib.sha256(data).hexdigest()})
 
 
-class _Checker:
+class _Checker(Checker):
     def __init__(self, path: str) -> None:
-        self.path = path
-        self.problems: list[Problem] = []
+        super().__init__(path)
         # Every pool name the file declares, valid or not: a reference to a pool whose
         # definition has its own error is not a second problem.
         self.declared_pools: list[str] = []
-        # One per load: a constructor remembers every node it has built.
-        self._constructor = yaml.constructor.SafeConstructor()
-
-    # --- reporting -----------------------------------------------------------------
-
-    def error(self, node: yaml.Node, message: str) -> None:
-        self.problems.append(Problem(self.path, node.start_mark.line + 1, message))
-
-    # --- shapes --------------------------------------------------------------------
-
-    def mapping(self, node: yaml.Node, where: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict[str, yaml.Node] | None:
-        """The mapping's values by key, after reporting duplicate, unknown and missing keys."""
-        if not isinstance(node, yaml.MappingNode):
-            self.error(node, f"{where} must be a mapping of keys ({', '.join(allowed)}), got {_kind(node)}")
-            return None
-        out: dict[str, yaml.Node] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if key is None:
-                self.error(key_node, f"{where}: keys must be plain words")
-                continue
-            if key in out:
-                self.error(key_node, f"{where}: duplicate key {key!r} (YAML would silently keep only the last)")
-                continue
-            if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                self.error(key_node, f"{where}: unknown key {key!r}; {hint}allowed: {', '.join(allowed)}")
-                continue
-            out[key] = value_node
-        for key in required:
-            if key not in out:
-                self.error(node, f"{where}: missing required key {key!r}")
-        return out
-
-    def scalar(self, node: yaml.Node) -> Any:
-        if isinstance(node, yaml.ScalarNode):
-            try:
-                return self._constructor.construct_object(node)
-            except (yaml.YAMLError, ValueError, TypeError):
-                # An explicit tag that does not construct (`!three 3`, `!!int abc`).
-                return _Unusable(f"{node.value!r} tagged {node.tag}")
-        return _Unusable(_kind(node))
-
-    def int_(self, node: yaml.Node, where: str, minimum: int) -> int | None:
-        value = self.scalar(node)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.error(node, f"{where} must be a whole number ≥ {minimum}, got {_show(value)}")
-            return None
-        if value < minimum:
-            self.error(node, f"{where} must be ≥ {minimum}, got {value}")
-            return None
-        return value
-
-    def bool_(self, node: yaml.Node, where: str) -> bool | None:
-        value = self.scalar(node)
-        if not isinstance(value, bool):
-            self.error(node, f"{where} must be true or false, got {_show(value)}")
-            return None
-        return value
-
-    def str_(self, node: yaml.Node, where: str) -> str | None:
-        value = self.scalar(node)
-        if not isinstance(value, str) or not value:
-            self.error(node, f"{where} must be a non-empty string, got {_show(value)}")
-            return None
-        return value
-
-    def duration(self, node: yaml.Node, where: str, positive: bool = True) -> float | None:
-        value = self.scalar(node)
-        if isinstance(value, _Unusable) or value is None:
-            self.error(node, f"{where} must be a duration such as 30s, 5m or 1h, got {_show(value)}")
-            return None
-        try:
-            seconds = parse_duration(value)
-        except ValueError as exc:
-            self.error(node, f"{where}: {exc}")
-            return None
-        if positive and seconds == 0:
-            self.error(node, f"{where} must be longer than zero, got {_show(value)}")
-            return None
-        return seconds
-
-    def choice(self, node: yaml.Node, where: str, options: dict[str, T]) -> T | None:
-        value = self.scalar(node)
-        if isinstance(value, str) and value in options:
-            return options[value]
-        close = difflib.get_close_matches(str(value), list(options), n=1, cutoff=0.6) if isinstance(value, str) else []
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        self.error(node, f"{where}: {_show(value)} is not allowed; {hint}allowed: {', '.join(options)}")
-        return None
-
-    def one_or_list(self, node: yaml.Node, where: str, item: Callable[[yaml.Node, str], T | None]) -> list[T] | None:
-        nodes = node.value if isinstance(node, yaml.SequenceNode) else [node]
-        if not nodes:
-            self.error(node, f"{where} must not be an empty list")
-            return None
-        items = [item(n, where) for n in nodes]
-        return None if any(i is None for i in items) else items  # type: ignore[misc]
 
     # --- the policy ----------------------------------------------------------------
 
@@ -452,27 +329,3 @@ class _Checker:
         if "message" in values and message is None:
             return None
         return Then(action=action, to=to, exclude=exclude, message=message)
-
-
-class _Unusable:
-    """A YAML mapping or list where a single value was expected."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-
-    def __repr__(self) -> str:
-        return self.kind
-
-
-def _kind(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    return repr(node.value)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, _Unusable):
-        return value.kind
-    return repr(value)
