@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,9 @@ from agents.watchers.logscan import CatalogError, load_catalog
 from agents.probes import chip_probe_for
 from agents.probes.base import ChipProbe, HostProbe, chip_changes
 from agents.probes.host import PsutilHostProbe
+from agents.probes.parsers import XidEvent
 from agents.probes.sim import SimHardware, SimProbe
+from agents.probes.vendor import KernelLogWatcher
 from supervisor import __version__
 from supervisor.protocol import (
     Ack,
@@ -98,6 +100,10 @@ class Agent:
         self._host: HostStatus | None = None
         self._next_probe = 0.0
         self._probe_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe")
+        # Xid lines only exist on Nvidia nodes; the watcher runs in the probe thread.
+        self.kernel_log = KernelLogWatcher() if config.accelerator is Accelerator.NVIDIA else None
+        self._pending_xids: deque[tuple[XidEvent, float]] = deque()  # probe thread → loop
+        self._kernel_log_problem: str | None = None
         self._probing: Future[tuple[tuple[ChipStatus, ...], HostStatus, float]] | None = None
         self._ctx = zmq.Context.instance()
         self.sock = self._connect()
@@ -353,10 +359,10 @@ class Agent:
     def _report(self, o: Observation) -> None:
         """One observation: logged here, and queued for the daemon as an event."""
         name = f"signal.{o.signal.value}"
-        log.warning(name, job=o.job, rank=o.rank, chip=o.chip, evidence=o.evidence, source=o.source, **o.fields)
+        log.warning(name, job=o.job or None, rank=o.rank, chip=o.chip, evidence=o.evidence, source=o.source, **o.fields)
         self.outbox.add(
             Event(id=new_id(), ts=time.time(), node=self.config.node_id, name=name, observed_at=o.observed_at,
-                  signal=o.signal, chip=o.chip, job=o.job, rank=o.rank, evidence=o.evidence[:16_000],
+                  signal=o.signal, chip=o.chip, job=o.job or None, rank=o.rank, evidence=o.evidence[:16_000],
                   fields={"source": o.source, **o.fields})
         )
 
@@ -380,6 +386,9 @@ class Agent:
 
     def _read_probes(self) -> tuple[tuple[ChipStatus, ...], HostStatus, float]:
         observed_at = time.time()
+        if self.kernel_log is not None:
+            for xid in self.kernel_log.new_events():
+                self._pending_xids.append((xid, time.time()))
         try:
             chips = self.chip_probe.read()
         except Exception as exc:  # a probe bug must not kill the agent, nor look healthy
@@ -393,6 +402,22 @@ class Agent:
         return chips, host, observed_at
 
     def _apply_probe(self, chips: tuple[ChipStatus, ...], host: HostStatus, observed_at: float) -> None:
+        blind = self.kernel_log.problem if self.kernel_log is not None else None
+        if blind != self._kernel_log_problem:
+            if blind:
+                log.warning("probe.kernel_log_unreadable", problem=blind,
+                            effect="Xid errors in the kernel log are not seen until this is fixed")
+            else:
+                log.info("probe.kernel_log_readable")
+            self._kernel_log_problem = blind
+        while self._pending_xids:
+            xid, seen_at = self._pending_xids.popleft()
+            self._report(Observation(
+                Signal.CHIP_ERROR, "", None,
+                f"kernel log: NVRM Xid {xid.xid} on {xid.pci_bus_id or 'an unnamed GPU'}: {xid.message}"[:2000],
+                seen_at, "dmesg",
+                {"xid": xid.xid, "pci_bus_id": xid.pci_bus_id, "health": xid_health(xid.xid).value},
+            ))
         first = not self._chips and self._host is None
         if not first:
             for change in chip_changes(self._chips, chips):

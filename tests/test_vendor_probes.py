@@ -116,3 +116,27 @@ def test_a_roce_link_that_is_down_makes_the_chip_alarm(fakebin, tmp_path):
     chips = AscendProbe(chips=len(parse_npu_smi_info(HEALTHY_TABLE.read_text()))).read()
     assert chips[1].health is Health.ALARM and "RoCE link down" in chips[1].reason
     assert chips[0].health is Health.OK
+
+
+def test_the_kernel_log_watcher_reports_only_xids_that_appear_after_it_started(fakebin, tmp_path):
+    from agents.probes.vendor import KernelLogWatcher
+
+    log = tmp_path / "kmsg.txt"
+    old = (FIXTURES / "dmesg-xid-63-row-remap.txt").read_text()
+    log.write_text(old)
+    fakebin("dmesg", f'cat "{log}"')
+    watcher = KernelLogWatcher()
+    assert watcher.new_events() == [], "what was in the log before the agent started is history"
+    log.write_text(old + (FIXTURES / "dmesg-xid-79-fallen-off-bus.txt").read_text())
+    (event,) = watcher.new_events()
+    assert event.xid == 79 and event.pci_bus_id == "00000000:A1:00.0"
+    assert watcher.new_events() == [], "reported once"
+
+
+def test_an_unreadable_kernel_log_is_reported_as_blindness_not_silence(fakebin):
+    from agents.probes.vendor import KernelLogWatcher
+
+    fakebin("dmesg", "echo 'dmesg: read kernel buffer failed: Operation not permitted' >&2; exit 1")
+    watcher = KernelLogWatcher()
+    assert watcher.new_events() == []
+    assert "Operation not permitted" in watcher.problem

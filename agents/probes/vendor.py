@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from agents.probes.parsers import (
     ParseError,
+    XidEvent,
+    xid_health,
     parse_hccn_link,
     parse_npu_smi_health,
     parse_npu_smi_info,
@@ -190,3 +192,35 @@ def _replace(chip: ChipStatus, **changes: object) -> ChipStatus:
     import msgspec
 
     return msgspec.structs.replace(chip, **changes)
+
+
+class KernelLogWatcher:
+    """New NVRM Xid lines in the kernel log (`dmesg`), as they appear. What was already in
+    the log when the agent started is history, not news: it is read once and skipped, so
+    an agent restart does not report yesterday's Xid 79 again."""
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        self.timeout = timeout
+        self._seen: set[tuple[str | None, int, str | None, str]] | None = None
+        self.problem: str | None = None
+
+    def new_events(self) -> list[XidEvent]:
+        from agents.probes.parsers import parse_dmesg_xid
+
+        result = run_tool(["dmesg"], self.timeout)
+        if result.stdout is None:
+            self.problem = result.problem  # blind, and says so; never "no errors"
+            return []
+        try:
+            events = parse_dmesg_xid(result.stdout)
+        except ParseError as exc:
+            self.problem = f"cannot read the kernel log: {exc}"
+            return []
+        self.problem = None
+        keys = [(e.timestamp, e.xid, e.pci_bus_id, e.message) for e in events]
+        if self._seen is None:
+            self._seen = set(keys)
+            return []
+        fresh = [e for e, k in zip(events, keys) if k not in self._seen]
+        self._seen.update(keys)
+        return fresh
