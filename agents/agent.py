@@ -33,6 +33,7 @@ from agents.probes.parsers import XidEvent
 from agents.probes.sim import SimHardware, SimProbe
 from agents.probes.vendor import KernelLogWatcher
 from supervisor import __version__
+from supervisor.sdnotify import Notifier
 from supervisor.protocol import (
     Ack,
     ChipStatus,
@@ -153,6 +154,8 @@ class Agent:
         # needs heartbeating yet, so waiting for a slow tool here costs nothing.
         self._apply_probe(*self._read_probes())
         self._next_probe = time.monotonic() + self.config.probe_interval
+        notify = Notifier()
+        notify.ready(self._status_line())
         try:
             while not self._stop:
                 now = time.monotonic()
@@ -164,12 +167,25 @@ class Agent:
                 timeout_ms = max(0, min(250, int((wake - time.monotonic()) * 1000) + 1))
                 if poller.poll(timeout_ms):
                     self._drain()
+                notify.status(self._status_line())
+                notify.watchdog(time.monotonic())
         finally:
+            notify.stopping()
+            notify.close()
             running = sorted({job for job, *_ in self.monitor.running()})
             log.info("agent.stopping", unsent_events=len(self.outbox), jobs_left_running=running)
             self.monitor.close()
             self._probe_pool.shutdown(wait=False, cancel_futures=True)
             self.sock.close(linger=0)
+
+    def _status_line(self) -> str:
+        ranks = len(self.monitor.running())
+        if self.link.registered:
+            where = f"registered with {self.config.daemon}"
+        else:
+            where = f"not registered with {self.config.daemon} (trying)"
+        queued = f", {len(self.outbox)} events queued" if len(self.outbox) else ""
+        return f"{where}; {len(self._chips)} chips; {ranks} ranks running{queued}"
 
     def _talk(self, now: float) -> None:
         silent = self.link.check_silence(now)

@@ -25,6 +25,7 @@ from supervisor.cluster import Cluster, ClusterConfig, Outcome, ToClient, ToNode
 from supervisor.nodes import NodeChange
 from supervisor.policy.reload import Change, DirectoryWatcher, PolicyDirectory
 from supervisor.protocol import CtlRequest, ProtocolError, decode, encode, new_id
+from supervisor.sdnotify import Notifier
 from supervisor.store import Store, StoreError
 
 log = structlog.get_logger()
@@ -149,6 +150,8 @@ class Daemon:
         )
         if self.watcher is not None:
             self.watcher.start()
+        notify = Notifier()
+        notify.ready(self._status_line())
         next_flush = time.monotonic() + _FLUSH_EVERY
         try:
             while not self._stop:
@@ -172,10 +175,25 @@ class Daemon:
                 if now.mono >= next_flush:
                     self._flush()
                     next_flush = now.mono + _FLUSH_EVERY
+                    notify.status(self._status_line())
+                # Only a turn that got here has polled both sockets and run the
+                # deadlines: a wedged loop stops pinging and systemd restarts us.
+                notify.watchdog(now.mono)
         finally:
+            notify.stopping(f"stopping; {self._status_line()}")
+            notify.close()
             log.info("daemon.stopping", instance=self.cluster.instance)
             self._flush()
             self.close()
+
+    def _status_line(self) -> str:
+        states = {s: 0 for s in ("up", "pending", "lost")}
+        for record in self.cluster.nodes.records():
+            states[record.state.value] += 1
+        line = f"serving {states['up']} nodes up, {states['lost']} lost, {states['pending']} pending"
+        if self._store_failing:
+            line += "; STATE DB NOT WRITABLE (see store.write_failed)"
+        return line
 
     def close(self) -> None:
         if self.watcher is not None:

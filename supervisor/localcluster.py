@@ -92,18 +92,19 @@ class LocalCluster:
 
     # --- processes -----------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> Proc:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
         log_path = self.root / "logs" / f"{name}.log"
         argv = [sys.executable, "-m", "supervisor", "--log-format", self.log_format, *args]
         proc = Proc(name, argv, log_path)
         with open(log_path, "ab") as log:
             proc.popen = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, **env} if env else None,
             )
         self.procs[name] = proc
         return proc
 
-    def start_daemon(self, *extra: str) -> Proc:
+    def start_daemon(self, *extra: str, env: dict[str, str] | None = None) -> Proc:
         return self._spawn(
             "daemon",
             [
@@ -115,9 +116,11 @@ class LocalCluster:
                 "--heartbeat-interval", f"{self.heartbeat_interval}s",
                 *extra,
             ],
+            env,
         )
 
-    def start_agent(self, node: str, accelerator: str = "sim-ascend", chips: int = 4, *extra: str) -> Proc:
+    def start_agent(self, node: str, accelerator: str = "sim-ascend", chips: int = 4, *extra: str,
+                    env: dict[str, str] | None = None) -> Proc:
         return self._spawn(
             node,
             [
@@ -130,6 +133,7 @@ class LocalCluster:
                 "--probe-interval", f"{self.probe_interval}s",
                 *extra,
             ],
+            env,
         )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:

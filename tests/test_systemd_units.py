@@ -1,0 +1,59 @@
+"""The shipped systemd units: they verify, and their exposure stays low."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+UNITS = Path(__file__).resolve().parent.parent / "systemd"
+ANALYZE = shutil.which("systemd-analyze")
+needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+TRAINGUARD = Path(sys.executable).with_name("trainguard")
+
+
+def installed_copy(tmp_path: Path, name: str) -> Path:
+    """The unit as it would be installed, pointing at this checkout's trainguard (verify
+    checks that ExecStart exists)."""
+    unit = tmp_path / name
+    unit.write_text((UNITS / name).read_text().replace("/usr/bin/trainguard", str(TRAINGUARD)))
+    return unit
+
+
+@pytest.mark.parametrize("name", ["trainguard-daemon.service", "trainguard-agent.service"])
+def test_units_are_notify_services_with_a_watchdog_and_restart(name):
+    text = (UNITS / name).read_text()
+    for line in ("Type=notify", "NotifyAccess=main", "Restart=on-failure", "NoNewPrivileges=yes",
+                 "ProtectSystem=strict", "PrivateTmp=yes", "StateDirectory=", "RuntimeDirectory=", "LogsDirectory="):
+        assert re.search(rf"^{re.escape(line)}", text, re.M), f"{name} lacks {line}"
+    assert re.search(r"^WatchdogSec=\d+s$", text, re.M)
+
+
+@needs_analyze
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    units = [installed_copy(tmp_path, n) for n in ("trainguard-daemon.service", "trainguard-agent.service")]
+    result = subprocess.run([ANALYZE, "verify", *map(str, units)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "trainguard" not in result.stderr, result.stderr  # no warnings about our units
+
+
+@needs_analyze
+@pytest.mark.parametrize("name, ceiling", [("trainguard-daemon.service", 2.0), ("trainguard-agent.service", 4.0)])
+def test_exposure_stays_low(tmp_path, name, ceiling):
+    unit = installed_copy(tmp_path, name)
+    result = subprocess.run([ANALYZE, "security", "--offline=yes", str(unit)], capture_output=True, text=True)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout[-2000:] + result.stderr
+    assert float(match.group(1)) <= ceiling, f"{name} exposure {match.group(1)} > {ceiling}"
+
+
+def test_sysusers_and_tmpfiles_are_shipped():
+    assert "u trainguard" in (UNITS / "trainguard.sysusers").read_text()
+    tmpfiles = (UNITS / "trainguard.tmpfiles").read_text()
+    assert "d /etc/trainguard/keys       0750 root trainguard" in tmpfiles
