@@ -118,15 +118,41 @@ class _LazyCommand(click.Command):
     show_envvar=True,
     show_default=True,
 )
-def main(log_format: str, log_level: str) -> None:
+@click.option(
+    "--config",
+    "config_path",
+    envvar="TRAINGUARD_CONFIG",
+    show_envvar=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML configuration file [default: /etc/trainguard/trainguard.toml, if it exists]. "
+    "Precedence: defaults < this file < TRAINGUARD_* variables < flags.",
+)
+@click.pass_context
+def main(ctx: click.Context, log_format: str, log_level: str, config_path: Path | None) -> None:
     """trainguard: keeps PyTorch training alive on Ascend and Nvidia clusters.
 
     A daemon per cluster (`trainguard daemon`), an agent per node (`trainguard agent`),
     and commands to look at and poke the cluster (`status`, `inject`). `trainguard demo`
     runs a small cluster on this machine.
     """
+    from click.core import ParameterSource
+
+    from supervisor import config as tg_config
     from supervisor import logging as tg_logging
 
+    try:
+        cfg = tg_config.load(config_path or tg_config.DEFAULT_PATH, explicit=config_path is not None)
+    except tg_config.ConfigError as exc:
+        raise click.ClickException(f"invalid configuration, refusing to start:\n{exc}") from exc
+    ctx.obj = cfg
+    ctx.default_map = {**cfg.default_map(), **(ctx.default_map or {})}
+    # The group's own options were parsed before the file was read: apply it by hand,
+    # below env vars and flags as everywhere else.
+    if ctx.get_parameter_source("log_format") is ParameterSource.DEFAULT:
+        log_format = cfg.values.get(("log", "format"), log_format)
+    if ctx.get_parameter_source("log_level") is ParameterSource.DEFAULT:
+        log_level = cfg.values.get(("log", "level"), log_level)
     tg_logging.configure(log_format, log_level)
 
 
@@ -421,3 +447,26 @@ def stop(ctl: str, timeout: float, node: str, job: str, grace: float) -> None:
     except ClientError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"asked {result['ranks_asked']} rank(s) of {job} on {node} to stop (SIGKILL after {grace:g}s)")
+
+
+@main.group()
+def config() -> None:
+    """Inspect the configuration (file, environment, defaults)."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Print every setting's effective value and where it came from: an environment
+    variable, the file (with its line), or the built-in default. Flags given to a
+    command override all of these for that command."""
+    cfg = ctx.find_root().obj
+    rows = cfg.effective()
+    if as_json:
+        click.echo(json.dumps({"file": str(cfg.path) if cfg.path else None, "settings": rows}, indent=2))
+        return
+    click.echo(f"configuration file: {cfg.path or 'none (using defaults and environment)'}")
+    width = max(len(r["setting"]) for r in rows)
+    for r in rows:
+        click.echo(f"{r['setting']:<{width}}  {str(r['value']):<32} {r['source']}")
