@@ -201,6 +201,14 @@ def main(ctx: click.Context, log_format: str, log_level: str, config_path: Path 
     show_default=True,
     help="How often agents heartbeat; told to each agent when it registers.",
 )
+@click.option(
+    "--metrics-bind",
+    envvar="TRAINGUARD_METRICS_BIND",
+    show_envvar=True,
+    default="off",
+    show_default=True,
+    help="HOST:PORT to serve Prometheus metrics on (e.g. 0.0.0.0:9755), or off.",
+)
 def daemon(
     bind: str,
     ctl: str,
@@ -208,6 +216,7 @@ def daemon(
     policy_dir: Path | None,
     heartbeat_timeout: float,
     heartbeat_interval: float,
+    metrics_bind: str,
 ) -> None:
     """Run the cluster's supervisor daemon (in the foreground; systemd runs it as a service)."""
     from supervisor.daemon import Daemon, DaemonConfig, DaemonError
@@ -217,7 +226,15 @@ def daemon(
             f"must be above 0 and below --heartbeat-timeout ({heartbeat_timeout:g}s), got {heartbeat_interval:g}s",
             param_hint="--heartbeat-interval",
         )
+    metrics = None
+    if metrics_bind != "off":
+        host, _, port = metrics_bind.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise click.BadParameter(f"{metrics_bind!r}: expected HOST:PORT (such as 0.0.0.0:9755) or off",
+                                     param_hint="--metrics-bind")
+        metrics = (host.strip("[]"), int(port))
     config = DaemonConfig(
+        metrics=metrics,
         bind=bind,
         ctl=ctl,
         state_dir=state_dir,

@@ -82,6 +82,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "policy_dir": Setting(_text, None, "TRAINGUARD_POLICY_DIR", "policy YAML directory"),
         "heartbeat_timeout": Setting(_duration, "15s", "TRAINGUARD_HEARTBEAT_TIMEOUT", "silence before a node is lost"),
         "heartbeat_interval": Setting(_duration, "2s", "TRAINGUARD_HEARTBEAT_INTERVAL", "agents' heartbeat period"),
+        "metrics_bind": Setting(_text, "off", "TRAINGUARD_METRICS_BIND", "Prometheus HOST:PORT, or off"),
     },
     "agent": {
         "daemon": Setting(_text, DEFAULT_AGENT_ENDPOINT, "TRAINGUARD_DAEMON", "the daemon's agent endpoint"),

@@ -25,6 +25,7 @@ from supervisor.cluster import Cluster, ClusterConfig, Outcome, ToClient, ToNode
 from supervisor.nodes import NodeChange
 from supervisor.policy.reload import Change, DirectoryWatcher, PolicyDirectory
 from supervisor.protocol import CtlRequest, ProtocolError, decode, encode, new_id
+from supervisor.metrics import DaemonMetrics
 from supervisor.sdnotify import Notifier
 from supervisor.store import Store, StoreError
 
@@ -51,6 +52,7 @@ class DaemonConfig:
     heartbeat_timeout: float = 15.0
     heartbeat_interval: float = 2.0
     command_timeout: float = 10.0
+    metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
 
 
 class Daemon:
@@ -61,6 +63,7 @@ class Daemon:
         self._pending_nodes: set[str] = set()
         self._pending_events: list[tuple[float, str, dict[str, Any]]] = []
         self._store_failing = False
+        self.metrics = DaemonMetrics()
         self._lock_file = self._take_lock(config.state_dir)
         try:
             self.store = Store(config.state_dir / "state.db")
@@ -83,6 +86,13 @@ class Daemon:
         self.agents.setsockopt(zmq.ROUTER_MANDATORY, 1)  # send to an absent node raises
         self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted agent takes its name back
         self.ctl = self._bind(zmq.ROUTER, config.ctl, "control")
+        self.metrics.observe_nodes(self.cluster.nodes)
+        if config.metrics is not None:
+            host, port = config.metrics
+            try:
+                self.metrics.serve(host, port)
+            except OSError as exc:
+                raise DaemonError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
 
     # --- setup ---------------------------------------------------------------------
 
@@ -175,6 +185,7 @@ class Daemon:
                 if now.mono >= next_flush:
                     self._flush()
                     next_flush = now.mono + _FLUSH_EVERY
+                    self.metrics.observe_nodes(self.cluster.nodes)
                     notify.status(self._status_line())
                 # Only a turn that got here has polled both sockets and run the
                 # deadlines: a wedged loop stops pinging and systemd restarts us.
@@ -264,6 +275,7 @@ class Daemon:
         self._apply(self.cluster.on_ctl_request(identity, msg, now), now)
 
     def _bad_frame(self, peer: str, reason: str, detail: str, now: Instant) -> None:
+        self.metrics.bad_frames.labels(reason).inc()
         report = self.cluster.bad_frames.record(peer, reason, detail, now.mono)
         if report is not None:
             log.warning(
@@ -303,11 +315,18 @@ class Daemon:
             fields = {"node": change.node, **change.fields} if change.node != "*" else dict(change.fields)
             level = "warning" if change.event in _WARN_EVENTS or change.event.startswith("signal.") else "info"
             getattr(log, level)(change.event, **fields)
+            signal = fields.get("signal")
+            if isinstance(signal, str):
+                pool = _FAMILY.get(str(fields.get("accelerator")), str(fields.get("accelerator", "unknown")))
+                self.metrics.signals.labels(signal, pool).inc()
+                if "detection_latency_s" in fields:
+                    self.metrics.detection_latency.labels(signal).observe(fields["detection_latency_s"])
             if len(self._pending_events) < _MAX_UNSAVED_EVENTS:
                 self._pending_events.append((now.wall, change.event, fields))
 
     def _policy_changes(self, changes: list[Change], now: Instant) -> None:
         for change in changes:
+            self.metrics.policy_reloads.labels(change.event.split(".", 1)[1]).inc()
             level = "error" if change.event == "policy.rejected" else "info"
             getattr(log, level)(change.event, **change.fields)
             self._pending_events.append((now.wall, change.event, dict(change.fields)))
@@ -337,6 +356,7 @@ class Daemon:
 
 
 _WARN_EVENTS = {"node.lost", "chip.health_changed"}
+_FAMILY = {"sim-ascend": "ascend", "sim-nvidia": "nvidia"}
 
 
 def _peer_name(frame: zmq.Frame, identity: bytes, known_node: bool) -> str:

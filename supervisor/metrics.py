@@ -1,0 +1,66 @@
+"""The daemon's Prometheus metrics (prometheus-client), on its own registry.
+
+The daemon's loop updates them (gauges once a second from the node table, counters as
+things happen); prometheus-client's HTTP thread only reads them, so no cluster state is
+touched from another thread. Job metrics are declared now, under the names they will
+keep, and stay empty until the job lifecycle exists.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from supervisor.nodes import NodeTable
+from supervisor.vocab import Health, NodeState
+
+_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+
+class DaemonMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.nodes = Gauge("trainguard_nodes", "Nodes by liveness state.", ["state"], registry=r)
+        self.chips = Gauge("trainguard_chips", "Chips by health, over all nodes.", ["health"], registry=r)
+        self.signals = Counter("trainguard_signals_total", "Fault signals received, by signal and pool.",
+                               ["signal", "pool"], registry=r)
+        self.detection_latency = Histogram(
+            "trainguard_detection_latency_seconds",
+            "From when a node observed a signal to when the daemon received it.",
+            ["signal"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.bad_frames = Counter("trainguard_bad_frames_total", "Frames dropped as invalid, by reason.",
+                                  ["reason"], registry=r)
+        self.refused_peers = Counter("trainguard_refused_peers_total",
+                                     "Connections refused by authentication, by mechanism.", ["mechanism"], registry=r)
+        self.policy_reloads = Counter("trainguard_policy_reloads_total",
+                                      "Policy file (re)loads, by result (loaded, rejected, removed).", ["result"], registry=r)
+        # Job metrics: declared under their final names; filled once jobs exist.
+        self.jobs = Gauge("trainguard_jobs", "Jobs by state.", ["state"], registry=r)
+        self.restarts = Counter("trainguard_job_restarts_total", "Job restarts, by pool.", ["pool"], registry=r)
+        self.failovers = Counter("trainguard_job_failovers_total", "Job failovers, by source and target pool.",
+                                 ["from_pool", "to_pool"], registry=r)
+        self.recovery_latency = Histogram("trainguard_job_recovery_seconds",
+                                          "From a fault's signal to the job training again.",
+                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.effective_training_ratio = Gauge("trainguard_job_effective_training_ratio",
+                                              "Share of wall time spent training (not recovering), by job.",
+                                              ["job"], registry=r)
+        for state in NodeState:
+            self.nodes.labels(state.value).set(0)
+        for health in Health:
+            self.chips.labels(health.value).set(0)
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def observe_nodes(self, table: NodeTable) -> None:
+        states = {s: 0 for s in NodeState}
+        chips = {h: 0 for h in Health}
+        for record in table.records():
+            states[record.state] += 1
+            for chip in record.chips:
+                chips[chip.health] += 1
+        for state, n in states.items():
+            self.nodes.labels(state.value).set(n)
+        for health, n in chips.items():
+            self.chips.labels(health.value).set(n)
