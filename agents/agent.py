@@ -32,7 +32,7 @@ from agents.probes.host import PsutilHostProbe
 from agents.probes.parsers import XidEvent
 from agents.probes.sim import SimHardware, SimProbe
 from agents.probes.vendor import KernelLogWatcher
-from supervisor import __version__
+from supervisor import __version__, auth
 from supervisor.sdnotify import Notifier
 from supervisor.protocol import (
     Ack,
@@ -65,6 +65,7 @@ class AgentConfig:
     work_dir: Path
     probe_interval: float = 5.0
     hang_timeout: float = 300.0
+    keys_dir: Path | None = None  # None: no CurveZMQ (--insecure)
 
 
 class AgentError(Exception):
@@ -107,10 +108,50 @@ class Agent:
         self._kernel_log_problem: str | None = None
         self._probing: Future[tuple[tuple[ChipStatus, ...], HostStatus, float]] | None = None
         self._ctx = zmq.Context.instance()
+        self._reconnect_at: float | None = None
+        self._auth_failures = 0
         self.sock = self._connect()
+        # libzmq does not retry a CURVE handshake the daemon refused: watch for that
+        # and reconnect ourselves, so that allow-listing this node's key later works.
+        self._sock_monitor = self.sock.get_monitor_socket(_HANDSHAKE_FAILURES) if config.keys_dir else None
+
+    def _replace_socket(self) -> None:
+        if self._sock_monitor is not None:
+            self.sock.disable_monitor()
+            self._sock_monitor.close(linger=0)
+        self.sock.close(linger=0)
+        self.sock = self._connect()
+        self._sock_monitor = self.sock.get_monitor_socket(_HANDSHAKE_FAILURES)
+
+    def _on_handshake_failure(self, now: float) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._sock_monitor is not None and self._sock_monitor.poll(0):
+            recv_monitor_message(self._sock_monitor)
+            self._auth_failures += 1
+            if self._auth_failures == 1 or self._auth_failures % 60 == 0:
+                log.error(
+                    "agent.auth_refused",
+                    daemon=self.config.daemon,
+                    attempts=self._auth_failures,
+                    reason="the daemon refused this node's key (not in its agents/ allow-list) or its "
+                    "daemon.key does not match the daemon",
+                    action="copy keys/agent.key to the daemon's keys/agents/; retrying every 5s",
+                )
+            self._reconnect_at = now + 5.0
 
     def _connect(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
+        if self.config.keys_dir is not None:
+            try:
+                public, secret = auth.load_pair(self.config.keys_dir, "agent")
+                server = auth.load_public(self.config.keys_dir / "daemon.key")
+            except auth.KeyError_ as exc:
+                sock.close()
+                raise AgentError(f"{exc}; or pass --insecure on a test cluster") from exc
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+            sock.setsockopt(zmq.CURVE_SERVERKEY, server)
         sock.setsockopt(zmq.ROUTING_ID, self.config.node_id.encode())
         sock.setsockopt(zmq.LINGER, 0)
         # Queue only on a live connection: a heartbeat that cannot go now is stale later.
@@ -137,6 +178,8 @@ class Agent:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         structlog.contextvars.bind_contextvars(node=self.config.node_id)
+        if self.config.keys_dir is None:
+            log.warning("auth.insecure", effect="talking to the daemon without CurveZMQ: no authentication, no encryption")
         log.info(
             "agent.started",
             version=__version__,
@@ -150,6 +193,8 @@ class Agent:
         )
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        if self._sock_monitor is not None:
+            poller.register(self._sock_monitor, zmq.POLLIN)
         # One read before registering, so the daemon learns the chips at once; nothing
         # needs heartbeating yet, so waiting for a slow tool here costs nothing.
         self._apply_probe(*self._read_probes())
@@ -165,8 +210,19 @@ class Agent:
                 self._talk(now)
                 wake = min(self._next_probe, self.link.next_wakeup(), self.outbox.next_due() or float("inf"))
                 timeout_ms = max(0, min(250, int((wake - time.monotonic()) * 1000) + 1))
-                if poller.poll(timeout_ms):
+                ready = dict(poller.poll(timeout_ms))
+                if self.sock in ready:
                     self._drain()
+                if self._sock_monitor is not None and self._sock_monitor in ready:
+                    self._on_handshake_failure(time.monotonic())
+                if self._reconnect_at is not None and time.monotonic() >= self._reconnect_at:
+                    self._reconnect_at = None
+                    poller.unregister(self.sock)
+                    if self._sock_monitor is not None:
+                        poller.unregister(self._sock_monitor)
+                    self._replace_socket()
+                    poller.register(self.sock, zmq.POLLIN)
+                    poller.register(self._sock_monitor, zmq.POLLIN)
                 notify.status(self._status_line())
                 notify.watchdog(time.monotonic())
         finally:
@@ -475,6 +531,9 @@ class Agent:
             )
         )
 
+
+_HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                       | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 _SIGNAL_FOR_HEALTH = {
     Health.WARNING: Signal.CHIP_DEGRADED,

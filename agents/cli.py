@@ -71,7 +71,18 @@ from supervisor.vocab import Accelerator
     show_default=True,
     help="A rank whose step does not advance for this long (training phase) is hung.",
 )
-def agent(daemon: str, node_id: str, accelerator: str, chips: int, work_dir: Path, probe_interval: str, hang_timeout: str) -> None:
+@click.option(
+    "--keys-dir",
+    envvar="TRAINGUARD_KEYS_DIR",
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    default="/etc/trainguard/keys",
+    show_default=True,
+    help="agent.key_secret (this node's pair) and daemon.key (the daemon's public key).",
+)
+@click.option("--insecure", is_flag=True, help="Connect without CurveZMQ (test clusters and the demo only).")
+def agent(daemon: str, node_id: str, accelerator: str, chips: int, work_dir: Path, probe_interval: str,
+          hang_timeout: str, keys_dir: Path, insecure: bool) -> None:
     """Run this node's agent: registers with the daemon, heartbeats, probes chips."""
     import re
 
@@ -100,6 +111,7 @@ def agent(daemon: str, node_id: str, accelerator: str, chips: int, work_dir: Pat
         work_dir=work_dir,
         probe_interval=interval,
         hang_timeout=hang,
+        keys_dir=None if insecure else keys_dir,
     )
     try:
         Agent(config).run()

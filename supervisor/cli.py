@@ -209,6 +209,16 @@ def main(ctx: click.Context, log_format: str, log_level: str, config_path: Path 
     show_default=True,
     help="HOST:PORT to serve Prometheus metrics on (e.g. 0.0.0.0:9755), or off.",
 )
+@click.option(
+    "--keys-dir",
+    envvar="TRAINGUARD_KEYS_DIR",
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    default="/etc/trainguard/keys",
+    show_default=True,
+    help="CurveZMQ keys: daemon.key_secret, agents/*.key and admins/*.key allow-lists (README: Security).",
+)
+@click.option("--insecure", is_flag=True, help="No authentication at all (test clusters and the demo only).")
 def daemon(
     bind: str,
     ctl: str,
@@ -217,6 +227,8 @@ def daemon(
     heartbeat_timeout: float,
     heartbeat_interval: float,
     metrics_bind: str,
+    keys_dir: Path,
+    insecure: bool,
 ) -> None:
     """Run the cluster's supervisor daemon (in the foreground; systemd runs it as a service)."""
     from supervisor.daemon import Daemon, DaemonConfig, DaemonError
@@ -234,6 +246,8 @@ def daemon(
                                      param_hint="--metrics-bind")
         metrics = (host.strip("[]"), int(port))
     config = DaemonConfig(
+        keys_dir=keys_dir,
+        insecure=insecure,
         metrics=metrics,
         bind=bind,
         ctl=ctl,
@@ -487,3 +501,29 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
     width = max(len(r["setting"]) for r in rows)
     for r in rows:
         click.echo(f"{r['setting']:<{width}}  {str(r['value']):<32} {r['source']}")
+
+
+@main.group()
+def keys() -> None:
+    """CurveZMQ keys for the daemon, agents and admins."""
+
+
+@keys.command("generate")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="daemon, agent, admin, or a node's name for the allow-list.")
+def keys_generate(directory: Path, name: str) -> None:
+    """Create NAME.key (public) and NAME.key_secret (mode 0600) in DIRECTORY.
+
+    \b
+    daemon host:  trainguard keys generate /etc/trainguard/keys --name daemon
+    each node:    trainguard keys generate /etc/trainguard/keys --name agent
+                  copy the daemon's daemon.key to the node's keys dir, and the
+                  node's agent.key to the daemon's keys/agents/NODE.key
+    """
+    from supervisor.auth import KeyError_, generate
+
+    try:
+        public, secret = generate(directory, name)
+    except KeyError_ as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {public} (public) and {secret} (secret, mode 0600)")

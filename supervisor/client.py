@@ -7,12 +7,15 @@ daemon never gets the same fault injected twice.
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import tenacity
 import zmq
 
+from supervisor import auth
 from supervisor.protocol import CtlReply, CtlRequest, ProtocolError, decode, encode, new_id
 
 READ_ONLY_VERBS = frozenset({"ping", "status", "policies"})
@@ -50,7 +53,8 @@ def request(endpoint: str, verb: str, args: dict[str, Any] | None = None, timeou
     except _NoReply:
         raise ClientError(
             f"no answer from the trainguard daemon at {endpoint} within {timeout:g}s "
-            "(is `trainguard daemon` running there? the endpoint comes from --ctl or TRAINGUARD_CTL)",
+            "(is `trainguard daemon` running there? the endpoint comes from --ctl or TRAINGUARD_CTL; "
+            "a tcp endpoint of a secure daemon also needs an admin key pair in TRAINGUARD_KEYS_DIR)",
             "unreachable",
         ) from None
     if not reply.ok:
@@ -58,10 +62,31 @@ def request(endpoint: str, verb: str, args: dict[str, Any] | None = None, timeou
     return reply.result
 
 
+def _admin_keys(endpoint: str) -> tuple[bytes, bytes, bytes] | None:
+    """(public, secret, daemon public) for a tcp control endpoint, when this machine has
+    an admin key pair in $TRAINGUARD_KEYS_DIR (default /etc/trainguard/keys). An ipc
+    endpoint is guarded by its file permissions instead."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    directory = Path(os.environ.get("TRAINGUARD_KEYS_DIR") or "/etc/trainguard/keys")
+    if not (directory / "admin.key_secret").exists():
+        return None
+    try:
+        public, secret = auth.load_pair(directory, "admin")
+        return public, secret, auth.load_public(directory / "daemon.key")
+    except auth.KeyError_ as exc:
+        raise ClientError(str(exc), "bad_key") from None
+
+
 def _attempt(endpoint: str, req: CtlRequest, timeout: float) -> CtlReply:
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    keys = _admin_keys(endpoint)
+    if keys is not None:
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, keys[0])
+        sock.setsockopt(zmq.CURVE_SECRETKEY, keys[1])
+        sock.setsockopt(zmq.CURVE_SERVERKEY, keys[2])
     try:
         try:
             sock.connect(endpoint)

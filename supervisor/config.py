@@ -83,6 +83,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "heartbeat_timeout": Setting(_duration, "15s", "TRAINGUARD_HEARTBEAT_TIMEOUT", "silence before a node is lost"),
         "heartbeat_interval": Setting(_duration, "2s", "TRAINGUARD_HEARTBEAT_INTERVAL", "agents' heartbeat period"),
         "metrics_bind": Setting(_text, "off", "TRAINGUARD_METRICS_BIND", "Prometheus HOST:PORT, or off"),
+        "keys_dir": Setting(_text, "/etc/trainguard/keys", "TRAINGUARD_KEYS_DIR", "CurveZMQ keys and allow-lists"),
     },
     "agent": {
         "daemon": Setting(_text, DEFAULT_AGENT_ENDPOINT, "TRAINGUARD_DAEMON", "the daemon's agent endpoint"),
@@ -92,6 +93,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "work_dir": Setting(_text, "/var/lib/trainguard/agent", "TRAINGUARD_WORK_DIR", "logs, checkpoints, sim chips"),
         "probe_interval": Setting(_duration, "5s", "TRAINGUARD_PROBE_INTERVAL", "chip and host probe period"),
         "hang_timeout": Setting(_duration, "300s", "TRAINGUARD_HANG_TIMEOUT", "no step progress before a hang"),
+        "keys_dir": Setting(_text, "/etc/trainguard/keys", "TRAINGUARD_KEYS_DIR", "agent key pair and daemon.key"),
     },
     "cli": {
         "ctl": Setting(_text, DEFAULT_CTL_ENDPOINT, "TRAINGUARD_CTL", "control endpoint the CLI asks"),

@@ -25,6 +25,8 @@ from supervisor.cluster import Cluster, ClusterConfig, Outcome, ToClient, ToNode
 from supervisor.nodes import NodeChange
 from supervisor.policy.reload import Change, DirectoryWatcher, PolicyDirectory
 from supervisor.protocol import CtlRequest, ProtocolError, decode, encode, new_id
+from supervisor import auth
+from supervisor.badframes import BadFrameCounter
 from supervisor.metrics import DaemonMetrics
 from supervisor.sdnotify import Notifier
 from supervisor.store import Store, StoreError
@@ -53,6 +55,8 @@ class DaemonConfig:
     heartbeat_interval: float = 2.0
     command_timeout: float = 10.0
     metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
+    keys_dir: Path | None = None  # CurveZMQ keys (see supervisor/auth.py); required unless insecure
+    insecure: bool = False
 
 
 class Daemon:
@@ -82,10 +86,36 @@ class Daemon:
             self.cluster.policies = PolicyDirectory(directory)
             self._policy_changes(self.cluster.policies.load_all(now.wall), now)
             self.watcher = DirectoryWatcher(directory)
-        self.agents = self._bind(zmq.ROUTER, config.bind, "agent")
+        self._curve: tuple[bytes, bytes] | None = None
+        self.allow: dict[str, auth.AllowList] = {}
+        self.refusals = BadFrameCounter()  # the same once-per-peer-per-minute logging
+        if not config.insecure:
+            keys = config.keys_dir or Path("/etc/trainguard/keys")
+            try:
+                self._curve = auth.load_pair(keys, "daemon")
+            except auth.KeyError_ as exc:
+                raise DaemonError(f"{exc}; or pass --insecure on a test cluster") from exc
+            self.allow = {auth.AGENTS_DOMAIN: auth.AllowList(keys / "agents"),
+                          auth.ADMINS_DOMAIN: auth.AllowList(keys / "admins")}
+            # The ZAP handler must be bound before any CURVE socket can take a handshake.
+            self._zap = self._ctx.socket(zmq.REP)
+            self._zap.setsockopt(zmq.LINGER, 0)
+            self._zap.bind("inproc://zeromq.zap.01")
+        self.agents = self._bind(zmq.ROUTER, config.bind, "agent", auth.AGENTS_DOMAIN)
         self.agents.setsockopt(zmq.ROUTER_MANDATORY, 1)  # send to an absent node raises
         self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted agent takes its name back
-        self.ctl = self._bind(zmq.ROUTER, config.ctl, "control")
+        # ipc control sockets are guarded by file permissions; tcp ones by CURVE admin keys.
+        self.ctl = self._bind(zmq.ROUTER, config.ctl, "control",
+                              auth.ADMINS_DOMAIN if config.ctl.startswith("tcp://") else None)
+        # A peer without CURVE fails the handshake before ZAP is asked: only a socket
+        # monitor sees it. domain of each monitored socket, by monitor socket.
+        self._monitors: dict[zmq.Socket, tuple[zmq.Socket, str]] = {}
+        if self._curve is not None:
+            failures = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                        | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            for sock, domain in ((self.agents, auth.AGENTS_DOMAIN), (self.ctl, auth.ADMINS_DOMAIN)):
+                if sock.getsockopt(zmq.CURVE_SERVER):
+                    self._monitors[sock.get_monitor_socket(failures)] = (sock, domain)
         self.metrics.observe_nodes(self.cluster.nodes)
         if config.metrics is not None:
             host, port = config.metrics
@@ -116,8 +146,12 @@ class Daemon:
         lock.flush()
         return lock
 
-    def _bind(self, kind: int, endpoint: str, what: str) -> zmq.Socket:
+    def _bind(self, kind: int, endpoint: str, what: str, zap_domain: str | None = None) -> zmq.Socket:
         sock = self._ctx.socket(kind)
+        if self._curve is not None and zap_domain is not None:
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self._curve[1])
+            sock.setsockopt(zmq.ZAP_DOMAIN, zap_domain.encode())
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, _ZMQ_MAX_MSG)
         sock.setsockopt(zmq.SNDHWM, 10_000)
@@ -131,8 +165,8 @@ class Daemon:
             sock.close()
             raise DaemonError(f"cannot bind the {what} endpoint {endpoint}: {exc}") from exc
         if endpoint.startswith("ipc://"):
-            # Until CURVE and group permissions arrive, keep the socket to its owner.
-            os.chmod(endpoint[len("ipc://") :], 0o600)
+            # The owner and the service group (operators' CLI) may connect; nobody else.
+            os.chmod(endpoint[len("ipc://") :], 0o660)
         return sock
 
     # --- main loop -----------------------------------------------------------------
@@ -146,6 +180,15 @@ class Daemon:
         poller = zmq.Poller()
         poller.register(self.agents, zmq.POLLIN)
         poller.register(self.ctl, zmq.POLLIN)
+        if self._curve is not None:
+            poller.register(self._zap, zmq.POLLIN)
+            for monitor in self._monitors:
+                poller.register(monitor, zmq.POLLIN)
+            self._refresh_allow_lists()
+        else:
+            log.warning("auth.insecure", effect="agents and control clients are not authenticated: "
+                        "anyone who can reach the endpoints can register nodes and send commands",
+                        bind=self.config.bind, ctl=self.config.ctl)
         log.info(
             "daemon.started",
             version=__version__,
@@ -170,6 +213,11 @@ class Daemon:
                 # Capped so that a stop request is noticed promptly.
                 timeout_ms = max(0, min(250, int((wake - now.mono) * 1000) + 1))
                 ready = dict(poller.poll(timeout_ms))
+                if self._curve is not None and self._zap in ready:
+                    self._drain(self._zap, self._on_zap)
+                for monitor, (_, domain) in self._monitors.items():
+                    if monitor in ready:
+                        self._drain(monitor, lambda frames, d=domain: self._on_monitor(frames, d))
                 if self.agents in ready:
                     self._drain(self.agents, self._on_agent_frames)
                 if self.ctl in ready:
@@ -186,6 +234,7 @@ class Daemon:
                     self._flush()
                     next_flush = now.mono + _FLUSH_EVERY
                     self.metrics.observe_nodes(self.cluster.nodes)
+                    self._refresh_allow_lists()
                     notify.status(self._status_line())
                 # Only a turn that got here has polled both sockets and run the
                 # deadlines: a wedged loop stops pinging and systemd restarts us.
@@ -196,6 +245,41 @@ class Daemon:
             log.info("daemon.stopping", instance=self.cluster.instance)
             self._flush()
             self.close()
+
+    # --- authentication ------------------------------------------------------------
+
+    def _refresh_allow_lists(self) -> None:
+        for domain, allowed in self.allow.items():
+            if allowed.refresh():
+                log.info("auth.keys_loaded", domain=domain, directory=str(allowed.directory),
+                         keys=sorted(allowed.keys.values()), problems=allowed.problems)
+
+    def _on_zap(self, frames: list[zmq.Frame]) -> None:
+        decision = auth.decide([f.bytes for f in frames], self.allow)
+        if decision is None:
+            self._zap.send_multipart([auth.ZAP_VERSION, frames[1].bytes if len(frames) > 1 else b"", b"400",
+                                      b"malformed ZAP request", b"", b""])
+            return
+        self._zap.send_multipart(auth.reply(decision))
+        if not decision.allowed:
+            self._refused(decision.address or "unknown", decision.mechanism, decision.domain, decision.reason)
+
+    def _on_monitor(self, frames: list[zmq.Frame], domain: str) -> None:
+        from zmq.utils.monitor import parse_monitor_message
+
+        event = parse_monitor_message([f.bytes for f in frames])
+        endpoint = event.get("endpoint", b"")
+        peer = endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else str(endpoint)
+        self._refused(peer, "unknown", domain,
+                      "handshake failed: the peer does not speak CURVE with this daemon's key "
+                      "(plain-text socket, no key, or the wrong daemon key)")
+
+    def _refused(self, peer: str, mechanism: str, domain: str, reason: str) -> None:
+        self.metrics.refused_peers.labels(mechanism).inc()
+        report = self.refusals.record(peer, domain, reason, time.monotonic())
+        if report is not None:
+            log.warning("auth.refused", peer=peer, domain=domain, mechanism=mechanism, reason=reason,
+                        suppressed_since_last=report.suppressed)
 
     def _status_line(self) -> str:
         states = {s: 0 for s in ("up", "pending", "lost")}
@@ -209,6 +293,11 @@ class Daemon:
     def close(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+        for monitor, (sock, _) in self._monitors.items():
+            sock.disable_monitor()
+            monitor.close(linger=0)
+        if self._curve is not None:
+            self._zap.close(linger=0)
         self.agents.close(linger=0)
         self.ctl.close(linger=0)
         self.store.close()

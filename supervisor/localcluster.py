@@ -77,6 +77,8 @@ class LocalCluster:
     probe_interval: float = 0.5
     transport: str = "ipc"
     log_format: str = "json"
+    #: None: --insecure (tests and the demo); a path: CurveZMQ with the keys there.
+    keys_dir: Path | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -114,6 +116,7 @@ class LocalCluster:
                 "--state-dir", str(self.root / "state"),
                 "--heartbeat-timeout", f"{self.heartbeat_timeout}s",
                 "--heartbeat-interval", f"{self.heartbeat_interval}s",
+                *(["--keys-dir", str(self.keys_dir)] if self.keys_dir else ["--insecure"]),
                 *extra,
             ],
             env,
@@ -131,6 +134,7 @@ class LocalCluster:
                 "--chips", str(chips),
                 "--work-dir", str(self.root / "nodes" / node),
                 "--probe-interval", f"{self.probe_interval}s",
+                *(["--keys-dir", str(self.keys_dir)] if self.keys_dir else ["--insecure"]),
                 *extra,
             ],
             env,

@@ -78,7 +78,8 @@ def test_daemon_on_a_busy_port_names_the_endpoint(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         endpoint = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
-        result = trainguard("daemon", "--state-dir", str(tmp_path), "--bind", endpoint, "--ctl", free_tcp_endpoint())
+        result = trainguard("daemon", "--insecure", "--state-dir", str(tmp_path), "--bind", endpoint,
+                            "--ctl", free_tcp_endpoint())
     assert result.returncode == 1
     assert f"cannot bind the agent endpoint {endpoint}" in result.stderr
 

@@ -76,7 +76,7 @@ def test_flags_beat_environment_beat_file_beat_defaults(tmp_path):
     def timeout_seen(env_extra: dict[str, str], *flags: str) -> float:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINGUARD_")}
         env.update(env_extra)
-        proc = subprocess.Popen([sys.executable, "-m", "supervisor", "--config", str(path), "daemon",
+        proc = subprocess.Popen([sys.executable, "-m", "supervisor", "--config", str(path), "daemon", "--insecure",
                                  "--state-dir", str(tmp_path / "state"), *flags],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -90,7 +90,7 @@ def test_flags_beat_environment_beat_file_beat_defaults(tmp_path):
     assert timeout_seen({"TRAINGUARD_HEARTBEAT_TIMEOUT": "25s"}) == 25.0  # env beats file
     assert timeout_seen({"TRAINGUARD_HEARTBEAT_TIMEOUT": "25s"}, "--heartbeat-timeout", "30s") == 30.0  # flag beats env
     # The CLI reads [cli] ctl from the same file.
-    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "--config", str(path), "daemon",
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "--config", str(path), "daemon", "--insecure",
                              "--state-dir", str(tmp_path / "state")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: request(ctl, "ping", timeout=1), 20, "the daemon")

@@ -56,6 +56,6 @@ def test_a_busy_metrics_port_refuses_to_start_with_a_clear_error(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = trainguard("daemon", "--state-dir", str(tmp_path), "--bind", f"ipc://{tmp_path}/a.sock",
+        result = trainguard("daemon", "--insecure", "--state-dir", str(tmp_path), "--bind", f"ipc://{tmp_path}/a.sock",
                             "--ctl", f"ipc://{tmp_path}/c.sock", "--metrics-bind", f"127.0.0.1:{port}")
     assert result.returncode == 1 and f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
