@@ -107,6 +107,9 @@ class Agent:
         self._pending_xids: deque[tuple[XidEvent, float]] = deque()  # probe thread → loop
         self._kernel_log_problem: str | None = None
         self._probing: Future[tuple[tuple[ChipStatus, ...], HostStatus, float]] | None = None
+        self._probing_since = 0.0
+        self._dropped_logged = 0
+        self._probe_stuck = False
         self._ctx = zmq.Context.instance()
         self._reconnect_at: float | None = None
         self._auth_failures = 0
@@ -225,6 +228,7 @@ class Agent:
                     poller.register(self._sock_monitor, zmq.POLLIN)
                 notify.status(self._status_line())
                 notify.watchdog(time.monotonic())
+                self._note_drops()
         finally:
             notify.stopping()
             notify.close()
@@ -233,6 +237,13 @@ class Agent:
             self.monitor.close()
             self._probe_pool.shutdown(wait=False, cancel_futures=True)
             self.sock.close(linger=0)
+
+    def _note_drops(self) -> None:
+        if self.outbox.dropped != self._dropped_logged:
+            log.error("agent.events_dropped", dropped_total=self.outbox.dropped,
+                      reason=f"the outbox holds at most {self.outbox.capacity} unacknowledged events and the "
+                      "daemon has been away; the oldest were dropped")
+            self._dropped_logged = self.outbox.dropped
 
     def _status_line(self) -> str:
         ranks = len(self.monitor.running())
@@ -447,13 +458,25 @@ class Agent:
         if self._probing is not None:
             if not self._probing.done():
                 self._next_probe = now + 0.05
+                stuck_for = now - self._probing_since
+                if stuck_for > _PROBE_STUCK_AFTER and not self._probe_stuck:
+                    # A blind probe must not look healthy: the chips become unknown until it returns.
+                    self._probe_stuck = True
+                    log.error("probe.stuck", probe=self.chip_probe.name, stuck_for_s=round(stuck_for, 1),
+                              effect="chips reported unknown until the probe returns")
+                    reason = f"probe {self.chip_probe.name} stuck for over {_PROBE_STUCK_AFTER:g}s"
+                    self._apply_probe(
+                        tuple(ChipStatus(index=c.index, health=Health.UNKNOWN, reason=reason) for c in self._chips),
+                        self._host or HostStatus(health=Health.UNKNOWN, reason=reason), time.time())
                 return
+            self._probe_stuck = False
             chips, host, observed_at = self._probing.result()
             self._probing = None
             self._apply_probe(chips, host, observed_at)
             self._next_probe = now + self.config.probe_interval
             return
         self._probing = self._probe_pool.submit(self._read_probes)
+        self._probing_since = now
         self._next_probe = now + 0.05
 
     def _read_probes(self) -> tuple[tuple[ChipStatus, ...], HostStatus, float]:
@@ -531,6 +554,9 @@ class Agent:
             )
         )
 
+
+#: A probe read in flight longer than this is stuck (tools time out at 10 s each).
+_PROBE_STUCK_AFTER = 60.0
 
 _HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)

@@ -139,35 +139,56 @@ class Launcher:
             return self.ranks[key]  # idempotent: a repeated launch command starts nothing
         log_path = self.log_dir / spec.job / f"rank-{spec.rank}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        popen = subprocess.Popen(
-            list(spec.argv),
-            env=spec.environment(os.environ),
-            cwd=spec.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: signals reach all it spawns
-        )
+        # The rank writes its log file itself (not a pipe to us): if the agent dies or is
+        # restarted, the rank's next print must not die of SIGPIPE. We tail the file.
+        with open(log_path, "ab") as log:
+            start = log.tell()
+            popen = subprocess.Popen(
+                list(spec.argv),
+                env=spec.environment(os.environ),
+                cwd=spec.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: signals reach all it spawns
+            )
         reader = threading.Thread(
-            target=self._pump, args=(spec, popen, log_path), name=f"rank-{spec.job}-{spec.rank}", daemon=True
+            target=self._tail, args=(spec, popen, log_path, start), name=f"rank-{spec.job}-{spec.rank}", daemon=True
         )
         process = RankProcess(spec, popen, log_path, reader)
         self.ranks[key] = process
         reader.start()
         return process
 
-    def _pump(self, spec: RankSpec, popen: subprocess.Popen[bytes], log_path: Path) -> None:
-        """Copy a rank's output to its log file and to the callback, a line at a time."""
-        assert popen.stdout is not None
-        with open(log_path, "ab") as log:
-            for raw in iter(popen.stdout.readline, b""):
-                log.write(raw)
-                log.flush()
-                if self.on_line is not None:
-                    try:
-                        self.on_line(spec, raw.decode("utf-8", errors="replace").rstrip("\n"))
-                    except Exception:
-                        pass  # a scanner bug must not stop the log from being written
+    def _tail(self, spec: RankSpec, popen: subprocess.Popen[bytes], log_path: Path, start: int) -> None:
+        """Hand each complete line the rank writes to its log to the callback, until the
+        rank has exited and everything it wrote has been read."""
+        pending = b""
+        with open(log_path, "rb") as log:
+            log.seek(start)
+            while True:
+                chunk = log.read(65536)
+                if chunk:
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for raw in lines:
+                        self._deliver(spec, raw)
+                    if len(pending) > 1_000_000:  # a "line" without end: deliver what we have
+                        self._deliver(spec, pending)
+                        pending = b""
+                    continue
+                if popen.poll() is not None:
+                    if pending:
+                        self._deliver(spec, pending)
+                    return
+                time.sleep(0.02)
+
+    def _deliver(self, spec: RankSpec, raw: bytes) -> None:
+        if self.on_line is not None:
+            try:
+                self.on_line(spec, raw.decode("utf-8", errors="replace").rstrip("\r"))
+            except Exception:
+                pass  # a scanner bug must not stop the tailing
 
     def request_stop(self, job: str, grace: float) -> int:
         """SIGTERM every rank of `job` now; `poll()` SIGKILLs what is left after `grace`
@@ -194,8 +215,8 @@ class Launcher:
                     _kill_all(process)
                 continue
             del self.ranks[key]
-            process.reader.join(timeout=5)
             _kill_all(process)  # children a dead rank left behind
+            process.reader.join(timeout=0.2)  # its last lines; the reader finishes on its own
             exits.append(
                 RankExit(process.spec.job, process.spec.rank, process.pid, process.popen.returncode,
                          process.stop_requested, time.time())

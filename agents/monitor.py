@@ -105,14 +105,20 @@ class RankMonitor:
         observations += self._drain_lines()
         for exit in self.launcher.poll():
             self.hang.forget(exit.job, exit.rank)
+            self._cpu_seen.pop(exit.pid, None)
+            if not any(j == exit.job for j, _ in self.launcher.ranks):
+                self._heartbeating.discard(exit.job)
+                self._lines_since.pop(exit.job, None)
+                self.quiet._quiet.pop(exit.job, None)
             scanner = self._scanners.pop((exit.job, exit.rank), None)
             if scanner is not None:
                 observations += [self._finding(exit.job, exit.rank, f) for f in scanner.flush()]
+            chip = self._chips.pop((exit.job, exit.rank), None)
             if exit.crash:
                 observations.append(
                     Observation(Signal.CRASH, exit.job, exit.rank, exit.describe(), exit.observed_at, "launcher",
                                 {"exit_code": exit.returncode, "signal_name": exit.signal_name, "pid": exit.pid},
-                                self._chips.get((exit.job, exit.rank)))
+                                chip)
                 )
         for finding in self.hang.check(now):
             observations.append(
@@ -148,8 +154,9 @@ class RankMonitor:
             except queue.Empty:
                 return out
             scanner = self._scanners.get((job, rank))
-            if scanner is not None:
-                self._lines_since[job] = self._lines_since.get(job, 0) + 1
+            if scanner is None:
+                continue  # a line that came after its rank's exit was reported (a child still printing)
+            self._lines_since[job] = self._lines_since.get(job, 0) + 1
             out += [self._finding(job, rank, f) for f in scanner.feed(line)]
 
     def check_quiet(self, chip_utilisation: dict[int, float | None], interval: float) -> list[Observation]:
@@ -203,14 +210,27 @@ class RankMonitor:
         pyspy = shutil.which("py-spy")
         if pyspy is None:
             parts.append("py-spy is not installed, so no stack dumps; last steps and CPU use:")
-        for rank, process in sorted(ranks.items()):
-            if pyspy is not None:
+        dumps: dict[int, subprocess.Popen[str]] = {}
+        if pyspy is not None:
+            # All ranks at once, with one short deadline: this runs on the agent's loop,
+            # which must keep heartbeating (a rank hung in the driver can hang py-spy too).
+            for rank, process in ranks.items():
                 try:
-                    dump = subprocess.run([pyspy, "dump", "--pid", str(process.pid)], capture_output=True,
-                                          text=True, timeout=10).stdout
-                except (subprocess.TimeoutExpired, OSError) as exc:
-                    dump = f"py-spy dump failed: {exc}"
-                parts.append(f"--- rank {rank} (pid {process.pid}) ---\n{dump.strip()}")
+                    dumps[rank] = subprocess.Popen([pyspy, "dump", "--pid", str(process.pid)], stdout=subprocess.PIPE,
+                                                   stderr=subprocess.STDOUT, text=True)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + 3.0
+        for rank, process in sorted(ranks.items()):
+            if rank in dumps:
+                try:
+                    dump, _ = dumps[rank].communicate(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    dumps[rank].kill()
+                    dump = "py-spy did not answer within 3s"
+                parts.append(f"--- rank {rank} (pid {process.pid}) ---\n{(dump or '').strip()}")
+            elif pyspy is not None:
+                parts.append(f"--- rank {rank} (pid {process.pid}) --- py-spy could not run")
             else:
                 try:
                     cpu = psutil.Process(process.pid).cpu_percent(interval=0.1)

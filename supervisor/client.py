@@ -16,7 +16,7 @@ import tenacity
 import zmq
 
 from supervisor import auth
-from supervisor.protocol import CtlReply, CtlRequest, ProtocolError, decode, encode, new_id
+from supervisor.protocol import MAX_REPLY_BYTES, CtlReply, CtlRequest, ProtocolError, decode, encode, new_id
 
 READ_ONLY_VERBS = frozenset({"ping", "status", "policies"})
 
@@ -98,7 +98,7 @@ def _attempt(endpoint: str, req: CtlRequest, timeout: float) -> CtlReply:
             if not sock.poll(int(left * 1000) + 1):
                 break
             try:
-                reply = decode(sock.recv())
+                reply = decode(sock.recv(), limit=MAX_REPLY_BYTES)
             except ProtocolError as exc:
                 raise ClientError(f"the daemon at {endpoint} answered garbage: {exc}", "bad_reply") from None
             if isinstance(reply, CtlReply) and reply.ref == req.id:

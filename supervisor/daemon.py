@@ -67,6 +67,7 @@ class Daemon:
         self._pending_nodes: set[str] = set()
         self._pending_events: list[tuple[float, str, dict[str, Any]]] = []
         self._store_failing = False
+        self._events_lost = 0
         self.metrics = DaemonMetrics()
         self._lock_file = self._take_lock(config.state_dir)
         try:
@@ -111,8 +112,8 @@ class Daemon:
         # monitor sees it. domain of each monitored socket, by monitor socket.
         self._monitors: dict[zmq.Socket, tuple[zmq.Socket, str]] = {}
         if self._curve is not None:
-            failures = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                        | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            # Not HANDSHAKE_FAILED_AUTH: those are ZAP's refusals, already logged with the peer.
+            failures = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
             for sock, domain in ((self.agents, auth.AGENTS_DOMAIN), (self.ctl, auth.ADMINS_DOMAIN)):
                 if sock.getsockopt(zmq.CURVE_SERVER):
                     self._monitors[sock.get_monitor_socket(failures)] = (sock, domain)
@@ -254,6 +255,22 @@ class Daemon:
                 log.info("auth.keys_loaded", domain=domain, directory=str(allowed.directory),
                          keys=sorted(allowed.keys.values()), problems=allowed.problems)
 
+    def _key_matches(self, frame: zmq.Frame, node: str, peer: str) -> bool:
+        """A CURVE peer speaks for the node its key is allow-listed as (keys/agents/NODE.key),
+        and only while that key is still allow-listed: removing a key cuts the node off
+        without a restart, and one node's key cannot register as another node."""
+        try:
+            key_name = frame.get("User-Id")
+        except (zmq.ZMQError, KeyError):
+            key_name = None
+        allowed = set(self.allow[auth.AGENTS_DOMAIN].keys.values())
+        if key_name == f"{node}.key" and key_name in allowed:
+            return True
+        reason = (f"key {key_name!r} is no longer in the allow-list" if key_name not in allowed
+                  else f"key {key_name!r} may only speak for node {key_name.removesuffix('.key')!r}, not {node!r}")
+        self._refused(peer, "CURVE", auth.AGENTS_DOMAIN, reason)
+        return False
+
     def _on_zap(self, frames: list[zmq.Frame]) -> None:
         decision = auth.decide([f.bytes for f in frames], self.allow)
         if decision is None:
@@ -269,14 +286,17 @@ class Daemon:
 
         event = parse_monitor_message([f.bytes for f in frames])
         endpoint = event.get("endpoint", b"")
-        peer = endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else str(endpoint)
-        self._refused(peer, "unknown", domain,
+        local = endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else str(endpoint)
+        # libzmq reports the listening endpoint, not the peer, for a failed handshake.
+        self._refused(f"unknown (on {local})", "none", domain,
                       "handshake failed: the peer does not speak CURVE with this daemon's key "
                       "(plain-text socket, no key, or the wrong daemon key)")
 
     def _refused(self, peer: str, mechanism: str, domain: str, reason: str) -> None:
         self.metrics.refused_peers.labels(mechanism).inc()
-        report = self.refusals.record(peer, domain, reason, time.monotonic())
+        # One line per peer and reason per minute: a node retrying with a bad key every few
+        # seconds is one line, two different problems from one address are two.
+        report = self.refusals.record(f"{peer} {reason}", domain, reason, time.monotonic())
         if report is not None:
             log.warning("auth.refused", peer=peer, domain=domain, mechanism=mechanism, reason=reason,
                         suppressed_since_last=report.suppressed)
@@ -348,6 +368,8 @@ class Daemon:
                 f"{type(msg).__name__} for node {node!r} on a connection named {identity[:64]!r}",
                 now,
             )
+        if self._curve is not None and not self._key_matches(frames[-1], node, peer):
+            return None
         try:
             outcome = self.cluster.on_agent_message(msg, now)
         except ProtocolError as exc:
@@ -410,15 +432,26 @@ class Daemon:
                 self.metrics.signals.labels(signal, pool).inc()
                 if "detection_latency_s" in fields:
                     self.metrics.detection_latency.labels(signal).observe(fields["detection_latency_s"])
-            if len(self._pending_events) < _MAX_UNSAVED_EVENTS:
-                self._pending_events.append((now.wall, change.event, fields))
+            self._queue_event(now.wall, change.event, fields)
 
     def _policy_changes(self, changes: list[Change], now: Instant) -> None:
         for change in changes:
             self.metrics.policy_reloads.labels(change.event.split(".", 1)[1]).inc()
             level = "error" if change.event == "policy.rejected" else "info"
             getattr(log, level)(change.event, **change.fields)
-            self._pending_events.append((now.wall, change.event, dict(change.fields)))
+            self._queue_event(now.wall, change.event, dict(change.fields))
+
+    def _queue_event(self, ts: float, name: str, fields: dict[str, Any]) -> None:
+        """Keep an event for the store; while the store is failing, at most
+        _MAX_UNSAVED_EVENTS wait in memory, and what does not fit is counted and said."""
+        if len(self._pending_events) < _MAX_UNSAVED_EVENTS:
+            self._pending_events.append((ts, name, fields))
+            return
+        self._events_lost += 1
+        if self._events_lost in (1, 100) or self._events_lost % 10_000 == 0:
+            log.error("store.events_lost", lost_total=self._events_lost,
+                      reason=f"the state database has not been writable while {_MAX_UNSAVED_EVENTS} events waited; "
+                      "newer events are logged but not stored")
 
     def _flush(self) -> None:
         table = self.cluster.nodes

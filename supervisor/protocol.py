@@ -216,10 +216,14 @@ def encode(message: Message) -> bytes:
     return _encoder.encode(message)
 
 
-def decode(frame: bytes | memoryview) -> AnyMessage:
+#: A status reply of a large cluster is bigger than any agent message may be.
+MAX_REPLY_BYTES = 4 * 1024 * 1024
+
+
+def decode(frame: bytes | memoryview, limit: int = MAX_FRAME_BYTES) -> AnyMessage:
     """Decode and validate one frame, or raise ProtocolError saying why not."""
-    if len(frame) > MAX_FRAME_BYTES:
-        raise ProtocolError("oversize", f"{len(frame)} bytes, limit {MAX_FRAME_BYTES}")
+    if len(frame) > limit:
+        raise ProtocolError("oversize", f"{len(frame)} bytes, limit {limit}")
     try:
         envelope = _envelope_decoder.decode(frame)
     except msgspec.ValidationError as exc:

@@ -97,6 +97,18 @@ def test_only_allow_listed_agents_register_and_the_rest_are_refused_and_logged(t
         shutil.copy(node_keys["stranger"] / "agent.key", daemon_keys / "agents" / "stranger.key")
         wait_for(lambda: (n := cluster.node("stranger", timeout=2)) and n["state"] == "up", 30, "the newly allowed agent")
 
+        # One node's key cannot speak for another node.
+        cluster.keys_dir = node_keys["good"]
+        cluster.start_agent("impostor", "sim-ascend", 2)
+        cluster.keys_dir = daemon_keys
+        wait_for(lambda: any("may only speak for node 'good'" in e["reason"]
+                             for e in cluster.find_events("daemon", "auth.refused")), 20, "the impostor refused")
+        assert "impostor" not in {n["node"] for n in cluster.status()["nodes"]}
+
+        # Removing a key cuts its node off without a restart.
+        (daemon_keys / "agents" / "stranger.key").unlink()
+        cluster.wait_nodes("lost", ["stranger"], timeout=cluster.heartbeat_timeout + 5)
+
         # Secret keys never reach a log.
         secrets = [(d / f"{n}.key_secret").read_text() for d, n in
                    [(daemon_keys, "daemon"), (node_keys["good"], "agent"), (node_keys["stranger"], "agent")]]

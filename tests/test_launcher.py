@@ -170,3 +170,32 @@ def test_a_non_blocking_stop_kills_a_rank_that_ignores_sigterm_once_the_grace_ha
     exit = wait_exit(launcher, timeout=10)
     assert time.monotonic() - started >= 1.0
     assert exit.requested and exit.signal_name == "SIGKILL" and not exit.crash
+
+
+def test_a_rank_outlives_its_agent(tmp_path):
+    """The rank writes its own log file, so the agent dying (or restarting) does not take
+    training down with a broken pipe."""
+    rank_script = tmp_path / "rank.py"
+    rank_script.write_text("import time\nfor i in range(10_000):\n    print('step', i, flush=True)\n    time.sleep(0.02)\n")
+    agent_script = tmp_path / "agent.py"
+    agent_script.write_text(textwrap.dedent(f"""
+        import os, sys
+        from pathlib import Path
+        from agents.launcher import Launcher, RankSpec
+        from supervisor.vocab import Accelerator
+        launcher = Launcher(Path({str(tmp_path / 'logs')!r}))
+        p = launcher.start(RankSpec(job="j1", rank=0, local_rank=0, world_size=1, local_world_size=1,
+                                    argv=(sys.executable, {str(rank_script)!r}), master_addr="127.0.0.1",
+                                    master_port=1, accelerator=Accelerator.CPU))
+        Path({str(tmp_path / 'pid')!r}).write_text(str(p.pid))
+        os._exit(0)  # the agent dies abruptly
+    """))
+    subprocess_result = __import__("subprocess").run([sys.executable, str(agent_script)], timeout=30)
+    assert subprocess_result.returncode == 0
+    pid = int((tmp_path / "pid").read_text())
+    log = tmp_path / "logs" / "j1" / "rank-0.log"
+    size = lambda: log.stat().st_size if log.exists() else 0  # noqa: E731
+    first = size()
+    wait_for(lambda: size() > first + 200, 20, "the rank to keep printing after its agent died")
+    assert psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    os.kill(pid, signal.SIGKILL)

@@ -429,3 +429,15 @@ _field_names = sorted(
 def test_v1_maps_with_arbitrary_fields_decode_or_raise_protocol_error(type_: str, fields: dict) -> None:
     fields.update(v=PROTOCOL_VERSION, type=type_)
     decode_or_protocol_error(raw(fields))
+
+
+def test_a_status_reply_of_a_large_cluster_is_not_oversize_for_the_cli() -> None:
+    """Regression: a status reply of ~160 nodes is past the agent-frame limit; the CLI
+    decodes replies with the larger reply limit."""
+    from supervisor.protocol import MAX_FRAME_BYTES, MAX_REPLY_BYTES, CtlReply
+
+    big = encode(CtlReply(id="r1", ts=0.0, ref="q1", ok=True, result={"nodes": ["x" * 1700] * 200}))
+    assert MAX_FRAME_BYTES < len(big) < MAX_REPLY_BYTES
+    with pytest.raises(ProtocolError):
+        decode(big)
+    assert decode(big, limit=MAX_REPLY_BYTES).ok

@@ -42,15 +42,22 @@ def run_tool(argv: list[str], timeout: float) -> ToolResult:
     if shutil.which(argv[0]) is None:
         return ToolResult(None, f"{argv[0]} not found on PATH")
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return ToolResult(None, f"`{' '.join(argv)}` did not answer within {timeout:g}s (driver hung?)")
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     except OSError as exc:
         return ToolResult(None, f"cannot run {argv[0]}: {exc.strerror or exc}")
-    if done.returncode != 0:
-        said = (done.stderr or done.stdout).strip().splitlines()
-        return ToolResult(None, f"`{' '.join(argv)}` exited {done.returncode}: {said[-1][:200] if said else 'no output'}")
-    return ToolResult(done.stdout, None)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        try:
+            proc.communicate(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass  # stuck in the driver (D state) even after SIGKILL: leave it, do not wait forever
+        return ToolResult(None, f"`{' '.join(argv)}` did not answer within {timeout:g}s (driver hung?)")
+    if proc.returncode != 0:
+        said = (stderr or stdout).strip().splitlines()
+        return ToolResult(None, f"`{' '.join(argv)}` exited {proc.returncode}: {said[-1][:200] if said else 'no output'}")
+    return ToolResult(stdout, None)
 
 
 def _unknown(indices: range | list[int], reason: str) -> tuple[ChipStatus, ...]:
@@ -222,5 +229,5 @@ class KernelLogWatcher:
             self._seen = set(keys)
             return []
         fresh = [e for e, k in zip(events, keys) if k not in self._seen]
-        self._seen.update(keys)
+        self._seen = set(keys)  # what the ring buffer still holds; older lines are gone anyway
         return fresh

@@ -250,6 +250,13 @@ class Checkpointer:
         start: no rank can save before rank 0 has loaded (the first training step needs
         it), so nothing of this run is in flight yet."""
         for entry in self.directory.iterdir():
+            if entry.name.endswith(".old"):
+                # A re-save of step N died between its two renames: the old step N is
+                # the complete one; put it back rather than lose it.
+                final = self.directory / entry.name[1:-len(".old")]
+                if not final.exists():
+                    os.rename(entry, final)
+                    continue
             if _TEMP.match(entry.name) or entry.name.endswith(".old"):
                 shutil.rmtree(entry, ignore_errors=True)
 
@@ -276,6 +283,9 @@ class Checkpointer:
         """Restore the newest checkpoint that verifies; None when there is none. Corrupt,
         partial or truncated ones are skipped with a `runtime.checkpoint_skipped` line."""
         self.wait()
+        # Verifying and loading a large checkpoint takes a while: say so, so that the
+        # hang watcher gives this rank the checkpoint phase's limit, not the train one.
+        heartbeat(0, phase="checkpoint")
         if self.rank == 0:
             self._clear_leftovers()
         for step, path in reversed(self.committed()):
