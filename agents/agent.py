@@ -381,6 +381,10 @@ class Agent:
             chip = int(cmd.args.get("chip", 0))
             if fault.needs_rank:
                 return self._act_out_on_rank(fault, chip)
+            if fault in (Fault.HANG, Fault.INTERCONNECT_TIMEOUT) and not any(
+                chip in p.spec.chips for p in self.monitor.launcher.ranks.values()
+            ):
+                raise ValueError(f"no training rank runs on chip {chip} of node {self.config.node_id} to act out {fault.value}")
             state = hardware.apply(fault, chip, int(cmd.args.get("count", 1)))
             return {"node": self.config.node_id, "fault": fault.value, "chip": chip, "chip_state": state,
                     "probe_interval_s": self.config.probe_interval}
@@ -418,10 +422,17 @@ class Agent:
                     argv=tuple(argv), master_addr="127.0.0.1", master_port=port,
                     accelerator=self.config.accelerator, chips=(rank,) if self.config.chips else (),
                     node=self.config.node_id, heartbeat=self.monitor.heartbeat_endpoint, ckpt_dir=ckpt_dir,
-                    cwd=args.get("cwd"), env={str(k): str(v) for k, v in (args.get("env") or {}).items()},
+                    cwd=args.get("cwd"), env={**{str(k): str(v) for k, v in (args.get("env") or {}).items()},
+                                              **self._sim_env()},
                 ),
                 now,
             )
+
+    def _sim_env(self) -> dict[str, str]:
+        """Sim ranks learn where their simulated chips are, to act out injected faults."""
+        if isinstance(self.chip_probe, SimProbe):
+            return {"TRAINGUARD_SIM_CHIPS": str(self.chip_probe.hardware.path)}
+        return {}
 
     def _act_out_on_rank(self, fault: Fault, chip: int) -> dict[str, Any]:
         """A crash: SIGKILL the rank on that chip, as a dying process would end."""

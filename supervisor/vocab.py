@@ -96,7 +96,10 @@ class Fault(str, enum.Enum):
     The health levels set one chip's reported health directly; `ecc` adds uncorrectable
     ECC errors to a chip; `chip_error` / `chip_degraded` are the taxonomy's names for a
     chip that reports critical / warning with a vendor error code; `crash` SIGKILLs the
-    training rank that uses the chip.
+    training rank that uses the chip. `hang` and `interconnect_timeout` mark the chip so
+    that the rank on it acts them out (the runtime, on sim accelerators only): it stops
+    stepping, or prints the vendor's timeout message and fails; after `chip_error` the
+    rank also fails with the vendor's device-error text.
     """
 
     OK = "ok"
@@ -107,6 +110,8 @@ class Fault(str, enum.Enum):
     CHIP_ERROR = "chip_error"
     CHIP_DEGRADED = "chip_degraded"
     CRASH = "crash"
+    HANG = "hang"
+    INTERCONNECT_TIMEOUT = "interconnect_timeout"
 
     @property
     def needs_rank(self) -> bool:

@@ -135,6 +135,9 @@ FAULT_ON_HEALTHY = {
     Fault.ECC: (Health.ALARM, 3, ("sim:ecc_uncorrectable",)),
     Fault.CHIP_ERROR: (Health.CRITICAL, 0, ("sim:chip_error",)),
     Fault.CHIP_DEGRADED: (Health.WARNING, 0, ("sim:chip_degraded",)),
+    # Acted out by the rank on the chip (the runtime); the chip itself reads healthy.
+    Fault.HANG: (Health.OK, 0, ()),
+    Fault.INTERCONNECT_TIMEOUT: (Health.OK, 0, ()),
 }
 
 
@@ -322,3 +325,11 @@ def test_assess_host_does_not_modify_the_callers_problem_list() -> None:
     problems = ["memory unreadable"]
     assess_host(99.0, 1, 1000, None, problems)
     assert problems == ["memory unreadable"]
+
+
+def test_rank_faults_are_marked_on_the_chip_for_the_runtime_and_ok_clears_them(hardware: SimHardware) -> None:
+    for fault in (Fault.HANG, Fault.INTERCONNECT_TIMEOUT, Fault.CHIP_ERROR):
+        hardware.apply(fault, 1)
+        assert hardware.load().chips[1].act == fault.value
+        hardware.apply(Fault.OK, 1)
+        assert hardware.load().chips[1].act is None

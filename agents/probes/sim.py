@@ -31,6 +31,9 @@ class SimChip(msgspec.Struct, kw_only=True):
     ecc_uncorrectable: int = 0
     error_codes: list[str] = []
     temperature_c: float = 42.0
+    #: What the training rank on this chip must act out (hang, interconnect_timeout,
+    #: chip_error), read by the runtime's heartbeat() on sim accelerators.
+    act: str | None = None
 
 
 class SimState(msgspec.Struct, kw_only=True):
@@ -79,6 +82,9 @@ class SimHardware:
         elif fault is Fault.CHIP_ERROR:
             c.health = Health.CRITICAL
             _add_code(c, "sim:chip_error")
+            c.act = "chip_error"
+        elif fault in (Fault.HANG, Fault.INTERCONNECT_TIMEOUT):
+            c.act = fault.value  # the chip itself looks fine: the failure shows in the rank
         elif fault is Fault.CHIP_DEGRADED:
             c.health = max(c.health, Health.WARNING, key=lambda h: h.rank)
             _add_code(c, "sim:chip_degraded")

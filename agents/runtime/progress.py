@@ -116,10 +116,77 @@ class _Beat:
 
 _beat: _Beat | None = None
 
+# What a simulated fault looks like where a real one would show itself: the vendor's own
+# messages, as quoted in policies/patterns/faults.yaml (with their sources there).
+_SIM_MESSAGES = {
+    ("sim-ascend", "interconnect_timeout"): (
+        "EI0002: The wait execution of the Notify register times out. Reason: The Notify register has not "
+        "received the Notify record from remote rank: [unknown]. (trainguard simulated fault)"
+    ),
+    ("sim-nvidia", "interconnect_timeout"): (
+        "[Rank {rank}] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=1, OpType=ALLREDUCE, "
+        "NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran for 600020 milliseconds before timing out. "
+        "(trainguard simulated fault)"
+    ),
+    ("sim-ascend", "chip_error"): (
+        "EZ9999: The error from device(chipId:{chip}, dieId:0), there is an aivec error exception. "
+        "(trainguard simulated fault)"
+    ),
+    ("sim-nvidia", "chip_error"): "RuntimeError: CUDA error: uncorrectable ECC error encountered (trainguard simulated fault)",
+}
+
+
+class _SimFaults:
+    """On sim accelerators, act out a fault injected into this rank's chip (checked at
+    most every 0.2 s, from heartbeat()). Off everywhere else."""
+
+    def __init__(self) -> None:
+        self.path = os.environ.get("TRAINGUARD_SIM_CHIPS") or None
+        self.accelerator = os.environ.get("TRAINGUARD_ACCELERATOR", "")
+        visible = os.environ.get("ASCEND_RT_VISIBLE_DEVICES") or os.environ.get("CUDA_VISIBLE_DEVICES") or ""
+        self.chip = int(visible.split(",")[0]) if visible.split(",")[0].isdigit() else None
+        self.active = bool(self.path) and self.accelerator.startswith("sim-") and self.chip is not None
+        self._next = 0.0
+
+    def act(self) -> str | None:
+        try:
+            with open(self.path) as f:  # type: ignore[arg-type]
+                for chip in json.load(f)["chips"]:
+                    if chip["index"] == self.chip:
+                        return chip.get("act")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return None
+
+    def check(self, rank: int) -> None:
+        now = time.monotonic()
+        if not self.active or now < self._next:
+            return
+        self._next = now + 0.2
+        act = self.act()
+        if act == "hang":
+            # Stop stepping inside the "collective", as a rank stuck in one would; an
+            # injected `ok` on the chip lets it go on.
+            while self.act() == "hang":
+                time.sleep(0.2)
+        elif act in ("interconnect_timeout", "chip_error"):
+            message = _SIM_MESSAGES[(self.accelerator, act)].format(rank=rank, chip=self.chip)
+            import sys
+
+            print(message, file=sys.stderr, flush=True)
+            raise RuntimeError(message)
+
+
+_sim: _SimFaults | None = None
+
 
 def heartbeat(step: int, phase: str = "train", **metrics: Any) -> None:
     """Report progress: `step` just completed, in `phase` (train / checkpoint / eval)."""
-    global _beat
+    global _beat, _sim
+    if _sim is None:
+        _sim = _SimFaults()
+    if _sim.active:
+        _sim.check(int(os.environ.get("RANK", "0") or 0))  # may block (hang) or raise: on purpose
     try:
         if _beat is None:
             _beat = _Beat(
