@@ -147,7 +147,18 @@ class LocalCluster:
             proc.popen.wait(timeout=10)  # type: ignore[union-attr]
 
     def stop_all(self, grace: float = 5.0) -> None:
-        """SIGTERM everything, SIGKILL what has not exited after `grace` seconds."""
+        """SIGTERM everything, SIGKILL what has not exited after `grace` seconds. Training
+        ranks outlive their agent by design (KillMode=process); on this throwaway local
+        cluster they are killed too, so that nothing keeps running after the demo or a test."""
+        import psutil
+
+        ranks: list[psutil.Process] = []
+        for proc in self.procs.values():
+            if proc.alive():
+                try:
+                    ranks += psutil.Process(proc.pid).children(recursive=True)
+                except psutil.Error:
+                    pass
         for proc in self.procs.values():
             if proc.alive():
                 proc.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
@@ -160,6 +171,11 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 proc.popen.kill()
                 proc.popen.wait()
+        for rank in ranks:
+            try:
+                rank.kill()  # psutil checks the process is still the one it saw
+            except psutil.Error:
+                pass
 
     # --- looking at it -------------------------------------------------------------
 
