@@ -1,3 +1,3 @@
 """Everything that runs on a node: the agent, its probes and watchers, the launcher, and
-the trainer runtime. May import `supervisor.protocol` and `supervisor.vocab`; the daemon
+the trainer runtime. May import `supervisor.shared.protocol` and `supervisor.shared.vocab`; the daemon
 never imports this package."""

@@ -24,17 +24,16 @@ import zmq
 from agents.launcher import RankSpec
 from agents.link import Backoff, DaemonLink, Outbox
 from agents.monitor import Observation, RankMonitor
-from agents.watchers.hang import HangLimits
-from agents.watchers.logscan import CatalogError, load_catalog
 from agents.probes import chip_probe_for
 from agents.probes.base import ChipProbe, HostProbe, chip_changes
 from agents.probes.host import PsutilHostProbe
 from agents.probes.parsers import XidEvent
 from agents.probes.sim import SimHardware, SimProbe
 from agents.probes.vendor import KernelLogWatcher
-from supervisor import __version__, auth
-from supervisor.sdnotify import Notifier
-from supervisor.protocol import (
+from agents.watchers.hang import HangLimits
+from agents.watchers.logscan import CatalogError, load_catalog
+from supervisor.shared import __version__, keys
+from supervisor.shared.protocol import (
     Ack,
     ChipStatus,
     Command,
@@ -51,7 +50,8 @@ from supervisor.protocol import (
     encode,
     new_id,
 )
-from supervisor.vocab import Accelerator, Fault, Health, Signal
+from supervisor.shared.sdnotify import Notifier
+from supervisor.shared.vocab import Accelerator, Fault, Health, Signal
 
 log = structlog.get_logger()
 
@@ -147,9 +147,9 @@ class Agent:
         sock = self._ctx.socket(zmq.DEALER)
         if self.config.keys_dir is not None:
             try:
-                public, secret = auth.load_pair(self.config.keys_dir, "agent")
-                server = auth.load_public(self.config.keys_dir / "daemon.key")
-            except auth.KeyError_ as exc:
+                public, secret = keys.load_pair(self.config.keys_dir, "agent")
+                server = keys.load_public(self.config.keys_dir / "daemon.key")
+            except keys.KeyError_ as exc:
                 sock.close()
                 raise AgentError(f"{exc}; or pass --insecure on a test cluster") from exc
             sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
@@ -522,7 +522,7 @@ class Agent:
                 Signal.CHIP_ERROR, "", None,
                 f"kernel log: NVRM Xid {xid.xid} on {xid.pci_bus_id or 'an unnamed GPU'}: {xid.message}"[:2000],
                 seen_at, "dmesg",
-                {"xid": xid.xid, "pci_bus_id": xid.pci_bus_id, "health": xid_health(xid.xid).value},
+                {"xid": xid.xid, "pci_bus_id": xid.pci_bus_id, "health": xid.health.value},
             ))
         first = not self._chips and self._host is None
         if not first:

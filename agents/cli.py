@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from supervisor.durations import parse_duration
-from supervisor.protocol import DEFAULT_AGENT_ENDPOINT, NODE_ID_PATTERN
-from supervisor.vocab import Accelerator
+from supervisor.shared.durations import parse_duration
+from supervisor.shared.protocol import DEFAULT_AGENT_ENDPOINT, NODE_ID_PATTERN
+from supervisor.shared.vocab import Accelerator
 
 
 @click.command()
@@ -122,7 +122,7 @@ def agent(daemon: str, node_id: str, accelerator: str, chips: int, work_dir: Pat
 @click.command()
 @click.argument("source", type=click.File("r", errors="replace"), default="-")
 @click.option("--patterns", envvar="TRAINGUARD_PATTERNS", show_envvar=True, type=click.Path(exists=True, dir_okay=False),
-              default=None, help="Pattern catalog (default: the shipped policies/patterns/faults.yaml).")
+              default=None, help="Pattern catalog (default: the shipped agents/watchers/faults.yaml).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per finding.")
 def logscan(source: "click.utils.LazyFile", patterns: str | None, as_json: bool) -> None:
     """Classify a rank's log (FILE or - for stdin) the way the live agent does: one

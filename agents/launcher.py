@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 
 import psutil
 
-from supervisor.vocab import Accelerator
+from supervisor.shared.vocab import Accelerator
 
 #: How each accelerator names the chips a process may see.
 VISIBLE_DEVICES = {

@@ -12,7 +12,7 @@ import random
 from collections import OrderedDict
 from typing import Callable
 
-from supervisor.protocol import Ack, Event
+from supervisor.shared.protocol import Ack, Event
 
 
 class Backoff:

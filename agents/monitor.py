@@ -25,7 +25,7 @@ from agents.launcher import Launcher, RankSpec
 from agents.runtime.progress import decode_progress
 from agents.watchers.hang import HangLimits, HangWatcher, QuietReading, QuietWatcher
 from agents.watchers.logscan import Catalog, LogScanner
-from supervisor.vocab import Signal
+from supervisor.shared.vocab import Signal
 
 #: Enough of a stack dump to see where each rank is stuck, bounded for the wire.
 _EVIDENCE_LIMIT = 12 * 1024

@@ -73,7 +73,7 @@ sys.path.insert(0, str(REPO))  # the repo's agents/, even if the editable instal
 
 import torch  # noqa: E402
 
-from agents.runtime.checkpoint import MANIFEST, STATE_FILE, Checkpointer, verify  # noqa: E402
+from agents.runtime.checkpoint import STATE_FILE, Checkpointer, verify  # noqa: E402
 from agents.runtime.env import Assignment  # noqa: E402
 
 MB = 1_000_000
@@ -367,7 +367,10 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
 
     # --- load: free the live state first (a resumed process has only the fresh one) ----
     expected = fingerprint(model, opt)
-    del methods, checkpointer, copy_reused, buffers, model, opt
+    # Drop every reference (the closures above hold model and opt too) so gc frees them.
+    methods.clear()
+    buffers.clear()
+    model = opt = None  # type: ignore[assignment]
     gc.collect()
     step_dir = ck.committed()[-1][1]
     files = sorted(p for p in step_dir.iterdir() if p.is_file())

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,9 +26,9 @@ from pathlib import Path
 
 import zmq
 
-from supervisor.client import request
-from supervisor.protocol import Heartbeat, HostStatus, Register, decode, encode
-from supervisor.vocab import Accelerator, Health
+from supervisor.cli.client import request
+from supervisor.shared.protocol import Heartbeat, HostStatus, Register, decode, encode
+from supervisor.shared.vocab import Accelerator, Health
 
 WINDOW = 4  # heartbeats in flight per agent
 HOST = HostStatus(health=Health.OK, mem_used_pct=10.0, disk_free_bytes=10**11, disk_total_bytes=2 * 10**11, load1=0.1)

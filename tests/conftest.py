@@ -1,4 +1,4 @@
-"""Shared fixtures: real daemons and agents as child processes (supervisor.localcluster)."""
+"""Shared fixtures: real daemons and agents as child processes (supervisor.cli.localcluster)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from supervisor.localcluster import LocalCluster
+from supervisor.cli.localcluster import LocalCluster
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.client import ClientError, request
-from supervisor.localcluster import LocalCluster, free_tcp_endpoint, wait_for
+from supervisor.cli.client import ClientError, request
+from supervisor.cli.localcluster import LocalCluster, wait_for
 from tests.conftest import trainguard
 
 pytestmark = pytest.mark.timeout(90)

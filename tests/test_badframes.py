@@ -1,15 +1,14 @@
-"""supervisor.badframes.BadFrameCounter: count every bad frame, log at most one line per
+"""supervisor.core.badframes.BadFrameCounter: count every bad frame, log at most one line per
 peer per window, and stay bounded whatever the number of peers."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.badframes import BadFrameCounter, BadFrameReport
+from supervisor.core.badframes import BadFrameCounter, BadFrameReport
 
 WINDOW = 60.0
 

@@ -28,7 +28,7 @@ import torch.nn as nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from agents.runtime import checkpoint, progress
-from agents.runtime.checkpoint import CheckpointError, Checkpointer, Restored, verify
+from agents.runtime.checkpoint import Checkpointer, CheckpointError, Restored, verify
 from agents.runtime.env import Assignment, AssignmentError
 from agents.runtime.sampler import ResumableSampler
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.localcluster import free_tcp_endpoint
+from supervisor.cli.localcluster import free_tcp_endpoint
 from tests.conftest import trainguard
 
 

@@ -1,4 +1,4 @@
-"""supervisor.cluster.Cluster and the control verbs, without sockets: protocol messages and
+"""supervisor.core.cluster.Cluster and the control verbs, without sockets: protocol messages and
 literal Instants in, messages to send and changes to log out."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from supervisor import __version__, control
-from supervisor.clock import Instant
-from supervisor.cluster import Cluster, ClusterConfig, Outcome, ToClient, ToNode
-from supervisor.protocol import (
+from supervisor.core import control
+from supervisor.core.cluster import Cluster, ClusterConfig, Outcome, ToClient, ToNode
+from supervisor.shared import __version__
+from supervisor.shared.clock import Instant
+from supervisor.shared.protocol import (
     Ack,
     ChipStatus,
     Command,
@@ -28,7 +29,7 @@ from supervisor.protocol import (
     decode,
     encode,
 )
-from supervisor.vocab import Accelerator, Health, NodeState, Signal
+from supervisor.shared.vocab import Accelerator, Health, NodeState, Signal
 
 CONFIG = ClusterConfig(heartbeat_timeout=15.0, heartbeat_interval=2.0, command_timeout=10.0)
 T0 = Instant(mono=500.0, wall=1_700_000_000.0)

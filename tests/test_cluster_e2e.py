@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
 import time
@@ -11,9 +10,9 @@ import time
 import pytest
 import zmq
 
-from supervisor.localcluster import wait_for
-from supervisor.protocol import Heartbeat, HostStatus, ProtocolError, Register, decode, encode, new_id
-from supervisor.vocab import Accelerator, Health
+from supervisor.cli.localcluster import wait_for
+from supervisor.shared.protocol import Heartbeat, HostStatus, ProtocolError, Register, decode, encode, new_id
+from supervisor.shared.vocab import Accelerator, Health
 from tests.conftest import trainguard
 
 pytestmark = pytest.mark.slow
@@ -235,7 +234,7 @@ def test_agent_keeps_events_while_the_daemon_is_away(make_cluster):
     cluster.kill("daemon")
     # Change the simulated chip directly (the daemon is gone, so inject cannot).
     from agents.probes.sim import SimHardware
-    from supervisor.vocab import Fault
+    from supervisor.shared.vocab import Fault
 
     hardware = SimHardware(cluster.root / "nodes" / "n1" / "sim" / "chips.json", Accelerator.SIM_ASCEND, 2)
     hardware.apply(Fault.WARNING, 1)

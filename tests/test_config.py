@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.client import request
-from supervisor.config import ConfigError, load
-from supervisor.localcluster import free_tcp_endpoint, wait_for
+from supervisor.cli.client import request
+from supervisor.cli.config import ConfigError, load
+from supervisor.cli.localcluster import free_tcp_endpoint, wait_for
 from tests.conftest import trainguard
 
 pytestmark = pytest.mark.timeout(60)

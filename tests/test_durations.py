@@ -1,4 +1,4 @@
-"""supervisor.durations: durations as operators write them, and as tables show them."""
+"""supervisor.shared.durations: durations as operators write them, and as tables show them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.durations import format_duration, parse_duration
+from supervisor.shared.durations import format_duration, parse_duration
 
 SHAPE_ERROR = "expected a duration such as 500ms, 30s, 5m, 1h or 1h30m, got "
 

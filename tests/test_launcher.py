@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 from agents.launcher import Launcher, RankExit, RankSpec
-from supervisor.localcluster import wait_for
-from supervisor.vocab import Accelerator
+from supervisor.cli.localcluster import wait_for
+from supervisor.shared.vocab import Accelerator
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -182,7 +182,7 @@ def test_a_rank_outlives_its_agent(tmp_path):
         import os, sys
         from pathlib import Path
         from agents.launcher import Launcher, RankSpec
-        from supervisor.vocab import Accelerator
+        from supervisor.shared.vocab import Accelerator
         launcher = Launcher(Path({str(tmp_path / 'logs')!r}))
         p = launcher.start(RankSpec(job="j1", rank=0, local_rank=0, world_size=1, local_world_size=1,
                                     argv=(sys.executable, {str(rank_script)!r}), master_addr="127.0.0.1",

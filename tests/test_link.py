@@ -8,7 +8,7 @@ from typing import Iterator
 import pytest
 
 from agents.link import UNDELIVERED_RETRY, Backoff, DaemonLink, LinkState, Outbox
-from supervisor.protocol import Ack, Event
+from supervisor.shared.protocol import Ack, Event
 
 
 def fixed(value: float):

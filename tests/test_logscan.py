@@ -12,7 +12,6 @@ from agents.watchers.logscan import (
     MAX_EVIDENCE_BYTES,
     MAX_TRACEBACK_LINES,
     TRACEBACK_PATTERN,
-    Catalog,
     CatalogError,
     Finding,
     LogScanner,
@@ -22,9 +21,9 @@ from agents.watchers.logscan import (
     scan_lines,
     split_prefix,
 )
-from supervisor.vocab import Severity, Signal
+from supervisor.shared.vocab import Severity, Signal
 
-SHIPPED = Path(__file__).resolve().parent.parent / "policies" / "patterns" / "faults.yaml"
+SHIPPED = default_catalog_path()
 CATALOG = load_catalog(SHIPPED)
 BY_NAME = {p.name: p for p in CATALOG.patterns}
 HEADER = "Traceback (most recent call last):"

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from supervisor.localcluster import wait_for
+from supervisor.cli.localcluster import wait_for
 from tests.conftest import trainguard
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]

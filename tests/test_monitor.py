@@ -15,8 +15,8 @@ from agents.launcher import RankSpec
 from agents.monitor import Observation, RankMonitor
 from agents.watchers.hang import HangLimits
 from agents.watchers.logscan import default_catalog_path, load_catalog
-from supervisor.localcluster import wait_for
-from supervisor.vocab import Accelerator, Signal
+from supervisor.cli.localcluster import wait_for
+from supervisor.shared.vocab import Accelerator, Signal
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -1,4 +1,4 @@
-"""supervisor.nodes.NodeTable: registration, liveness and loss, driven by literal Instants."""
+"""supervisor.core.nodes.NodeTable: registration, liveness and loss, driven by literal Instants."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.clock import Instant
-from supervisor.nodes import NodeRecord, NodeTable, Unregistered
-from supervisor.protocol import ChipStatus, Heartbeat, HostStatus, Register, RunningRank
-from supervisor.vocab import Accelerator, Health, NodeState
+from supervisor.core.nodes import NodeRecord, NodeTable, Unregistered
+from supervisor.shared.clock import Instant
+from supervisor.shared.protocol import ChipStatus, Heartbeat, HostStatus, Register, RunningRank
+from supervisor.shared.vocab import Accelerator, Health, NodeState
 
 TIMEOUT = 15.0
 T0 = Instant(mono=100.0, wall=1_700_000_000.0)

@@ -37,8 +37,8 @@ from agents.probes.parsers import (
     parse_nvidia_smi_table,
     xid_health,
 )
-from supervisor.protocol import ChipStatus
-from supervisor.vocab import Health
+from supervisor.shared.protocol import ChipStatus
+from supervisor.shared.vocab import Health
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tools"
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.policy.shipped import shipped_policy_dir
 from tests.conftest import trainguard
 
 pytestmark = pytest.mark.timeout(60)
 
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
+POLICIES = shipped_policy_dir()
 
 
 def test_every_shipped_policy_passes_check():

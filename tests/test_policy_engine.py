@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Iterable
 
 import pytest
@@ -14,9 +13,10 @@ from supervisor.policy import engine
 from supervisor.policy.engine import Count, Decision, JobPolicy, SignalEvent
 from supervisor.policy.loader import load_bytes, load_file
 from supervisor.policy.schema import Policy
-from supervisor.vocab import Action, Severity, Signal
+from supervisor.policy.shipped import shipped_policy_dir
+from supervisor.shared.vocab import Action, Severity, Signal
 
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
+POLICIES = shipped_policy_dir()
 DEFAULT = load_file(POLICIES / "default.yaml")
 PATIENT = load_file(POLICIES / "patient-ascend.yaml")
 

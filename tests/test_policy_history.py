@@ -11,9 +11,10 @@ from supervisor.policy.engine import SignalEvent
 from supervisor.policy.explain import DEFAULT_JOB, explain
 from supervisor.policy.history import read_history
 from supervisor.policy.loader import Problem, load_bytes, load_file
-from supervisor.vocab import Action, Severity, Signal
+from supervisor.policy.shipped import shipped_policy_dir
+from supervisor.shared.vocab import Action, Severity, Signal
 
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
+POLICIES = shipped_policy_dir()
 DEFAULT = load_file(POLICIES / "default.yaml")
 PATIENT = load_file(POLICIES / "patient-ascend.yaml")
 SIGNALS = "crash, hang, interconnect_timeout, chip_error, chip_degraded, oom, network, node_lost, straggler, user_error"

@@ -20,9 +20,10 @@ from supervisor.policy.schema import (
     Pool,
     Then,
 )
-from supervisor.vocab import Action, Severity, Signal
+from supervisor.policy.shipped import shipped_policy_dir
+from supervisor.shared.vocab import Action, Severity, Signal
 
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
+POLICIES = shipped_policy_dir()
 
 # A minimal valid policy; line 7 holds the one condition, line 8 its action.
 BASE = """\

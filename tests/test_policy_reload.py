@@ -1,4 +1,4 @@
-"""supervisor.policy.reload: the policy directory (load, reload, keep the last good one)
+"""supervisor.policy.directory: the policy directory (load, reload, keep the last good one)
 and the watcher that says which files changed, with a real watchdog observer."""
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from typing import Callable, Iterator
 
 import pytest
 
-from supervisor.policy.reload import DirectoryWatcher, PolicyDirectory, is_policy_file
-from supervisor.vocab import Action
+from supervisor.daemon.policywatch import DirectoryWatcher
+from supervisor.policy.directory import PolicyDirectory, is_policy_file
+from supervisor.policy.shipped import shipped_policy_dir
+from supervisor.shared.vocab import Action
 
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
+POLICIES = shipped_policy_dir()
 DEFAULT_TEXT = (POLICIES / "default.yaml").read_text()
 
 SMALL = """\

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.client import request
-from supervisor.localcluster import wait_for
+from supervisor.cli.client import request
+from supervisor.cli.localcluster import wait_for
+from supervisor.policy.shipped import shipped_policy_dir
 from tests.conftest import trainguard
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
-DEFAULT = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+DEFAULT = shipped_policy_dir() / "default.yaml"
 
 
 def editor_save(path: Path, text: str) -> None:

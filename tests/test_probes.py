@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from agents.probes import chip_probe_for
-from agents.probes.vendor import AscendProbe, NvidiaProbe
 from agents.probes.base import ChipChange, NoChips, UnavailableProbe, chip_changes
 from agents.probes.host import DISK_CRITICAL_FRACTION, DISK_WARNING_FRACTION, MEM_WARNING_PCT, assess_host
 from agents.probes.sim import SimHardware, SimProbe
-from supervisor.protocol import ChipStatus
-from supervisor.vocab import Accelerator, Fault, Health
+from agents.probes.vendor import AscendProbe, NvidiaProbe
+from supervisor.shared.protocol import ChipStatus
+from supervisor.shared.vocab import Accelerator, Fault, Health
 
 # --- chip_changes ---------------------------------------------------------------------
 

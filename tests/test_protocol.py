@@ -1,4 +1,4 @@
-"""supervisor.protocol: every message survives the wire, and every bad frame is a
+"""supervisor.shared.protocol: every message survives the wire, and every bad frame is a
 ProtocolError with the right reason — never any other exception."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor.protocol import (
+from supervisor.shared.protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Ack,
@@ -31,7 +31,7 @@ from supervisor.protocol import (
     encode,
     new_id,
 )
-from supervisor.vocab import Accelerator, Health, Signal
+from supervisor.shared.vocab import Accelerator, Health, Signal
 
 HOST = HostStatus(
     health=Health.WARNING,
@@ -434,7 +434,7 @@ def test_v1_maps_with_arbitrary_fields_decode_or_raise_protocol_error(type_: str
 def test_a_status_reply_of_a_large_cluster_is_not_oversize_for_the_cli() -> None:
     """Regression: a status reply of ~160 nodes is past the agent-frame limit; the CLI
     decodes replies with the larger reply limit."""
-    from supervisor.protocol import MAX_FRAME_BYTES, MAX_REPLY_BYTES, CtlReply
+    from supervisor.shared.protocol import MAX_FRAME_BYTES, MAX_REPLY_BYTES, CtlReply
 
     big = encode(CtlReply(id="r1", ts=0.0, ref="q1", ok=True, result={"nodes": ["x" * 1700] * 200}))
     assert MAX_FRAME_BYTES < len(big) < MAX_REPLY_BYTES

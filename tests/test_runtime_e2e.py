@@ -7,18 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from supervisor.localcluster import wait_for
+from supervisor.cli.localcluster import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parent.parent
-TRAIN = REPO / "examples" / "train_gpt.py"
+TRAIN = REPO / "agents" / "examples" / "train_gpt.py"
 STEPS = 40
 
 
@@ -138,7 +137,7 @@ def test_train_gpt_under_the_trainguard_launcher_heartbeats_and_checkpoints(tmp_
 
     from agents.launcher import Launcher, RankSpec
     from agents.runtime.progress import decode_progress
-    from supervisor.vocab import Accelerator
+    from supervisor.shared.vocab import Accelerator
 
     endpoint = f"ipc://{tmp_path}/hb.sock"
     pull = zmq.Context.instance().socket(zmq.PULL)

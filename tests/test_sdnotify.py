@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from supervisor.localcluster import wait_for
-from supervisor.sdnotify import Notifier
+from supervisor.cli.localcluster import wait_for
+from supervisor.shared.sdnotify import Notifier
 
 pytestmark = pytest.mark.timeout(60)
 

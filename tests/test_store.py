@@ -6,10 +6,10 @@ import sqlite3
 
 import pytest
 
-from supervisor.nodes import NodeRecord
-from supervisor.protocol import ChipStatus
-from supervisor.store import SCHEMA_VERSION, Store, StoreError
-from supervisor.vocab import Accelerator, Health, NodeState
+from supervisor.core.nodes import NodeRecord
+from supervisor.daemon.store import SCHEMA_VERSION, Store, StoreError
+from supervisor.shared.protocol import ChipStatus
+from supervisor.shared.vocab import Accelerator, Health, NodeState
 
 
 def record(node: str, last_seen: float = 100.0, state: NodeState = NodeState.UP) -> NodeRecord:

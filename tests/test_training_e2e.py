@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.localcluster import wait_for
+from supervisor.cli.localcluster import wait_for
 from tests.conftest import trainguard
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -22,7 +22,7 @@ def test_a_crash_injected_into_a_training_rank_reaches_the_daemon_as_a_signal(ma
     cluster.wait_nodes("up", ["n1"], timeout=30)
 
     result = trainguard("launch", "--ctl", cluster.ctl, "n1", "gpt", "--nproc", "2", "--cwd", str(REPO), "--",
-                        sys.executable, "examples/train_gpt.py", "--steps", "5000", "--checkpoint-every", "20")
+                        sys.executable, "-m", "agents.examples.train_gpt", "--steps", "5000", "--checkpoint-every", "20")
     assert result.returncode == 0, result.stderr
     assert "started 2 rank(s) of gpt on n1" in result.stdout
 

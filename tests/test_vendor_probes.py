@@ -13,7 +13,7 @@ import pytest
 
 from agents.probes.parsers import parse_npu_smi_info, parse_nvidia_smi_csv
 from agents.probes.vendor import AscendProbe, NvidiaProbe
-from supervisor.vocab import Health
+from supervisor.shared.vocab import Health
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from agents.probes.base import ChipProbe, NoChips, UnavailableProbe
 from agents.probes.sim import SimHardware, SimProbe
 from agents.probes.vendor import AscendProbe, NvidiaProbe
-from supervisor.vocab import Accelerator
+from supervisor.shared.vocab import Accelerator
 
 
 def chip_probe_for(accelerator: Accelerator, chips: int, work_dir: Path) -> ChipProbe:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from supervisor.protocol import ChipStatus, HostStatus
-from supervisor.vocab import Health
+from supervisor.shared.protocol import ChipStatus, HostStatus
+from supervisor.shared.vocab import Health
 
 
 class ChipProbe(Protocol):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psutil
 
-from supervisor.protocol import HostStatus
-from supervisor.vocab import Health
+from supervisor.shared.protocol import HostStatus
+from supervisor.shared.vocab import Health
 
 MEM_WARNING_PCT = 95.0
 DISK_WARNING_FRACTION = 0.05

@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from supervisor.protocol import ChipStatus
-from supervisor.vocab import Health
+from supervisor.shared.protocol import ChipStatus
+from supervisor.shared.vocab import Health
 
 # ChipStatus.index is validated on the wire (0 <= index < 4096); a parser must not build a
 # record the daemon would reject as a whole heartbeat.

@@ -18,8 +18,8 @@ from typing import Any
 
 import msgspec
 
-from supervisor.protocol import ChipStatus
-from supervisor.vocab import Accelerator, Fault, Health
+from supervisor.shared.protocol import ChipStatus
+from supervisor.shared.vocab import Accelerator, Fault, Health
 
 # Plausible figures for the chips being simulated (Ascend 910B: 64 GB HBM; H100: 80 GB).
 _MEMORY_MB = {Accelerator.SIM_ASCEND: 65536, Accelerator.SIM_NVIDIA: 81559}

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from agents.probes.parsers import (
     ParseError,
     XidEvent,
-    xid_health,
     parse_hccn_link,
     parse_npu_smi_health,
     parse_npu_smi_info,
     parse_nvidia_smi_csv,
 )
-from supervisor.protocol import ChipStatus
-from supervisor.vocab import Health
+from supervisor.shared.protocol import ChipStatus
+from supervisor.shared.vocab import Health
 
 NVIDIA_QUERY = (
     "index,temperature.gpu,memory.used,memory.total,"

@@ -117,7 +117,7 @@ class _Beat:
 _beat: _Beat | None = None
 
 # What a simulated fault looks like where a real one would show itself: the vendor's own
-# messages, as quoted in policies/patterns/faults.yaml (with their sources there).
+# messages, as quoted in agents/watchers/faults.yaml (with their sources there).
 _SIM_MESSAGES = {
     ("sim-ascend", "interconnect_timeout"): (
         "EI0002: The wait execution of the Notify register times out. Reason: The Notify register has not "

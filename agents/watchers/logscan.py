@@ -1,6 +1,6 @@
 """The log scanner: a training rank's output lines in, `Finding`s (signals with evidence) out.
 
-The catalog (policies/patterns/faults.yaml) is an ordered list of named regexes; the first
+The catalog (agents/watchers/faults.yaml) is an ordered list of named regexes; the first
 whose regex matches a line decides that line's signal. A Python traceback is one finding,
 not one per line: it is collected to its end (chained tracebacks included) and takes the
 signal of the earliest catalog pattern that matches any of its lines, or `user_error` when
@@ -19,13 +19,16 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import yaml
 
-from supervisor.vocab import Severity, Signal, default_severity
-from supervisor.yamlcheck import Checker, Problem, YamlProblems, compose, kind as _kind, show as _show
+from supervisor.shared.vocab import Severity, Signal, default_severity
+from supervisor.shared.yamlcheck import Checker, Problem, YamlProblems, compose
+from supervisor.shared.yamlcheck import kind as _kind
+from supervisor.shared.yamlcheck import show as _show
 
 CATALOG_VERSION = 1
 #: The pattern name of a traceback that no catalog pattern matched.
@@ -98,16 +101,21 @@ class CatalogError(YamlProblems):
     """A pattern catalog that cannot be used; `problems` lists every reason."""
 
 
+def shipped_catalog_path() -> Path:
+    """The catalog installed with trainguard (package data: agents/watchers/faults.yaml)."""
+    return Path(str(files("agents.watchers") / "faults.yaml"))
+
+
 def default_catalog_path() -> Path:
-    """$TRAINGUARD_PATTERNS when set (an operator's extended catalog), else the shipped
-    one beside the package (`<root>/policies/patterns/faults.yaml`)."""
+    """$TRAINGUARD_PATTERNS when set (an operator's extended catalog), else the shipped one."""
     configured = os.environ.get(ENV_PATTERNS)
     if configured:
         return Path(configured)
-    shipped = Path(__file__).resolve().parents[2] / "policies" / "patterns" / "faults.yaml"
+    shipped = shipped_catalog_path()
     if shipped.is_file():
         return shipped
-    raise FileNotFoundError(f"no pattern catalog: {shipped} does not exist and ${ENV_PATTERNS} is not set")
+    raise FileNotFoundError(f"no pattern catalog: {shipped} does not exist (reinstall trainguard) "
+                            f"and ${ENV_PATTERNS} is not set")
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:

@@ -18,9 +18,9 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from supervisor.durations import format_window as _fmt
 from supervisor.policy.schema import AllOf, AnyOf, Condition, ExcludeTarget, Leaf, Per, Policy, Rule, leaves
-from supervisor.vocab import Action, Severity, Signal, default_severity
+from supervisor.shared.durations import format_window as _fmt
+from supervisor.shared.vocab import Action, Severity, Signal, default_severity
 
 #: The most signals one job remembers; far more than any sane window holds.
 HISTORY_LIMIT = 10_000

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from supervisor.policy.engine import SignalEvent
 from supervisor.policy.loader import Problem
 from supervisor.policy.schema import Policy
-from supervisor.vocab import Severity, Signal
+from supervisor.shared.vocab import Severity, Signal
 
 
 @dataclass(frozen=True)

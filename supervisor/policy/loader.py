@@ -33,8 +33,10 @@ from supervisor.policy.schema import (
     Rule,
     Then,
 )
-from supervisor.vocab import Action, Severity, Signal
-from supervisor.yamlcheck import Checker, Problem, YamlProblems, compose, kind as _kind, show as _show
+from supervisor.shared.vocab import Action, Severity, Signal
+from supervisor.shared.yamlcheck import Checker, Problem, YamlProblems, compose
+from supervisor.shared.yamlcheck import kind as _kind
+from supervisor.shared.yamlcheck import show as _show
 
 T = TypeVar("T")
 

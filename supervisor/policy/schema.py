@@ -12,8 +12,8 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Union
 
-from supervisor.durations import format_window as _fmt
-from supervisor.vocab import Action, Severity, Signal
+from supervisor.shared.durations import format_window as _fmt
+from supervisor.shared.vocab import Action, Severity, Signal
 
 POLICY_VERSION = 1
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Union
 
 import msgspec
 
-from supervisor.vocab import Accelerator, Health, Signal
+from supervisor.shared.vocab import Accelerator, Health, Signal
 
 PROTOCOL_VERSION = 1
 #: Where agents find the daemon, and the CLI its control endpoint, unless told otherwise.

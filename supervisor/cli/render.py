@@ -11,7 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from supervisor.durations import format_duration
+from supervisor.shared.durations import format_duration
+
 
 def make_console() -> Console:
     """A terminal gets rich's own sizing; a pipe or file gets long unwrapped lines, so

@@ -4,7 +4,7 @@ download). Uses the trainguard runtime for everything a long run needs to surviv
 device and process-group setup, progress heartbeats, complete asynchronous checkpoints,
 exact resume, and a final checkpoint when asked to stop (SIGTERM).
 
-    torchrun --nproc-per-node=2 examples/train_gpt.py --steps 200 --ckpt-dir ckpt --metrics m.jsonl
+    torchrun --nproc-per-node=2 -m agents.examples.train_gpt --steps 200 --ckpt-dir ckpt --metrics m.jsonl
 
 Deterministic on one machine: same seed, same losses, with or without a kill and resume
 in between (the tests check it bit for bit). Different Python versions ship different

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from supervisor.client import ClientError, request
+from supervisor.cli.client import ClientError, request
 
 T = TypeVar("T")
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import msgspec
 
-from supervisor import control
-from supervisor.badframes import BadFrameCounter
-from supervisor.clock import Instant
-from supervisor.nodes import NodeChange, NodeTable, Unregistered
-from supervisor.policy.reload import PolicyDirectory
-from supervisor.protocol import (
+from supervisor.core import control
+from supervisor.core.badframes import BadFrameCounter
+from supervisor.core.nodes import NodeChange, NodeTable, Unregistered
+from supervisor.policy.directory import PolicyDirectory
+from supervisor.shared.clock import Instant
+from supervisor.shared.protocol import (
     Ack,
     AnyMessage,
     ChipStatus,
@@ -107,6 +107,14 @@ class Cluster:
         self.bad_frames = BadFrameCounter()
         #: The policy directory, when the daemon was given one (read by control verbs).
         self.policies: PolicyDirectory | None = None
+
+    @property
+    def heartbeat_timeout(self) -> float:
+        return self.config.heartbeat_timeout
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.config.heartbeat_interval
 
     # --- agents --------------------------------------------------------------------
 

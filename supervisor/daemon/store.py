@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import msgspec
 
-from supervisor.nodes import NodeRecord
+from supervisor.core.nodes import NodeRecord
 
 SCHEMA_VERSION = 1
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import yaml
 
-from supervisor.durations import parse_duration
+from supervisor.shared.durations import parse_duration
 
 T = TypeVar("T")
 

@@ -11,17 +11,34 @@ agent's Result arrives (or the command times out).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import msgspec
 
-from supervisor import __version__
-from supervisor.clock import Instant
-from supervisor.protocol import CommandKind, CtlRequest
-from supervisor.vocab import Fault, Health, NodeState
+from supervisor.core.badframes import BadFrameCounter
+from supervisor.core.nodes import NodeTable
+from supervisor.policy.directory import PolicyDirectory
+from supervisor.shared import __version__
+from supervisor.shared.clock import Instant
+from supervisor.shared.protocol import CommandKind, CtlRequest
+from supervisor.shared.vocab import Fault, Health, NodeState
 
-if TYPE_CHECKING:
-    from supervisor.cluster import Cluster
+
+class ClusterView(Protocol):
+    """What the verbs may see of the daemon's state: a narrow view, so that this module
+    does not depend on `cluster` (which dispatches to it)."""
+
+    instance: str
+    started: Instant
+    nodes: NodeTable
+    bad_frames: BadFrameCounter
+    policies: PolicyDirectory | None
+
+    @property
+    def heartbeat_timeout(self) -> float: ...
+
+    @property
+    def heartbeat_interval(self) -> float: ...
 
 STATUS_SCHEMA = 1
 
@@ -43,7 +60,7 @@ class Verb:
     name: ClassVar[str]
     Params: ClassVar[type[msgspec.Struct]]
 
-    def execute(self, cluster: "Cluster", params: Any, now: Instant) -> Any:
+    def execute(self, cluster: "ClusterView", params: Any, now: Instant) -> Any:
         raise NotImplementedError
 
 
@@ -55,7 +72,7 @@ def _register(cls: type[Verb]) -> type[Verb]:
     return cls
 
 
-def dispatch(cluster: "Cluster", req: CtlRequest, now: Instant) -> Any:
+def dispatch(cluster: "ClusterView", req: CtlRequest, now: Instant) -> Any:
     verb = VERBS.get(req.verb)
     if verb is None:
         known = ", ".join(sorted(VERBS))
@@ -78,7 +95,7 @@ class Ping(Verb):
     name = "ping"
     Params = _NoParams
 
-    def execute(self, cluster: "Cluster", params: _NoParams, now: Instant) -> Any:
+    def execute(self, cluster: "ClusterView", params: _NoParams, now: Instant) -> Any:
         return {
             "version": __version__,
             "instance": cluster.instance,
@@ -94,7 +111,7 @@ class Status(Verb):
     name = "status"
     Params = _NoParams
 
-    def execute(self, cluster: "Cluster", params: _NoParams, now: Instant) -> Any:
+    def execute(self, cluster: "ClusterView", params: _NoParams, now: Instant) -> Any:
         nodes = []
         chip_health: dict[str, int] = {h.value: 0 for h in Health}
         for record in cluster.nodes.records():
@@ -128,8 +145,8 @@ class Status(Verb):
                 "instance": cluster.instance,
                 "started_at": cluster.started.wall,
                 "uptime_s": round(now.mono - cluster.started.mono, 3),
-                "heartbeat_timeout_s": cluster.config.heartbeat_timeout,
-                "heartbeat_interval_s": cluster.config.heartbeat_interval,
+                "heartbeat_timeout_s": cluster.heartbeat_timeout,
+                "heartbeat_interval_s": cluster.heartbeat_interval,
                 "policy_dir": str(cluster.policies.directory) if cluster.policies else None,
                 "policies": sorted(cluster.policies.by_name) if cluster.policies else [],
                 "policies_rejected": len(cluster.policies.rejected) if cluster.policies else 0,
@@ -152,13 +169,13 @@ class Policies(Verb):
     name = "policies"
     Params = _NoParams
 
-    def execute(self, cluster: "Cluster", params: _NoParams, now: Instant) -> Any:
+    def execute(self, cluster: "ClusterView", params: _NoParams, now: Instant) -> Any:
         if cluster.policies is None:
             raise CtlError("this daemon was started without --policy-dir: no policies loaded", "no_policies")
         return cluster.policies.describe()
 
 
-def _up_node(cluster: "Cluster", node: str) -> Any:
+def _up_node(cluster: "ClusterView", node: str) -> Any:
     record = cluster.nodes.get(node)
     if record is None:
         known = ", ".join(r.node for r in cluster.nodes.records()) or "none"
@@ -188,7 +205,7 @@ class Launch(Verb):
     name = "launch"
     Params = _LaunchParams
 
-    def execute(self, cluster: "Cluster", params: _LaunchParams, now: Instant) -> Any:
+    def execute(self, cluster: "ClusterView", params: _LaunchParams, now: Instant) -> Any:
         record = _up_node(cluster, params.node)
         if not params.argv:
             raise CtlError("launch needs a command to run", "bad_request")
@@ -215,7 +232,7 @@ class Stop(Verb):
     name = "stop"
     Params = _StopParams
 
-    def execute(self, cluster: "Cluster", params: _StopParams, now: Instant) -> Any:
+    def execute(self, cluster: "ClusterView", params: _StopParams, now: Instant) -> Any:
         _up_node(cluster, params.node)
         return SendCommand(params.node, CommandKind.STOP, {"job": params.job, "grace": params.grace})
 
@@ -236,7 +253,7 @@ class Inject(Verb):
     name = "inject"
     Params = _InjectParams
 
-    def execute(self, cluster: "Cluster", params: _InjectParams, now: Instant) -> Any:
+    def execute(self, cluster: "ClusterView", params: _InjectParams, now: Instant) -> Any:
         record = cluster.nodes.get(params.node)
         if record is None:
             known = ", ".join(r.node for r in cluster.nodes.records()) or "none"

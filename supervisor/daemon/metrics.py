@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from supervisor.nodes import NodeTable
-from supervisor.vocab import Health, NodeState
+from supervisor.core.nodes import NodeTable
+from supervisor.shared.vocab import Health, NodeState
 
 _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from supervisor.durations import parse_duration
-from supervisor.protocol import DEFAULT_AGENT_ENDPOINT, DEFAULT_CTL_ENDPOINT, NODE_ID_PATTERN
+from supervisor.shared.durations import parse_duration
+from supervisor.shared.protocol import DEFAULT_AGENT_ENDPOINT, DEFAULT_CTL_ENDPOINT, NODE_ID_PATTERN
 
 DEFAULT_PATH = Path("/etc/trainguard/trainguard.toml")
 ACCELERATORS = ("ascend", "nvidia", "cpu", "sim-ascend", "sim-nvidia")

@@ -15,8 +15,8 @@ from typing import Any
 import tenacity
 import zmq
 
-from supervisor import auth
-from supervisor.protocol import MAX_REPLY_BYTES, CtlReply, CtlRequest, ProtocolError, decode, encode, new_id
+from supervisor.shared import keys
+from supervisor.shared.protocol import MAX_REPLY_BYTES, CtlReply, CtlRequest, ProtocolError, decode, encode, new_id
 
 READ_ONLY_VERBS = frozenset({"ping", "status", "policies"})
 
@@ -72,9 +72,9 @@ def _admin_keys(endpoint: str) -> tuple[bytes, bytes, bytes] | None:
     if not (directory / "admin.key_secret").exists():
         return None
     try:
-        public, secret = auth.load_pair(directory, "admin")
-        return public, secret, auth.load_public(directory / "daemon.key")
-    except auth.KeyError_ as exc:
+        public, secret = keys.load_pair(directory, "admin")
+        return public, secret, keys.load_public(directory / "daemon.key")
+    except keys.KeyError_ as exc:
         raise ClientError(str(exc), "bad_key") from None
 
 

@@ -19,17 +19,19 @@ from typing import Any
 import structlog
 import zmq
 
-from supervisor import __version__
-from supervisor.clock import Instant, system_now
-from supervisor.cluster import Cluster, ClusterConfig, Outcome, ToClient, ToNode
-from supervisor.nodes import NodeChange
-from supervisor.policy.reload import Change, DirectoryWatcher, PolicyDirectory
-from supervisor.protocol import CtlRequest, ProtocolError, decode, encode, new_id
-from supervisor import auth
-from supervisor.badframes import BadFrameCounter
-from supervisor.metrics import DaemonMetrics
-from supervisor.sdnotify import Notifier
-from supervisor.store import Store, StoreError
+from supervisor.core.badframes import BadFrameCounter
+from supervisor.core.cluster import Cluster, ClusterConfig, Outcome, ToNode
+from supervisor.core.nodes import NodeChange
+from supervisor.daemon import zap
+from supervisor.daemon.metrics import DaemonMetrics
+from supervisor.daemon.policywatch import DirectoryWatcher
+from supervisor.daemon.store import Store, StoreError
+from supervisor.policy.directory import Change, PolicyDirectory
+from supervisor.shared import __version__
+from supervisor.shared import keys as keyfiles
+from supervisor.shared.clock import Instant, system_now
+from supervisor.shared.protocol import CtlRequest, ProtocolError, decode, encode, new_id
+from supervisor.shared.sdnotify import Notifier
 
 log = structlog.get_logger()
 
@@ -55,7 +57,7 @@ class DaemonConfig:
     heartbeat_interval: float = 2.0
     command_timeout: float = 10.0
     metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
-    keys_dir: Path | None = None  # CurveZMQ keys (see supervisor/auth.py); required unless insecure
+    keys_dir: Path | None = None  # CurveZMQ keys (see supervisor/shared/keys.py); required unless insecure
     insecure: bool = False
 
 
@@ -88,33 +90,33 @@ class Daemon:
             self._policy_changes(self.cluster.policies.load_all(now.wall), now)
             self.watcher = DirectoryWatcher(directory)
         self._curve: tuple[bytes, bytes] | None = None
-        self.allow: dict[str, auth.AllowList] = {}
+        self.allow: dict[str, zap.AllowList] = {}
         self.refusals = BadFrameCounter()  # the same once-per-peer-per-minute logging
         if not config.insecure:
             keys = config.keys_dir or Path("/etc/trainguard/keys")
             try:
-                self._curve = auth.load_pair(keys, "daemon")
-            except auth.KeyError_ as exc:
+                self._curve = keyfiles.load_pair(keys, "daemon")
+            except keyfiles.KeyError_ as exc:
                 raise DaemonError(f"{exc}; or pass --insecure on a test cluster") from exc
-            self.allow = {auth.AGENTS_DOMAIN: auth.AllowList(keys / "agents"),
-                          auth.ADMINS_DOMAIN: auth.AllowList(keys / "admins")}
+            self.allow = {zap.AGENTS_DOMAIN: zap.AllowList(keys / "agents"),
+                          zap.ADMINS_DOMAIN: zap.AllowList(keys / "admins")}
             # The ZAP handler must be bound before any CURVE socket can take a handshake.
             self._zap = self._ctx.socket(zmq.REP)
             self._zap.setsockopt(zmq.LINGER, 0)
             self._zap.bind("inproc://zeromq.zap.01")
-        self.agents = self._bind(zmq.ROUTER, config.bind, "agent", auth.AGENTS_DOMAIN)
+        self.agents = self._bind(zmq.ROUTER, config.bind, "agent", zap.AGENTS_DOMAIN)
         self.agents.setsockopt(zmq.ROUTER_MANDATORY, 1)  # send to an absent node raises
         self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted agent takes its name back
         # ipc control sockets are guarded by file permissions; tcp ones by CURVE admin keys.
         self.ctl = self._bind(zmq.ROUTER, config.ctl, "control",
-                              auth.ADMINS_DOMAIN if config.ctl.startswith("tcp://") else None)
+                              zap.ADMINS_DOMAIN if config.ctl.startswith("tcp://") else None)
         # A peer without CURVE fails the handshake before ZAP is asked: only a socket
         # monitor sees it. domain of each monitored socket, by monitor socket.
         self._monitors: dict[zmq.Socket, tuple[zmq.Socket, str]] = {}
         if self._curve is not None:
             # Not HANDSHAKE_FAILED_AUTH: those are ZAP's refusals, already logged with the peer.
             failures = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            for sock, domain in ((self.agents, auth.AGENTS_DOMAIN), (self.ctl, auth.ADMINS_DOMAIN)):
+            for sock, domain in ((self.agents, zap.AGENTS_DOMAIN), (self.ctl, zap.ADMINS_DOMAIN)):
                 if sock.getsockopt(zmq.CURVE_SERVER):
                     self._monitors[sock.get_monitor_socket(failures)] = (sock, domain)
         self.metrics.observe_nodes(self.cluster.nodes)
@@ -263,21 +265,21 @@ class Daemon:
             key_name = frame.get("User-Id")
         except (zmq.ZMQError, KeyError):
             key_name = None
-        allowed = set(self.allow[auth.AGENTS_DOMAIN].keys.values())
+        allowed = set(self.allow[zap.AGENTS_DOMAIN].keys.values())
         if key_name == f"{node}.key" and key_name in allowed:
             return True
         reason = (f"key {key_name!r} is no longer in the allow-list" if key_name not in allowed
                   else f"key {key_name!r} may only speak for node {key_name.removesuffix('.key')!r}, not {node!r}")
-        self._refused(peer, "CURVE", auth.AGENTS_DOMAIN, reason)
+        self._refused(peer, "CURVE", zap.AGENTS_DOMAIN, reason)
         return False
 
     def _on_zap(self, frames: list[zmq.Frame]) -> None:
-        decision = auth.decide([f.bytes for f in frames], self.allow)
+        decision = zap.decide([f.bytes for f in frames], self.allow)
         if decision is None:
-            self._zap.send_multipart([auth.ZAP_VERSION, frames[1].bytes if len(frames) > 1 else b"", b"400",
+            self._zap.send_multipart([zap.ZAP_VERSION, frames[1].bytes if len(frames) > 1 else b"", b"400",
                                       b"malformed ZAP request", b"", b""])
             return
-        self._zap.send_multipart(auth.reply(decision))
+        self._zap.send_multipart(zap.reply(decision))
         if not decision.allowed:
             self._refused(decision.address or "unknown", decision.mechanism, decision.domain, decision.reason)
 

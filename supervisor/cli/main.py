@@ -16,10 +16,10 @@ from typing import Any
 
 import click
 
-from supervisor import __version__
-from supervisor.durations import parse_duration
-from supervisor.protocol import DEFAULT_AGENT_ENDPOINT, DEFAULT_CTL_ENDPOINT
-from supervisor.vocab import Fault
+from supervisor.shared import __version__
+from supervisor.shared.durations import parse_duration
+from supervisor.shared.protocol import DEFAULT_AGENT_ENDPOINT, DEFAULT_CTL_ENDPOINT
+from supervisor.shared.vocab import Fault
 
 
 class Duration(click.ParamType):
@@ -138,8 +138,8 @@ def main(ctx: click.Context, log_format: str, log_level: str, config_path: Path 
     """
     from click.core import ParameterSource
 
-    from supervisor import config as tg_config
-    from supervisor import logging as tg_logging
+    from supervisor.cli import config as tg_config
+    from supervisor.shared import logging as tg_logging
 
     try:
         cfg = tg_config.load(config_path or tg_config.DEFAULT_PATH, explicit=config_path is not None)
@@ -231,7 +231,7 @@ def daemon(
     insecure: bool,
 ) -> None:
     """Run the cluster's supervisor daemon (in the foreground; systemd runs it as a service)."""
-    from supervisor.daemon import Daemon, DaemonConfig, DaemonError
+    from supervisor.daemon.loop import Daemon, DaemonConfig, DaemonError
 
     if heartbeat_interval <= 0 or heartbeat_interval >= heartbeat_timeout:
         raise click.BadParameter(
@@ -268,7 +268,7 @@ def daemon(
 @click.option("--json", "as_json", is_flag=True, help="Print the stable JSON form (see README.md).")
 def status(ctl: str, timeout: float, as_json: bool) -> None:
     """Show the cluster: nodes, their state and health, chips, heartbeat age; jobs."""
-    from supervisor.client import ClientError, request
+    from supervisor.cli.client import ClientError, request
 
     try:
         result = request(ctl, "status", timeout=timeout)
@@ -277,7 +277,7 @@ def status(ctl: str, timeout: float, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True))
     else:
-        from supervisor.render import print_status
+        from supervisor.cli.render import print_status
 
         print_status(result)
 
@@ -297,7 +297,7 @@ def inject(ctl: str, timeout: float, node: str, fault: str, chip: int, count: in
     ecc                               add uncorrectable ECC errors (health at least alarm)
     chip_error / chip_degraded        critical / warning with a vendor-style error code
     """
-    from supervisor.client import ClientError, request
+    from supervisor.cli.client import ClientError, request
 
     try:
         result = request(ctl, "inject", {"node": node, "fault": fault, "chip": chip, "count": count}, timeout=timeout)
@@ -319,7 +319,7 @@ def inject(ctl: str, timeout: float, node: str, fault: str, chip: int, count: in
 )
 def demo(work_dir: Path | None) -> None:
     """Run a small cluster on this machine and put it through faults, narrating."""
-    from supervisor.demo import run_demo
+    from supervisor.cli.demo import run_demo
 
     sys.exit(run_demo(work_dir))
 
@@ -337,8 +337,8 @@ def policy_check(paths: tuple[Path, ...]) -> None:
     Exits 0 when all are valid, 1 with every problem as `file:line: ...` otherwise:
     usable as a CI step before a policy change reaches the daemon.
     """
+    from supervisor.policy.directory import is_policy_file
     from supervisor.policy.loader import PolicyError, load_file
-    from supervisor.policy.reload import is_policy_file
 
     files = []
     for path in paths:
@@ -403,7 +403,7 @@ def policy_explain(policy_file: Path, events_file: Any, healthy: tuple[str, ...]
             click.echo(json.dumps(decision.to_dict(), sort_keys=True))
         click.echo(json.dumps({"summary": report.summary(), "skipped_lines": history.skipped}, sort_keys=True))
     else:
-        from supervisor.render import print_explain
+        from supervisor.cli.render import print_explain
 
         print_explain(loaded, report, events_file.name, history.skipped)
 
@@ -417,13 +417,13 @@ def policy_explain(policy_file: Path, events_file: Any, healthy: tuple[str, ...]
 def policy_show(ctl: str, timeout: float, directory: Path | None, as_json: bool) -> None:
     """Show the policies the daemon has loaded (and files it refused), or those of --dir."""
     if directory is not None:
-        from supervisor.policy.reload import PolicyDirectory
+        from supervisor.policy.directory import PolicyDirectory
 
         loaded_dir = PolicyDirectory(directory.resolve())
         loaded_dir.load_all(time.time())
         result = loaded_dir.describe()
     else:
-        from supervisor.client import ClientError, request
+        from supervisor.cli.client import ClientError, request
 
         try:
             result = request(ctl, "policies", timeout=timeout)
@@ -432,7 +432,7 @@ def policy_show(ctl: str, timeout: float, directory: Path | None, as_json: bool)
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True))
     else:
-        from supervisor.render import print_policies
+        from supervisor.cli.render import print_policies
 
         print_policies(result)
 
@@ -452,7 +452,7 @@ def launch(ctl: str, timeout: float, node: str, job: str, nproc: int, ckpt_dir: 
     \b
     trainguard launch node-1 gpt --nproc 2 -- python examples/train_gpt.py --steps 500
     """
-    from supervisor.client import ClientError, request
+    from supervisor.cli.client import ClientError, request
 
     args = {"node": node, "job": job, "argv": list(argv), "nproc": nproc, "ckpt_dir": ckpt_dir, "cwd": cwd}
     try:
@@ -471,7 +471,7 @@ def launch(ctl: str, timeout: float, node: str, job: str, nproc: int, ckpt_dir: 
 @click.option("--grace", type=DURATION, default="30s", show_default=True, help="Time for a final checkpoint before SIGKILL.")
 def stop(ctl: str, timeout: float, node: str, job: str, grace: float) -> None:
     """Stop JOB's ranks on NODE: SIGTERM (final checkpoint), SIGKILL after --grace."""
-    from supervisor.client import ClientError, request
+    from supervisor.cli.client import ClientError, request
 
     try:
         result = request(ctl, "stop", {"node": node, "job": job, "grace": grace}, timeout=timeout)
@@ -520,7 +520,7 @@ def keys_generate(directory: Path, name: str) -> None:
                   copy the daemon's daemon.key to the node's keys dir, and the
                   node's agent.key to the daemon's keys/agents/NODE.key
     """
-    from supervisor.auth import KeyError_, generate
+    from supervisor.shared.keys import KeyError_, generate
 
     try:
         public, secret = generate(directory, name)

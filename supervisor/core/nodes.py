@@ -14,9 +14,9 @@ from typing import Any
 
 import msgspec
 
-from supervisor.clock import Instant
-from supervisor.protocol import ChipStatus, Heartbeat, HostStatus, Register, RunningRank
-from supervisor.vocab import Accelerator, Health, NodeState
+from supervisor.shared.clock import Instant
+from supervisor.shared.protocol import ChipStatus, Heartbeat, HostStatus, Register, RunningRank
+from supervisor.shared.vocab import Accelerator, Health, NodeState
 
 
 class NodeRecord(msgspec.Struct, kw_only=True):

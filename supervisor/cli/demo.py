@@ -17,11 +17,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from supervisor.localcluster import LocalCluster, WaitTimeout, wait_for
-from supervisor.render import make_console, print_status
+from supervisor.cli.localcluster import LocalCluster, WaitTimeout, wait_for
+from supervisor.cli.render import make_console, print_status
 
 ASCEND, NVIDIA = "ascend-0", "nvidia-0"
-TRAIN_GPT = Path(__file__).resolve().parents[1] / "examples" / "train_gpt.py"
+#: The example training script, run as a module so it is found wherever trainguard is installed.
+TRAIN_GPT_MODULE = "agents.examples.train_gpt"
 
 
 def run_demo(work_dir: Path | None) -> int:
@@ -39,7 +40,7 @@ def run_demo(work_dir: Path | None) -> int:
         step.done()
 
         step(f"inject a chip error into {ASCEND} chip 2 (the sim probe must see it)")
-        from supervisor.client import request
+        from supervisor.cli.client import request
 
         request(cluster.ctl, "inject", {"node": ASCEND, "fault": "chip_error", "chip": 2})
         wait_for(
@@ -71,10 +72,7 @@ def run_demo(work_dir: Path | None) -> int:
         console.print(f"agents kept running through the daemon restart: {same}")
         step.done()
 
-        if TRAIN_GPT.exists():
-            _training(cluster, console, step)
-        else:
-            console.print(f"[yellow]skipping the training part: {TRAIN_GPT} is not here (run from a checkout)[/]")
+        _training(cluster, console, step)
 
         console.rule("what the daemon logged (JSON, one event per line)")
         for event in cluster.events("daemon"):
@@ -103,12 +101,12 @@ def _training(cluster: LocalCluster, console: Console, step: "_Stepper") -> None
     of it with the evidence, and the job, started again, resumes from its checkpoint."""
     import sys
 
-    from supervisor.client import request
+    from supervisor.cli.client import request
 
     def launch() -> None:
         request(cluster.ctl, "launch", {
-            "node": ASCEND, "job": "gpt", "nproc": 2, "cwd": str(TRAIN_GPT.parents[1]),
-            "argv": [sys.executable, str(TRAIN_GPT), "--steps", "100000", "--checkpoint-every", "20"],
+            "node": ASCEND, "job": "gpt", "nproc": 2, "cwd": str(cluster.root),
+            "argv": [sys.executable, "-m", TRAIN_GPT_MODULE, "--steps", "100000", "--checkpoint-every", "20"],
         }, timeout=10)
 
     def steps() -> list[int]:
