@@ -1,9 +1,15 @@
 """The node agent: a DEALER socket to the daemon, probes on a timer, commands in.
 
 One thread and one poll loop. Each turn: read probes when due (→ events for what changed),
-register / heartbeat / resend events as `DaemonLink` and `Outbox` say, then wait for a
-frame or the next timer. The daemon being away never stops the loop: probes keep running,
-events pile up in the outbox, and the agent registers again as soon as it can.
+watch the ranks, register / heartbeat / resend events as `DaemonLink` and `Outbox` say,
+then wait for a frame or the next timer. The daemon being away never stops the loop:
+probes keep running, events pile up in the outbox, and the agent registers again as soon
+as it can. Every step of a turn is guarded: one that raises is logged as
+`agent.handler_failed` with its traceback, counted (the count rides on heartbeats into
+the daemon's metrics), and the loop goes on.
+
+The pieces: `health.NodeHealth` (probes → chip events), `monitor.RankMonitor` (ranks →
+signals), `commands.CommandHandlers` (typed commands → results), `link` (when to talk).
 """
 
 from __future__ import annotations
@@ -12,33 +18,31 @@ import os
 import signal
 import socket
 import time
-from collections import OrderedDict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 import zmq
 
-from agents.launcher import RankSpec
+from agents.commands import CommandHandlers, Refused
+from agents.health import NodeHealth
 from agents.link import Backoff, DaemonLink, Outbox
 from agents.monitor import Observation, RankMonitor
 from agents.probes import chip_probe_for
-from agents.probes.base import ChipProbe, HostProbe, chip_changes
+from agents.probes.base import ChipProbe, HostProbe
 from agents.probes.host import PsutilHostProbe
-from agents.probes.parsers import XidEvent
-from agents.probes.sim import SimHardware, SimProbe
 from agents.probes.vendor import KernelLogWatcher
 from agents.watchers.hang import HangLimits
 from agents.watchers.logscan import CatalogError, load_catalog
 from supervisor.shared import __version__, keys
+from supervisor.shared.defaults import DEFAULT_HANG_TIMEOUT, DEFAULT_PROBE_INTERVAL
 from supervisor.shared.protocol import (
     Ack,
-    ChipStatus,
     Command,
-    CommandKind,
     Event,
+    Goodbye,
     Heartbeat,
     HostStatus,
     Message,
@@ -46,12 +50,13 @@ from supervisor.shared.protocol import (
     Register,
     Result,
     RunningRank,
+    command_ref,
     decode,
     encode,
     new_id,
 )
 from supervisor.shared.sdnotify import Notifier
-from supervisor.shared.vocab import Accelerator, Fault, Health, Signal
+from supervisor.shared.vocab import Accelerator, Health
 
 log = structlog.get_logger()
 
@@ -63,8 +68,8 @@ class AgentConfig:
     accelerator: Accelerator
     chips: int
     work_dir: Path
-    probe_interval: float = 5.0
-    hang_timeout: float = 300.0
+    probe_interval: float = DEFAULT_PROBE_INTERVAL
+    hang_timeout: float = DEFAULT_HANG_TIMEOUT
     keys_dir: Path | None = None  # None: no CurveZMQ (--insecure)
 
 
@@ -82,7 +87,7 @@ class Agent:
             probe_test.unlink()
         except OSError as exc:
             raise AgentError(f"work dir {config.work_dir} is not writable: {exc.strerror or exc}") from exc
-        self.chip_probe = chip_probe or chip_probe_for(config.accelerator, config.chips, config.work_dir)
+        chip_probe = chip_probe or chip_probe_for(config.accelerator, config.chips, config.work_dir)
         try:
             catalog = load_catalog()
         except (CatalogError, OSError) as exc:
@@ -91,57 +96,62 @@ class Agent:
         # AF_UNIX paths are short (107 bytes); a deep work dir gets a loopback port instead.
         endpoint = f"ipc://{progress}" if len(str(progress)) < 100 else "tcp://127.0.0.1:*"
         self.monitor = RankMonitor(config.work_dir / "logs", endpoint, HangLimits(train=config.hang_timeout), catalog)
-        self.host_probe = host_probe or PsutilHostProbe(config.work_dir)
         self.instance = new_id()
         self.link = DaemonLink(Backoff())
         self.outbox = Outbox()
+        # Xid lines only exist on Nvidia nodes; the watcher runs in the probe thread.
+        kernel_log = KernelLogWatcher() if config.accelerator is Accelerator.NVIDIA else None
+        self.health = NodeHealth(config.node_id, chip_probe, host_probe or PsutilHostProbe(config.work_dir), kernel_log,
+                                 self.monitor, config.probe_interval, self.outbox.add, self._report)
+        self.commands = CommandHandlers(config.node_id, config.accelerator, config.chips, config.work_dir,
+                                        config.probe_interval, self.monitor, chip_probe)
+        #: Loop steps that raised, by step: logged, counted, sent on heartbeats.
+        self.handler_failures: Counter[str] = Counter()
         self._seq = 0
         self._stop = False
         self._results: OrderedDict[str, Result] = OrderedDict()
-        self._chips: tuple[ChipStatus, ...] = ()
-        self._host: HostStatus | None = None
-        self._next_probe = 0.0
-        self._probe_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe")
-        # Xid lines only exist on Nvidia nodes; the watcher runs in the probe thread.
-        self.kernel_log = KernelLogWatcher() if config.accelerator is Accelerator.NVIDIA else None
-        self._pending_xids: deque[tuple[XidEvent, float]] = deque()  # probe thread → loop
-        self._kernel_log_problem: str | None = None
-        self._probing: Future[tuple[tuple[ChipStatus, ...], HostStatus, float]] | None = None
-        self._probing_since = 0.0
         self._dropped_logged = 0
-        self._probe_stuck = False
         self._ctx = zmq.Context.instance()
         self._reconnect_at: float | None = None
         self._auth_failures = 0
         self.sock = self._connect()
-        # libzmq does not retry a CURVE handshake the daemon refused: watch for that
-        # and reconnect ourselves, so that allow-listing this node's key later works.
-        self._sock_monitor = self.sock.get_monitor_socket(_HANDSHAKE_FAILURES) if config.keys_dir else None
+        # libzmq does not retry a handshake the daemon refused: watch for that and
+        # reconnect ourselves, so that allow-listing this node's key later works, and so
+        # that an agent without a key facing a secure daemon says so.
+        self._sock_monitor = self.sock.get_monitor_socket(_HANDSHAKE_FAILURES)
+        self._poller = self._make_poller()
+
+    @property
+    def chip_probe(self) -> ChipProbe:
+        return self.health.chip_probe
 
     def _replace_socket(self) -> None:
-        if self._sock_monitor is not None:
-            self.sock.disable_monitor()
-            self._sock_monitor.close(linger=0)
+        self.sock.disable_monitor()
+        self._sock_monitor.close(linger=0)
         self.sock.close(linger=0)
         self.sock = self._connect()
         self._sock_monitor = self.sock.get_monitor_socket(_HANDSHAKE_FAILURES)
+        self._poller = self._make_poller()
 
     def _on_handshake_failure(self, now: float) -> None:
         from zmq.utils.monitor import recv_monitor_message
 
-        while self._sock_monitor is not None and self._sock_monitor.poll(0):
-            recv_monitor_message(self._sock_monitor)
-            self._auth_failures += 1
-            if self._auth_failures == 1 or self._auth_failures % 60 == 0:
-                log.error(
-                    "agent.auth_refused",
-                    daemon=self.config.daemon,
-                    attempts=self._auth_failures,
-                    reason="the daemon refused this node's key (not in its agents/ allow-list) or its "
-                    "daemon.key does not match the daemon",
-                    action="copy keys/agent.key to the daemon's keys/agents/; retrying every 5s",
-                )
-            self._reconnect_at = now + 5.0
+        while self._sock_monitor.poll(0):
+            event = recv_monitor_message(self._sock_monitor)
+            reason = ("the daemon refused this node's key (not in its agents/ allow-list) or its daemon.key does "
+                      "not match the daemon" if self.config.keys_dir is not None else
+                      "this agent runs without keys (--insecure) and the daemon requires CurveZMQ authentication")
+            self._auth_refused(now, reason, f"handshake failed ({_event_name(event.get('event'))})")
+
+    def _auth_refused(self, now: float, reason: str, how: str) -> None:
+        self._auth_failures += 1
+        if self._auth_failures == 1 or self._auth_failures % 60 == 0:
+            action = ("copy keys/agent.key to the daemon's keys/agents/NODE.key; retrying every 5s"
+                      if self.config.keys_dir is not None else
+                      "give this agent a key pair and the daemon's public key (README: Security); retrying every 5s")
+            log.error("agent.auth_refused", daemon=self.config.daemon, attempts=self._auth_failures, how=how,
+                      reason=reason, action=action)
+        self._reconnect_at = now + 5.0
 
     def _connect(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
@@ -155,7 +165,8 @@ class Agent:
             sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
             sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
             sock.setsockopt(zmq.CURVE_SERVERKEY, server)
-        sock.setsockopt(zmq.ROUTING_ID, self.config.node_id.encode())
+        # No ROUTING_ID: the daemon knows this node by the key it authenticated with and
+        # the connection it registered from, never by a name a peer picks for itself.
         sock.setsockopt(zmq.LINGER, 0)
         # Queue only on a live connection: a heartbeat that cannot go now is stale later.
         sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -194,49 +205,76 @@ class Agent:
             work_dir=str(self.config.work_dir),
             pid=os.getpid(),
         )
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        if self._sock_monitor is not None:
-            poller.register(self._sock_monitor, zmq.POLLIN)
-        # One read before registering, so the daemon learns the chips at once; nothing
-        # needs heartbeating yet, so waiting for a slow tool here costs nothing.
-        self._apply_probe(*self._read_probes())
-        self._next_probe = time.monotonic() + self.config.probe_interval
+        self._guarded("probe", self.health.first_read, time.monotonic())
         notify = Notifier()
         notify.ready(self._status_line())
         try:
             while not self._stop:
-                now = time.monotonic()
-                if now >= self._next_probe:
-                    self._probe(now)
-                self._watch_ranks(now)
-                self._talk(now)
-                wake = min(self._next_probe, self.link.next_wakeup(), self.outbox.next_due() or float("inf"))
-                timeout_ms = max(0, min(250, int((wake - time.monotonic()) * 1000) + 1))
-                ready = dict(poller.poll(timeout_ms))
-                if self.sock in ready:
-                    self._drain()
-                if self._sock_monitor is not None and self._sock_monitor in ready:
-                    self._on_handshake_failure(time.monotonic())
-                if self._reconnect_at is not None and time.monotonic() >= self._reconnect_at:
-                    self._reconnect_at = None
-                    poller.unregister(self.sock)
-                    if self._sock_monitor is not None:
-                        poller.unregister(self._sock_monitor)
-                    self._replace_socket()
-                    poller.register(self.sock, zmq.POLLIN)
-                    poller.register(self._sock_monitor, zmq.POLLIN)
-                notify.status(self._status_line())
-                notify.watchdog(time.monotonic())
-                self._note_drops()
+                if self._turn():
+                    # Only a turn that polled the socket pings the watchdog.
+                    notify.watchdog(time.monotonic())
+                self._guarded("status", lambda: notify.status(self._status_line()))
         finally:
             notify.stopping()
             notify.close()
+            self._say_goodbye()
             running = sorted({job for job, *_ in self.monitor.running()})
             log.info("agent.stopping", unsent_events=len(self.outbox), jobs_left_running=running)
             self.monitor.close()
-            self._probe_pool.shutdown(wait=False, cancel_futures=True)
+            self.health.close()
             self.sock.close(linger=0)
+
+    def _turn(self) -> bool:
+        now = time.monotonic()
+        self._guarded("probe", self.health.due, now)
+        self._guarded("ranks", self._watch_ranks, now)
+        self._guarded("talk", self._talk, now)
+        wake = min(self.health.next_probe, self.link.next_wakeup(), self.outbox.next_due() or float("inf"))
+        timeout_ms = max(0, min(250, int((wake - time.monotonic()) * 1000) + 1))
+        try:
+            ready = dict(self._poller.poll(timeout_ms))
+        except zmq.ZMQError:
+            log.exception("agent.handler_failed", step="poll")
+            self.handler_failures["poll"] += 1
+            return False
+        if self.sock in ready:
+            self._guarded("receive", self._drain)
+        if self._sock_monitor in ready:
+            self._guarded("handshake", self._on_handshake_failure, time.monotonic())
+        if self._reconnect_at is not None and time.monotonic() >= self._reconnect_at:
+            self._reconnect_at = None
+            self._guarded("reconnect", self._replace_socket)
+        self._guarded("drops", self._note_drops)
+        return True
+
+    def _make_poller(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._sock_monitor, zmq.POLLIN)
+        return poller
+
+    def _guarded(self, step: str, fn: Callable[..., Any], *args: Any) -> bool:
+        """One step of a turn; a failure is logged with its traceback, counted, and the
+        loop goes on (a bug in one handler must not take a node's agent down)."""
+        try:
+            fn(*args)
+            return True
+        except Exception:
+            self.handler_failures[step] += 1
+            log.exception("agent.handler_failed", step=step, failures=self.handler_failures[step])
+            return False
+
+    def _say_goodbye(self) -> None:
+        """A clean stop tells the daemon, so the node is `left`, not `lost`."""
+        if not self.link.registered:
+            return
+        try:
+            self.sock.send(encode(Goodbye(id=new_id(), ts=time.time(), node=self.config.node_id,
+                                          agent_instance=self.instance, reason="agent stopped (SIGTERM)")), zmq.NOBLOCK)
+            # LINGER is 0: give the frame a moment on the wire before the socket closes.
+            self.sock.setsockopt(zmq.LINGER, 500)
+        except zmq.ZMQError:
+            pass
 
     def _note_drops(self) -> None:
         if self.outbox.dropped != self._dropped_logged:
@@ -252,7 +290,7 @@ class Agent:
         else:
             where = f"not registered with {self.config.daemon} (trying)"
         queued = f", {len(self.outbox)} events queued" if len(self.outbox) else ""
-        return f"{where}; {len(self._chips)} chips; {ranks} ranks running{queued}"
+        return f"{where}; {len(self.health.chips)} chips; {ranks} ranks running{queued}"
 
     def _talk(self, now: float) -> None:
         silent = self.link.check_silence(now)
@@ -264,17 +302,18 @@ class Agent:
                 action="training continues; registering again with backoff",
             )
             self.outbox.unsend_all()
+        host = self.health.host or HostStatus(health=Health.UNKNOWN, reason="not probed yet")
         if self.link.register_due(now):
             msg = Register(
                 id=new_id(),
                 ts=time.time(),
                 node=self.config.node_id,
                 accelerator=self.config.accelerator,
-                chips=self._chips,
-                host=self._host or HostStatus(health=Health.UNKNOWN, reason="not probed yet"),
+                chips=self.health.chips,
+                host=host,
                 agent_version=__version__,
                 agent_instance=self.instance,
-                hostname=socket.gethostname(),
+                hostname=socket.gethostname()[:256],
                 pid=os.getpid(),
                 running=self._running(),
             )
@@ -288,9 +327,10 @@ class Agent:
                     node=self.config.node_id,
                     seq=self._seq,
                     agent_instance=self.instance,
-                    chips=self._chips,
-                    host=self._host or HostStatus(health=Health.UNKNOWN),
+                    chips=self.health.chips,
+                    host=host,
                     running=self._running(),
+                    handler_failures=sum(self.handler_failures.values()),
                 )
             )
             self.link.heartbeat_sent(now)
@@ -316,6 +356,10 @@ class Agent:
             try:
                 msg = decode(frame)
             except ProtocolError as exc:
+                ref = command_ref(frame)
+                if ref is not None:  # a command we cannot read: refuse it, naming the field
+                    self._answer(ref, Result(id=new_id(), ts=time.time(), node=self.config.node_id, ref=ref, ok=False,
+                                             error=f"malformed command: {exc.detail}"))
                 log.warning("protocol.bad_frame", peer=self.config.daemon, reason=exc.reason, detail=exc.detail)
                 continue
             now = time.monotonic()
@@ -326,10 +370,16 @@ class Agent:
                 self._on_command(msg)
 
     def _on_ack(self, ack: Ack, now: float) -> None:
+        if not ack.ok and ack.error == "not_authorised":
+            self.link.last_heard = now
+            self._auth_refused(now, str(ack.detail.get("reason") or "the daemon refused this node's key"),
+                               "the daemon refused a message")
+            return
         outage = None if self.link.lost_at is None else now - self.link.lost_at
         attempts = self.link.register_attempts
         result = self.link.on_ack(ack, now)
         if result == "registered":
+            self._auth_failures = 0
             log.info(
                 "agent.registered",
                 daemon_instance=self.link.daemon_instance,
@@ -354,94 +404,26 @@ class Agent:
         result = self._results.get(cmd.id)
         if result is None:  # a repeated id gets the first answer, not a second action
             try:
-                detail = self._execute(cmd)
+                detail = self.commands.execute(cmd.args)
                 result = Result(id=new_id(), ts=time.time(), node=self.config.node_id, ref=cmd.id, ok=True, detail=detail)
-            except (ValueError, OSError) as exc:
-                result = Result(id=new_id(), ts=time.time(), node=self.config.node_id, ref=cmd.id, ok=False, error=str(exc))
-            log.info("agent.command", command=cmd.kind.value, command_id=cmd.id, args=cmd.args, ok=result.ok, error=result.error)
-            self._results[cmd.id] = result
-            while len(self._results) > 256:
-                self._results.popitem(last=False)
+            except Refused as exc:
+                result = Result(id=new_id(), ts=time.time(), node=self.config.node_id, ref=cmd.id, ok=False,
+                                error=str(exc)[:4000])
+            except Exception as exc:  # a bug in a handler: refuse, say so, keep going
+                self.handler_failures["command"] += 1
+                log.exception("agent.handler_failed", step="command", command=cmd.kind, command_id=cmd.id)
+                result = Result(id=new_id(), ts=time.time(), node=self.config.node_id, ref=cmd.id, ok=False,
+                                error=f"the agent failed to carry out {cmd.kind!r}: {type(exc).__name__}: {exc}"[:4000])
+            log.info("agent.command", command=cmd.kind, command_id=cmd.id, ok=result.ok, error=result.error)
+        self._answer(cmd.id, result)
+
+    def _answer(self, ref: str, result: Result) -> None:
+        self._results[ref] = result
+        while len(self._results) > 256:
+            self._results.popitem(last=False)
         self._send(result)
 
-    def _execute(self, cmd: Command) -> dict[str, Any]:
-        if cmd.kind is CommandKind.LAUNCH:
-            return self._launch(cmd.args)
-        if cmd.kind is CommandKind.STOP:
-            job = str(cmd.args["job"])
-            asked = self.monitor.request_stop(job, float(cmd.args.get("grace", 30.0)))
-            if not asked:
-                raise ValueError(f"no rank of job {job!r} runs on node {self.config.node_id}")
-            return {"node": self.config.node_id, "job": job, "ranks_asked": asked}
-        if cmd.kind is CommandKind.INJECT:
-            if not isinstance(self.chip_probe, SimProbe):
-                raise ValueError(f"node {self.config.node_id} is not simulated ({self.config.accelerator.value})")
-            hardware: SimHardware = self.chip_probe.hardware
-            fault = Fault(cmd.args["fault"])
-            chip = int(cmd.args.get("chip", 0))
-            if fault.needs_rank:
-                return self._act_out_on_rank(fault, chip)
-            if fault in (Fault.HANG, Fault.INTERCONNECT_TIMEOUT) and not any(
-                chip in p.spec.chips for p in self.monitor.launcher.ranks.values()
-            ):
-                raise ValueError(f"no training rank runs on chip {chip} of node {self.config.node_id} to act out {fault.value}")
-            state = hardware.apply(fault, chip, int(cmd.args.get("count", 1)))
-            return {"node": self.config.node_id, "fault": fault.value, "chip": chip, "chip_state": state,
-                    "probe_interval_s": self.config.probe_interval}
-        raise ValueError(f"this agent does not handle {cmd.kind.value!r} commands yet")
-
     # --- training ranks ------------------------------------------------------------
-
-    def _launch(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Start a single-node job: `nproc` ranks of `argv`, rank i on chip i."""
-        job, nproc = str(args["job"]), int(args.get("nproc", 1))
-        argv = [str(a) for a in args["argv"]]
-        if not argv or nproc < 1:
-            raise ValueError("launch needs a command and at least one rank")
-        if self.config.chips and nproc > self.config.chips:
-            raise ValueError(f"node {self.config.node_id} has {self.config.chips} chips, not {nproc}")
-        port = int(args.get("master_port") or 0) or _free_port()
-        ckpt_dir = args.get("ckpt_dir") or str(self.config.work_dir / "checkpoints" / job)
-        now = time.monotonic()
-        try:
-            self._start_ranks(job, nproc, argv, port, ckpt_dir, args, now)
-        except OSError as exc:
-            self.monitor.request_stop(job, grace=0.0)  # no half-started job left behind
-            raise ValueError(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from exc
-        log.info("job.ranks_started", job=job, ranks=nproc, argv=argv, ckpt_dir=ckpt_dir,
-                 logs=str(self.config.work_dir / "logs" / job))
-        return {"node": self.config.node_id, "job": job, "ranks": nproc, "ckpt_dir": ckpt_dir,
-                "pids": [pid for j, _, pid, _ in self.monitor.running() if j == job]}
-
-    def _start_ranks(self, job: str, nproc: int, argv: list[str], port: int, ckpt_dir: str,
-                     args: dict[str, Any], now: float) -> None:
-        for rank in range(nproc):
-            self.monitor.launch(
-                RankSpec(
-                    job=job, rank=rank, local_rank=rank, world_size=nproc, local_world_size=nproc,
-                    argv=tuple(argv), master_addr="127.0.0.1", master_port=port,
-                    accelerator=self.config.accelerator, chips=(rank,) if self.config.chips else (),
-                    node=self.config.node_id, heartbeat=self.monitor.heartbeat_endpoint, ckpt_dir=ckpt_dir,
-                    cwd=args.get("cwd"), env={**{str(k): str(v) for k, v in (args.get("env") or {}).items()},
-                                              **self._sim_env()},
-                ),
-                now,
-            )
-
-    def _sim_env(self) -> dict[str, str]:
-        """Sim ranks learn where their simulated chips are, to act out injected faults."""
-        if isinstance(self.chip_probe, SimProbe):
-            return {"TRAINGUARD_SIM_CHIPS": str(self.chip_probe.hardware.path)}
-        return {}
-
-    def _act_out_on_rank(self, fault: Fault, chip: int) -> dict[str, Any]:
-        """A crash: SIGKILL the rank on that chip, as a dying process would end."""
-        for (job, rank), process in self.monitor.launcher.ranks.items():
-            if chip in process.spec.chips:
-                os.kill(process.pid, signal.SIGKILL)
-                return {"node": self.config.node_id, "fault": fault.value, "chip": chip, "job": job, "rank": rank,
-                        "pid": process.pid}
-        raise ValueError(f"no training rank runs on chip {chip} of node {self.config.node_id}")
 
     def _running(self) -> tuple[RunningRank, ...]:
         return tuple(RunningRank(job=j, rank=r, pid=p, step=s) for j, r, p, s in self.monitor.running())
@@ -460,126 +442,13 @@ class Agent:
                   fields={"source": o.source, **o.fields})
         )
 
-    # --- probes --------------------------------------------------------------------
-
-    def _probe(self, now: float) -> None:
-        """Start a probe read in the worker thread (vendor tools can take seconds, or
-        hang until their timeout: the loop must keep heartbeating meanwhile); apply the
-        result of the previous one when it is there."""
-        if self._probing is not None:
-            if not self._probing.done():
-                self._next_probe = now + 0.05
-                stuck_for = now - self._probing_since
-                if stuck_for > _PROBE_STUCK_AFTER and not self._probe_stuck:
-                    # A blind probe must not look healthy: the chips become unknown until it returns.
-                    self._probe_stuck = True
-                    log.error("probe.stuck", probe=self.chip_probe.name, stuck_for_s=round(stuck_for, 1),
-                              effect="chips reported unknown until the probe returns")
-                    reason = f"probe {self.chip_probe.name} stuck for over {_PROBE_STUCK_AFTER:g}s"
-                    self._apply_probe(
-                        tuple(ChipStatus(index=c.index, health=Health.UNKNOWN, reason=reason) for c in self._chips),
-                        self._host or HostStatus(health=Health.UNKNOWN, reason=reason), time.time())
-                return
-            self._probe_stuck = False
-            chips, host, observed_at = self._probing.result()
-            self._probing = None
-            self._apply_probe(chips, host, observed_at)
-            self._next_probe = now + self.config.probe_interval
-            return
-        self._probing = self._probe_pool.submit(self._read_probes)
-        self._probing_since = now
-        self._next_probe = now + 0.05
-
-    def _read_probes(self) -> tuple[tuple[ChipStatus, ...], HostStatus, float]:
-        observed_at = time.time()
-        if self.kernel_log is not None:
-            for xid in self.kernel_log.new_events():
-                self._pending_xids.append((xid, time.time()))
-        try:
-            chips = self.chip_probe.read()
-        except Exception as exc:  # a probe bug must not kill the agent, nor look healthy
-            log.exception("probe.failed", probe=self.chip_probe.name)
-            chips = tuple(ChipStatus(index=c.index, health=Health.UNKNOWN, reason=f"probe failed: {exc!r}") for c in self._chips)
-        try:
-            host = self.host_probe.read()
-        except Exception as exc:
-            log.exception("probe.failed", probe="host")
-            host = HostStatus(health=Health.UNKNOWN, reason=f"probe failed: {exc!r}")
-        return chips, host, observed_at
-
-    def _apply_probe(self, chips: tuple[ChipStatus, ...], host: HostStatus, observed_at: float) -> None:
-        blind = self.kernel_log.problem if self.kernel_log is not None else None
-        if blind != self._kernel_log_problem:
-            if blind:
-                log.warning("probe.kernel_log_unreadable", problem=blind,
-                            effect="Xid errors in the kernel log are not seen until this is fixed")
-            else:
-                log.info("probe.kernel_log_readable")
-            self._kernel_log_problem = blind
-        while self._pending_xids:
-            xid, seen_at = self._pending_xids.popleft()
-            self._report(Observation(
-                Signal.CHIP_ERROR, "", None,
-                f"kernel log: NVRM Xid {xid.xid} on {xid.pci_bus_id or 'an unnamed GPU'}: {xid.message}"[:2000],
-                seen_at, "dmesg",
-                {"xid": xid.xid, "pci_bus_id": xid.pci_bus_id, "health": xid.health.value},
-            ))
-        first = not self._chips and self._host is None
-        if not first:
-            for change in chip_changes(self._chips, chips):
-                self._chip_changed(change.before, change.after, observed_at)
-            if self._host is not None and host.health is not self._host.health:
-                log.warning("host.health_changed", previous=self._host.health.value, health=host.health.value, evidence=host.reason)
-        self._chips, self._host = chips, host
-        # The no-heartbeat hang check rides on the probe interval (it needs chip use).
-        utilisation = {c.index: None for c in chips}  # probes do not read utilisation yet
-        for o in self.monitor.check_quiet(utilisation, self.config.probe_interval):
-            self._report(o)
-
-    def _chip_changed(self, before: ChipStatus | None, after: ChipStatus | None, observed_at: float) -> None:
-        if after is None:
-            return
-        previous = before.health if before else None
-        signal_ = _SIGNAL_FOR_HEALTH.get(after.health)
-        evidence = f"chip {after.index} health {after.health.value}" + (f": {after.reason}" if after.reason else "")
-        fields = {
-            "previous": previous.value if previous else None,
-            "health": after.health.value,
-            "error_codes": list(after.error_codes),
-            "ecc_uncorrectable": after.ecc_uncorrectable,
-            "probe": self.chip_probe.name,
-        }
-        worse = previous is None or after.health.rank > previous.rank
-        (log.warning if worse else log.info)("chip.health_changed", chip=after.index, evidence=evidence, **fields)
-        self.outbox.add(
-            Event(
-                id=new_id(),
-                ts=time.time(),
-                node=self.config.node_id,
-                name="chip.health_changed",
-                observed_at=observed_at,
-                signal=signal_,
-                chip=after.index,
-                evidence=evidence,
-                fields={**fields, "status": after},
-            )
-        )
-
-
-#: A probe read in flight longer than this is stuck (tools time out at 10 s each).
-_PROBE_STUCK_AFTER = 60.0
 
 _HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
-_SIGNAL_FOR_HEALTH = {
-    Health.WARNING: Signal.CHIP_DEGRADED,
-    Health.ALARM: Signal.CHIP_ERROR,
-    Health.CRITICAL: Signal.CHIP_ERROR,
-}
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _event_name(event: Any) -> str:
+    names = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused by the daemon's authentication",
+             zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "security mechanisms do not match",
+             zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "no detail"}
+    return names.get(event, str(event))

@@ -3,86 +3,28 @@
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
 import click
 
-from supervisor.shared.durations import parse_duration
-from supervisor.shared.protocol import DEFAULT_AGENT_ENDPOINT, NODE_ID_PATTERN
+from supervisor.shared.protocol import NODE_ID_PATTERN
+from supervisor.shared.settings import option
 from supervisor.shared.vocab import Accelerator
 
 
 @click.command()
-@click.option(
-    "--daemon",
-    envvar="TRAINGUARD_DAEMON",
-    show_envvar=True,
-    default=DEFAULT_AGENT_ENDPOINT,
-    show_default=True,
-    help="The daemon's agent endpoint (tcp://HOST:PORT or ipc://PATH).",
-)
-@click.option(
-    "--node-id",
-    envvar="TRAINGUARD_NODE_ID",
-    show_envvar=True,
-    default=lambda: socket.gethostname().split(".")[0],
-    show_default="short hostname",
-    help="This node's name in the cluster: letters, digits, '.', '_', '-'; at most 63.",
-)
-@click.option(
-    "--accelerator",
-    envvar="TRAINGUARD_ACCELERATOR",
-    show_envvar=True,
-    type=click.Choice([a.value for a in Accelerator]),
-    required=True,
-    help="What this node trains on; sim-* train on the CPU and report simulated chips.",
-)
-@click.option(
-    "--chips",
-    envvar="TRAINGUARD_CHIPS",
-    show_envvar=True,
-    type=click.IntRange(min=0, max=4095),
-    default=8,
-    show_default=True,
-    help="Number of chips (simulated ones for sim-*).",
-)
-@click.option(
-    "--work-dir",
-    envvar="TRAINGUARD_WORK_DIR",
-    show_envvar=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    default="/var/lib/trainguard/agent",
-    show_default=True,
-    help="Where the agent keeps rank logs, checkpoints and simulated chips.",
-)
-@click.option(
-    "--probe-interval",
-    envvar="TRAINGUARD_PROBE_INTERVAL",
-    show_envvar=True,
-    default="5s",
-    show_default=True,
-    help="How often chip and host health are read.",
-)
-@click.option(
-    "--hang-timeout",
-    envvar="TRAINGUARD_HANG_TIMEOUT",
-    show_envvar=True,
-    default="300s",
-    show_default=True,
-    help="A rank whose step does not advance for this long (training phase) is hung.",
-)
-@click.option(
-    "--keys-dir",
-    envvar="TRAINGUARD_KEYS_DIR",
-    show_envvar=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    default="/etc/trainguard/keys",
-    show_default=True,
-    help="agent.key_secret (this node's pair) and daemon.key (the daemon's public key).",
-)
+@option("agent", "daemon")
+@option("agent", "node_id", default=lambda: socket.gethostname().split(".")[0], show_default="short hostname")
+@option("agent", "accelerator", required=True)
+@option("agent", "chips")
+@option("agent", "work_dir")
+@option("agent", "probe_interval")
+@option("agent", "hang_timeout")
+@option("agent", "keys_dir")
 @click.option("--insecure", is_flag=True, help="Connect without CurveZMQ (test clusters and the demo only).")
-def agent(daemon: str, node_id: str, accelerator: str, chips: int, work_dir: Path, probe_interval: str,
-          hang_timeout: str, keys_dir: Path, insecure: bool) -> None:
+def agent(daemon: str, node_id: str, accelerator: str, chips: int, work_dir: Path, probe_interval: float,
+          hang_timeout: float, keys_dir: Path, insecure: bool) -> None:
     """Run this node's agent: registers with the daemon, heartbeats, probes chips."""
     import re
 
@@ -93,14 +35,7 @@ def agent(daemon: str, node_id: str, accelerator: str, chips: int, work_dir: Pat
             f"{node_id!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63",
             param_hint="--node-id",
         )
-    try:
-        interval = parse_duration(probe_interval)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--probe-interval") from exc
-    try:
-        hang = parse_duration(hang_timeout)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--hang-timeout") from exc
+    interval, hang = probe_interval, hang_timeout
     if interval <= 0:
         raise click.BadParameter("must be above zero", param_hint="--probe-interval")
     config = AgentConfig(
@@ -136,6 +71,8 @@ def logscan(source: "click.utils.LazyFile", patterns: str | None, as_json: bool)
     except (CatalogError, OSError) as exc:
         raise click.ClickException(f"cannot load the pattern catalog: {exc}") from exc
     scanner = LogScanner(catalog)
+    if getattr(source, "name", None) == "<stdin>" and sys.stdin.isatty():
+        click.echo("reading a rank's log from standard input (end with Ctrl-D); give a FILE to read one", err=True)
     findings = []
     for raw in source:
         findings.extend(scanner.feed(raw.rstrip("\n")))

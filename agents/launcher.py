@@ -23,6 +23,7 @@ from typing import Callable, Mapping
 
 import psutil
 
+from supervisor.shared.paths import inside
 from supervisor.shared.vocab import Accelerator
 
 #: How each accelerator names the chips a process may see.
@@ -137,7 +138,7 @@ class Launcher:
         key = (spec.job, spec.rank)
         if key in self.ranks and self.ranks[key].popen.poll() is None:
             return self.ranks[key]  # idempotent: a repeated launch command starts nothing
-        log_path = self.log_dir / spec.job / f"rank-{spec.rank}.log"
+        log_path = inside(self.log_dir, spec.job, f"rank-{spec.rank}.log")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         # The rank writes its log file itself (not a pipe to us): if the agent dies or is
         # restarted, the rank's next print must not die of SIGPIPE. We tail the file.

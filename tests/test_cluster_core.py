@@ -9,27 +9,28 @@ import msgspec
 import pytest
 
 from supervisor.core import control
-from supervisor.core.cluster import Cluster, ClusterConfig, Outcome, ToClient, ToNode
+from supervisor.core.cluster import Cluster, ClusterConfig, Outcome, ToClient, ToNode, ToPeer
 from supervisor.shared import __version__
 from supervisor.shared.clock import Instant
 from supervisor.shared.protocol import (
     Ack,
     ChipStatus,
     Command,
-    CommandKind,
     CtlReply,
     CtlRequest,
     Event,
     Heartbeat,
     HostStatus,
+    InjectArgs,
     ProtocolError,
     Register,
     Result,
     RunningRank,
+    StopArgs,
     decode,
     encode,
 )
-from supervisor.shared.vocab import Accelerator, Health, NodeState, Signal
+from supervisor.shared.vocab import Accelerator, Fault, Health, NodeState, Signal
 
 CONFIG = ClusterConfig(heartbeat_timeout=15.0, heartbeat_interval=2.0, command_timeout=10.0)
 T0 = Instant(mono=500.0, wall=1_700_000_000.0)
@@ -79,6 +80,11 @@ def ctl(verb: str, request_id: str = "req-1", **args: Any) -> CtlRequest:
     return CtlRequest(id=request_id, ts=T0.wall, verb=verb, args=args)
 
 
+def deliver(cluster: Cluster, msg: Any, now: Instant, route: bytes | None = None) -> Outcome:
+    """A message as it arrives from the node's own connection (its route)."""
+    return cluster.on_agent_message(msg, route if route is not None else getattr(msg, "node", "x").encode(), now)
+
+
 @pytest.fixture
 def cluster() -> Cluster:
     return Cluster(CONFIG, instance="daemon-1", started=T0)
@@ -87,7 +93,7 @@ def cluster() -> Cluster:
 def only_ack(out: Outcome, node: str = "n1") -> Ack:
     assert len(out.sends) == 1
     send = out.sends[0]
-    assert isinstance(send, ToNode) and send.node == node
+    assert isinstance(send, ToPeer) and send.route == node.encode()
     assert isinstance(send.message, Ack)
     return send.message
 
@@ -109,7 +115,7 @@ def error_code(cluster: Cluster, req: CtlRequest, now: Instant = T0) -> str | No
 
 
 def test_register_is_acked_with_the_heartbeat_interval_and_daemon_instance(cluster: Cluster) -> None:
-    out = cluster.on_agent_message(register(), at(1))
+    out = deliver(cluster, register(), at(1))
     ack = only_ack(out)
     assert ack.ref == "reg-n1"
     assert ack.ok is True and ack.error is None
@@ -120,33 +126,33 @@ def test_register_is_acked_with_the_heartbeat_interval_and_daemon_instance(clust
 
 
 def test_heartbeat_from_an_unregistered_node_is_refused_with_unregistered(cluster: Cluster) -> None:
-    out = cluster.on_agent_message(heartbeat(), at(1))
+    out = deliver(cluster, heartbeat(), at(1))
     ack = only_ack(out)
     assert (ack.ref, ack.ok, ack.error) == ("hb-1", False, "unregistered")
     assert out.changes == []
 
 
 def test_heartbeat_from_a_registered_node_is_acked(cluster: Cluster) -> None:
-    cluster.on_agent_message(register(), at(0))
-    ack = only_ack(cluster.on_agent_message(heartbeat(), at(2)))
+    deliver(cluster, register(), at(0))
+    ack = only_ack(deliver(cluster, heartbeat(), at(2)))
     assert (ack.ref, ack.ok, ack.error) == ("hb-1", True, None)
 
 
 def test_heartbeat_from_a_restarted_agent_is_refused_until_it_registers(cluster: Cluster) -> None:
-    cluster.on_agent_message(register(), at(0))
-    ack = only_ack(cluster.on_agent_message(heartbeat(instance="agent-n1-restarted"), at(2)))
+    deliver(cluster, register(), at(0))
+    ack = only_ack(deliver(cluster, heartbeat(instance="agent-n1-restarted"), at(2)))
     assert (ack.ok, ack.error) == (False, "unregistered")
 
 
 def test_event_from_an_unregistered_node_is_refused_and_not_reported(cluster: Cluster) -> None:
-    out = cluster.on_agent_message(event(), at(1))
+    out = deliver(cluster, event(), at(1))
     ack = only_ack(out)
     assert (ack.ref, ack.ok, ack.error) == ("ev-1", False, "unregistered")
     assert out.changes == []
 
 
 def test_an_event_is_acked_and_reported_with_its_evidence_and_latency(cluster: Cluster) -> None:
-    cluster.on_agent_message(register(), at(0))
+    deliver(cluster, register(), at(0))
     msg = event(
         signal=Signal.CRASH,
         chip=1,
@@ -155,7 +161,7 @@ def test_an_event_is_acked_and_reported_with_its_evidence_and_latency(cluster: C
         observed_at=at(10).wall,
         fields={"exit_code": -9},
     )
-    out = cluster.on_agent_message(msg, at(10.25))
+    out = deliver(cluster, msg, at(10.25))
 
     ack = only_ack(out)
     assert (ack.ref, ack.ok) == ("ev-1", True)
@@ -176,28 +182,28 @@ def test_an_event_is_acked_and_reported_with_its_evidence_and_latency(cluster: C
 
 
 def test_a_duplicate_event_is_acked_but_not_reported_again(cluster: Cluster) -> None:
-    cluster.on_agent_message(register(), at(0))
-    first = cluster.on_agent_message(event("ev-1"), at(1))
-    again = cluster.on_agent_message(event("ev-1"), at(4))
+    deliver(cluster, register(), at(0))
+    first = deliver(cluster, event("ev-1"), at(1))
+    again = deliver(cluster, event("ev-1"), at(4))
 
     assert len(first.changes) == 1
     assert only_ack(again).ok is True
     assert again.changes == []
-    assert len(cluster.on_agent_message(event("ev-2"), at(5)).changes) == 1
+    assert len(deliver(cluster, event("ev-2"), at(5)).changes) == 1
 
 
 def test_event_ids_are_tracked_per_node(cluster: Cluster) -> None:
-    cluster.on_agent_message(register("n1"), at(0))
-    cluster.on_agent_message(register("n2"), at(0))
-    cluster.on_agent_message(event("ev-1", node="n1"), at(1))
-    out = cluster.on_agent_message(event("ev-1", node="n2"), at(1))
+    deliver(cluster, register("n1"), at(0))
+    deliver(cluster, register("n2"), at(0))
+    deliver(cluster, event("ev-1", node="n1"), at(1))
+    out = deliver(cluster, event("ev-1", node="n2"), at(1))
     assert [(c.event, c.node) for c in out.changes] == [("rank.crashed", "n2")]
 
 
 def test_chip_health_changed_with_a_status_updates_the_nodes_chip(cluster: Cluster) -> None:
-    cluster.on_agent_message(register(), at(0))
+    deliver(cluster, register(), at(0))
     status = {"index": 1, "health": "critical", "error_codes": ["sim:chip_error"], "reason": "sim:chip_error"}
-    out = cluster.on_agent_message(
+    out = deliver(cluster, 
         event(name="chip.health_changed", signal=Signal.CHIP_ERROR, chip=1, fields={"status": status, "before": "ok"}),
         at(1),
     )
@@ -210,9 +216,9 @@ def test_chip_health_changed_with_a_status_updates_the_nodes_chip(cluster: Clust
 
 
 def test_chip_health_changed_with_an_invalid_status_is_still_reported(cluster: Cluster) -> None:
-    cluster.on_agent_message(register(), at(0))
+    deliver(cluster, register(), at(0))
     before = cluster.nodes.get("n1").chips
-    out = cluster.on_agent_message(
+    out = deliver(cluster, 
         event(name="chip.health_changed", fields={"status": {"index": "one", "health": "bad"}}), at(1)
     )
     assert only_ack(out).ok is True
@@ -222,19 +228,19 @@ def test_chip_health_changed_with_an_invalid_status_is_still_reported(cluster: C
 
 @pytest.mark.parametrize(
     "msg",
-    [ctl("status"), Ack(id="a", ts=0.0, ref="r"), Command(id="c", ts=0.0, kind=CommandKind.DRAIN)],
+    [ctl("status"), Ack(id="a", ts=0.0, ref="r"), Command(id="c", ts=0.0, args=StopArgs(job="j"))],
     ids=["ctl", "ack", "command"],
 )
 def test_a_message_agents_never_send_is_refused_as_a_protocol_error(cluster: Cluster, msg: Any) -> None:
     # The daemon counts it as a bad frame from that peer.
     with pytest.raises(ProtocolError) as info:
-        cluster.on_agent_message(msg, at(0))
+        deliver(cluster, msg, at(0))
     assert info.value.reason == "unexpected"
     assert type(msg).__name__ in info.value.detail
 
 
 def test_tick_reports_lost_nodes(cluster: Cluster) -> None:
-    cluster.on_agent_message(register(), at(0))
+    deliver(cluster, register(), at(0))
     assert cluster.tick(at(14.9)).changes == []
     out = cluster.tick(at(15))
     assert [(c.event, c.node) for c in out.changes] == [("node.lost", "n1")]
@@ -245,19 +251,19 @@ def test_tick_reports_lost_nodes(cluster: Cluster) -> None:
 
 
 def test_status_has_the_documented_shape(cluster: Cluster) -> None:
-    cluster.on_agent_message(register("n1"), at(0))
-    cluster.on_agent_message(register("n2", accelerator=Accelerator.SIM_NVIDIA, chips=1), at(1))
-    cluster.on_agent_message(
+    deliver(cluster, register("n1"), at(0))
+    deliver(cluster, register("n2", accelerator=Accelerator.SIM_NVIDIA, chips=1), at(1))
+    deliver(cluster, 
         event(name="chip.health_changed", fields={"status": {"index": 0, "health": "warning"}}), at(2)
     )
     cluster.tick(at(1 + 15))  # n1 (silent since 0) is lost; n2 was seen at 1, lost at exactly 16 too
-    cluster.on_agent_message(register("n2", accelerator=Accelerator.SIM_NVIDIA, chips=1), at(17))
+    deliver(cluster, register("n2", accelerator=Accelerator.SIM_NVIDIA, chips=1), at(17))
 
     reply = only_reply(cluster.on_ctl_request(CLIENT, ctl("status"), at(20)))
     assert reply.ok is True and reply.ref == "req-1"
     status = reply.result
 
-    assert set(status) == {"schema", "daemon", "summary", "nodes", "jobs"}
+    assert set(status) == {"schema", "daemon", "summary", "nodes", "page", "jobs"}
     assert status["schema"] == control.STATUS_SCHEMA
     assert status["jobs"] == []
     daemon = status["daemon"]
@@ -273,7 +279,7 @@ def test_status_has_the_documented_shape(cluster: Cluster) -> None:
     assert daemon["bad_frames"] == {"total": 0, "by_reason": {}}
     assert status["summary"] == {
         "nodes": 2,
-        "states": {"pending": 0, "up": 1, "lost": 1},
+        "states": {"pending": 0, "up": 1, "lost": 1, "left": 0},
         "chips": {"ok": 2, "warning": 1, "alarm": 0, "critical": 0, "unknown": 0},
     }
     n1, n2 = status["nodes"]
@@ -289,6 +295,7 @@ def test_status_has_the_documented_shape(cluster: Cluster) -> None:
         "registered_at": at(0).wall,
         "last_heartbeat": at(0).wall,
         "last_heartbeat_age_s": 20.0,
+        "handler_failures": 0,
         "chips": [
             msgspec.to_builtins(ChipStatus(index=0, health=Health.WARNING)),
             msgspec.to_builtins(ChipStatus(index=1, health=Health.OK)),
@@ -356,14 +363,14 @@ def test_a_verb_that_fails_unexpectedly_is_an_internal_error_not_a_crash(
 
 
 def test_inject_into_an_unknown_node_is_unknown_node(cluster: Cluster) -> None:
-    cluster.on_agent_message(register("n1"), at(0))
+    deliver(cluster, register("n1"), at(0))
     reply = only_reply(cluster.on_ctl_request(CLIENT, ctl("inject", node="ghost", fault="critical"), at(1)))
     assert reply.code == "unknown_node"
     assert "n1" in reply.error  # names the nodes it does know
 
 
 def test_inject_into_a_real_accelerator_is_not_simulated(cluster: Cluster) -> None:
-    cluster.on_agent_message(register("gpu1", accelerator=Accelerator.NVIDIA), at(0))
+    deliver(cluster, register("gpu1", accelerator=Accelerator.NVIDIA), at(0))
     assert error_code(cluster, ctl("inject", node="gpu1", fault="critical")) == "not_simulated"
 
 
@@ -379,20 +386,20 @@ def test_inject_into_a_real_accelerator_is_not_simulated(cluster: Cluster) -> No
     ],
 )
 def test_inject_with_bad_arguments_is_a_bad_request(cluster: Cluster, args: dict) -> None:
-    cluster.on_agent_message(register("n1", chips=2), at(0))
+    deliver(cluster, register("n1", chips=2), at(0))
     request = {"node": "n1", "fault": "critical", **args}
     assert error_code(cluster, ctl("inject", **request)) == "bad_request"
 
 
 def test_inject_into_a_lost_node_is_node_not_up(cluster: Cluster) -> None:
-    cluster.on_agent_message(register("n1"), at(0))
+    deliver(cluster, register("n1"), at(0))
     cluster.tick(at(15))
     assert error_code(cluster, ctl("inject", node="n1", fault="critical"), at(16)) == "node_not_up"
 
 
 def test_inject_into_a_restored_pending_node_is_node_not_up(cluster: Cluster) -> None:
     other = Cluster(CONFIG, instance="daemon-0", started=T0)
-    other.on_agent_message(register("n1"), at(0))
+    deliver(other, register("n1"), at(0))
     cluster.nodes.restore(other.nodes.records(), at(100))
     assert error_code(cluster, ctl("inject", node="n1", fault="critical"), at(101)) == "node_not_up"
 
@@ -409,49 +416,49 @@ def inject(cluster: Cluster, now: Instant, **args: Any) -> Command:
 
 
 def test_a_valid_inject_sends_a_command_and_replies_when_the_result_arrives(cluster: Cluster) -> None:
-    cluster.on_agent_message(register("n1"), at(0))
+    deliver(cluster, register("n1"), at(0))
     command = inject(cluster, at(1), count=3)
-    assert command.kind is CommandKind.INJECT
-    assert command.args == {"fault": "chip_error", "chip": 1, "count": 3}
+    assert command.kind == "inject"
+    assert command.args == InjectArgs(fault=Fault.CHIP_ERROR, chip=1, count=3)
 
     assert cluster.tick(at(1 + 9.999)).sends == []
     result = Result(id="res-1", ts=0.0, node="n1", ref=command.id, ok=True, detail={"health": "critical"})
-    out = cluster.on_agent_message(result, at(1 + 9.999))
+    out = deliver(cluster, result, at(1 + 9.999))
     reply = only_reply(out)
     assert (reply.ok, reply.ref, reply.result) == (True, "req-1", {"health": "critical"})
 
     # A repeated Result and the old deadline both pass silently: the CLI has its answer.
-    assert cluster.on_agent_message(result, at(12)).sends == []
+    assert deliver(cluster, result, at(12)).sends == []
     assert cluster.tick(at(100)).sends == []
 
 
 def test_a_refused_command_is_an_agent_refused_error(cluster: Cluster) -> None:
-    cluster.on_agent_message(register("n1"), at(0))
+    deliver(cluster, register("n1"), at(0))
     command = inject(cluster, at(1))
     result = Result(id="res-1", ts=0.0, node="n1", ref=command.id, ok=False, error="chip 1 is busy")
-    reply = only_reply(cluster.on_agent_message(result, at(2)))
+    reply = only_reply(deliver(cluster, result, at(2)))
     assert (reply.ok, reply.code, reply.ref) == (False, "agent_refused", "req-1")
-    assert "n1" in reply.error and "chip 1 is busy" in reply.error
+    assert reply.error == "chip 1 is busy"  # the agent names its node itself
 
 
 def test_an_unanswered_command_times_out_at_command_timeout(cluster: Cluster) -> None:
-    cluster.on_agent_message(register("n1"), at(0))
+    deliver(cluster, register("n1"), at(0))
     command = inject(cluster, at(1))
     assert cluster.next_deadline() == at(1).mono + CONFIG.command_timeout
 
-    cluster.on_agent_message(heartbeat(), at(5))  # keep the node up
+    deliver(cluster, heartbeat(), at(5))  # keep the node up
     assert cluster.tick(at(1 + 10 - 0.001)).sends == []
     reply = only_reply(cluster.tick(at(1 + 10)))
     assert (reply.ok, reply.code, reply.ref) == (False, "timeout", "req-1")
     assert "'inject'" in reply.error and "10s" in reply.error
 
     late = Result(id="res-1", ts=0.0, node="n1", ref=command.id, ok=True)
-    assert cluster.on_agent_message(late, at(12)).sends == []
+    assert deliver(cluster, late, at(12)).sends == []
     assert cluster.next_deadline() == at(5).mono + CONFIG.heartbeat_timeout
 
 
 def test_a_command_that_cannot_be_sent_is_unreachable(cluster: Cluster) -> None:
-    cluster.on_agent_message(register("n1"), at(0))
+    deliver(cluster, register("n1"), at(0))
     out = cluster.on_ctl_request(CLIENT, ctl("inject", node="n1", fault="critical"), at(1))
     send = out.sends[0]
     assert isinstance(send, ToNode)
@@ -463,14 +470,14 @@ def test_a_command_that_cannot_be_sent_is_unreachable(cluster: Cluster) -> None:
 
 
 def test_a_failed_send_of_anything_else_needs_no_reply(cluster: Cluster) -> None:
-    cluster.on_agent_message(register("n1"), at(0))
-    ack_send = cluster.on_agent_message(heartbeat(), at(1)).sends[0]
+    deliver(cluster, register("n1"), at(0))
+    ack_send = deliver(cluster, heartbeat(), at(1)).sends[0]
     assert cluster.on_send_failed(ack_send, "EAGAIN", at(1)) == Outcome()
 
 
 def test_next_deadline_is_the_earliest_of_commands_and_nodes(cluster: Cluster) -> None:
     assert cluster.next_deadline() is None
-    cluster.on_agent_message(register("n1"), at(0))
+    deliver(cluster, register("n1"), at(0))
     assert cluster.next_deadline() == at(0).mono + 15
     inject(cluster, at(1))
     assert cluster.next_deadline() == at(1).mono + 10

@@ -233,7 +233,7 @@ def test_restored_live_nodes_become_pending_with_a_full_timeout_from_restore_tim
     )
 
     assert events(changes) == [("node.restored", "*")]
-    assert changes[0].fields == {"nodes": 3, "pending": 2, "lost": 1}
+    assert changes[0].fields == {"nodes": 3, "pending": 2, "lost": 1, "left": 0}
     for node in ("a", "b"):
         assert table.get(node).state is NodeState.PENDING
         assert table.get(node).state_since == restart.wall

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from supervisor.shared import defaults as d
+
 
 @dataclass(frozen=True)
 class HangLimits:
-    train: float = 300.0
-    checkpoint: float = 1800.0
-    eval: float = 1800.0
+    train: float = d.DEFAULT_HANG_TIMEOUT
+    checkpoint: float = d.DEFAULT_CHECKPOINT_HANG_TIMEOUT
+    eval: float = d.DEFAULT_EVAL_HANG_TIMEOUT
 
     def for_phase(self, phase: str) -> float:
         return {"checkpoint": self.checkpoint, "eval": self.eval}.get(phase, self.train)

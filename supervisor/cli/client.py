@@ -78,6 +78,10 @@ def _admin_keys(endpoint: str) -> tuple[bytes, bytes, bytes] | None:
         raise ClientError(str(exc), "bad_key") from None
 
 
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
 def _attempt(endpoint: str, req: CtlRequest, timeout: float) -> CtlReply:
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
@@ -87,16 +91,33 @@ def _attempt(endpoint: str, req: CtlRequest, timeout: float) -> CtlReply:
         sock.setsockopt(zmq.CURVE_PUBLICKEY, keys[0])
         sock.setsockopt(zmq.CURVE_SECRETKEY, keys[1])
         sock.setsockopt(zmq.CURVE_SERVERKEY, keys[2])
+    # A refused handshake is silence on the socket itself; only a monitor sees it, and
+    # "refused: not authorised" is what the operator must read, not "no answer".
+    monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED) if endpoint.startswith("tcp://") else None
     try:
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as exc:
             raise ClientError(f"bad control endpoint {endpoint!r}: {exc}", "bad_endpoint") from None
         sock.send(encode(req))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        if monitor is not None:
+            poller.register(monitor, zmq.POLLIN)
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(int(left * 1000) + 1):
+            ready = dict(poller.poll(int(left * 1000) + 1))
+            if not ready:
                 break
+            if monitor is not None and monitor in ready:
+                monitor.recv_multipart()
+                how = ("with the admin key in TRAINGUARD_KEYS_DIR (is admin.key in the daemon's keys/admins/, and "
+                       "daemon.key the daemon's?)" if keys is not None else
+                       "without a key (a tcp control endpoint of a secure daemon needs admin.key_secret and "
+                       "daemon.key in TRAINGUARD_KEYS_DIR)")
+                raise ClientError(f"refused: not authorised by the daemon at {endpoint} {how}", "not_authorised")
+            if sock not in ready:
+                continue
             try:
                 reply = decode(sock.recv(), limit=MAX_REPLY_BYTES)
             except ProtocolError as exc:
@@ -105,4 +126,26 @@ def _attempt(endpoint: str, req: CtlRequest, timeout: float) -> CtlReply:
                 return reply
         raise _NoReply()
     finally:
+        if monitor is not None:
+            sock.disable_monitor()
+            monitor.close(linger=0)
         sock.close(linger=0)
+
+
+def status_all(endpoint: str, timeout: float = 5.0, include_gone: bool = False) -> dict[str, Any]:
+    """The whole `status`, page after page (a reply holds a bounded number of nodes, so a
+    10,000-node cluster never exceeds the reply limit), assembled into one document."""
+    deadline = time.monotonic() + timeout
+    offset: int | None = 0
+    result: dict[str, Any] | None = None
+    while offset is not None:
+        left = max(0.5, deadline - time.monotonic())
+        page = request(endpoint, "status", {"offset": offset, "all": include_gone}, timeout=left)
+        if result is None:
+            result = page
+        else:
+            result["nodes"].extend(page["nodes"])
+        offset = page.get("page", {}).get("next_offset")
+    assert result is not None
+    result.pop("page", None)
+    return result

@@ -10,7 +10,7 @@ below environment variables and flags — the precedence above, with no code of 
     [log]     format = "json" | "console"; level = "info"
     [daemon]  bind, ctl, state_dir, policy_dir, heartbeat_timeout, heartbeat_interval
     [agent]   daemon, node_id, accelerator, chips, work_dir, probe_interval, hang_timeout
-    [cli]     ctl (for status, inject, launch, stop, policy show)
+    [cli]     ctl (for every command that asks the daemon)
 """
 
 from __future__ import annotations
@@ -21,87 +21,17 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from supervisor.shared.durations import parse_duration
-from supervisor.shared.protocol import DEFAULT_AGENT_ENDPOINT, DEFAULT_CTL_ENDPOINT, NODE_ID_PATTERN
+from supervisor.shared.defaults import DEFAULT_CONFIG_PATH
+from supervisor.shared.settings import SETTINGS
 
-DEFAULT_PATH = Path("/etc/trainguard/trainguard.toml")
-ACCELERATORS = ("ascend", "nvidia", "cpu", "sim-ascend", "sim-nvidia")
-
-
-def _duration(value: Any) -> str:
-    parse_duration(value)  # raises ValueError naming what is allowed
-    return str(value)
+DEFAULT_PATH = Path(DEFAULT_CONFIG_PATH)
 
 
-def _choice(*options: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in options:
-            raise ValueError(f"{value!r} is not allowed; allowed: {', '.join(options)}")
-        return value
-
-    return check
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a non-empty string, got {value!r}")
-    return value
-
-
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 4095:
-        raise ValueError(f"expected a whole number from 0 to 4095, got {value!r}")
-    return value
-
-
-def _node_id(value: Any) -> str:
-    if not isinstance(value, str) or not re.match(NODE_ID_PATTERN, value):
-        raise ValueError(f"{value!r}: use letters, digits, '.', '_' and '-', at most 63")
-    return value
-
-
-@dataclass(frozen=True)
-class Setting:
-    check: Callable[[Any], Any]
-    default: Any
-    env: str | None
-    help: str
-
-
-SETTINGS: dict[str, dict[str, Setting]] = {
-    "log": {
-        "format": Setting(_choice("json", "console"), "json", "TRAINGUARD_LOG_FORMAT", "log renderer"),
-        "level": Setting(_choice("debug", "info", "warning", "error"), "info", "TRAINGUARD_LOG_LEVEL", "log level"),
-    },
-    "daemon": {
-        "bind": Setting(_text, DEFAULT_AGENT_ENDPOINT, "TRAINGUARD_BIND", "endpoint agents connect to"),
-        "ctl": Setting(_text, DEFAULT_CTL_ENDPOINT, "TRAINGUARD_CTL", "control endpoint"),
-        "state_dir": Setting(_text, "/var/lib/trainguard", "TRAINGUARD_STATE_DIR", "SQLite state"),
-        "policy_dir": Setting(_text, None, "TRAINGUARD_POLICY_DIR", "policy YAML directory"),
-        "heartbeat_timeout": Setting(_duration, "15s", "TRAINGUARD_HEARTBEAT_TIMEOUT", "silence before a node is lost"),
-        "heartbeat_interval": Setting(_duration, "2s", "TRAINGUARD_HEARTBEAT_INTERVAL", "agents' heartbeat period"),
-        "metrics_bind": Setting(_text, "off", "TRAINGUARD_METRICS_BIND", "Prometheus HOST:PORT, or off"),
-        "keys_dir": Setting(_text, "/etc/trainguard/keys", "TRAINGUARD_KEYS_DIR", "CurveZMQ keys and allow-lists"),
-    },
-    "agent": {
-        "daemon": Setting(_text, DEFAULT_AGENT_ENDPOINT, "TRAINGUARD_DAEMON", "the daemon's agent endpoint"),
-        "node_id": Setting(_node_id, None, "TRAINGUARD_NODE_ID", "this node's name (default: short hostname)"),
-        "accelerator": Setting(_choice(*ACCELERATORS), None, "TRAINGUARD_ACCELERATOR", "what the node trains on"),
-        "chips": Setting(_count, 8, "TRAINGUARD_CHIPS", "number of chips"),
-        "work_dir": Setting(_text, "/var/lib/trainguard/agent", "TRAINGUARD_WORK_DIR", "logs, checkpoints, sim chips"),
-        "probe_interval": Setting(_duration, "5s", "TRAINGUARD_PROBE_INTERVAL", "chip and host probe period"),
-        "hang_timeout": Setting(_duration, "300s", "TRAINGUARD_HANG_TIMEOUT", "no step progress before a hang"),
-        "keys_dir": Setting(_text, "/etc/trainguard/keys", "TRAINGUARD_KEYS_DIR", "agent key pair and daemon.key"),
-    },
-    "cli": {
-        "ctl": Setting(_text, DEFAULT_CTL_ENDPOINT, "TRAINGUARD_CTL", "control endpoint the CLI asks"),
-    },
-}
-
-#: Which click commands read which section: click's default_map is keyed by command.
-_CLI_COMMANDS = ("status", "inject", "launch", "stop")
+#: The commands that take `--ctl` from the [cli] section; click's default_map is keyed by
+#: command, nested for groups.
+CTL_COMMANDS = (("status",), ("inject",), ("launch",), ("stop",), ("node", "forget"), ("policy", "show"))
 
 
 class ConfigError(Exception):
@@ -123,9 +53,11 @@ class Config:
             elif section == "agent":
                 out.setdefault("agent", {})[key] = value
             elif section == "cli":
-                for command in _CLI_COMMANDS:
-                    out.setdefault(command, {})[key] = value
-                out.setdefault("policy", {}).setdefault("show", {})[key] = value
+                for path in CTL_COMMANDS:
+                    target = out
+                    for part in path:
+                        target = target.setdefault(part, {})
+                    target[key] = value
             elif section == "log":
                 out[f"log_{key}"] = value
         return out

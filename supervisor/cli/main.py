@@ -17,35 +17,11 @@ from typing import Any
 import click
 
 from supervisor.shared import __version__
-from supervisor.shared.durations import parse_duration
-from supervisor.shared.protocol import DEFAULT_AGENT_ENDPOINT, DEFAULT_CTL_ENDPOINT
+from supervisor.shared.protocol import MAX_CHIPS
+from supervisor.shared.settings import DURATION, SETTINGS, option
 from supervisor.shared.vocab import Fault
 
-
-class Duration(click.ParamType):
-    """A duration option: 15s, 500ms, 5m, 1h, or plain seconds."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = Duration()
-
-ctl_option = click.option(
-    "--ctl",
-    envvar="TRAINGUARD_CTL",
-    show_envvar=True,
-    default=DEFAULT_CTL_ENDPOINT,
-    show_default=True,
-    help="The daemon's control endpoint (tcp://HOST:PORT or ipc://PATH).",
-)
+ctl_option = option("cli", "ctl")
 timeout_option = click.option(
     "--timeout",
     type=DURATION,
@@ -53,6 +29,12 @@ timeout_option = click.option(
     show_default=True,
     help="How long to wait for the daemon's answer.",
 )
+
+
+def _log_option(key: str) -> dict[str, Any]:
+    setting = SETTINGS["log"][key]
+    return {"type": setting.type, "default": setting.default, "envvar": setting.env, "show_envvar": True,
+            "show_default": True, "help": setting.help}
 
 
 class _Group(click.Group):
@@ -101,23 +83,8 @@ class _LazyCommand(click.Command):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="trainguard")
-@click.option(
-    "--log-format",
-    type=click.Choice(["json", "console"]),
-    default="json",
-    envvar="TRAINGUARD_LOG_FORMAT",
-    show_envvar=True,
-    show_default=True,
-    help="json: one JSON object per line (for journald and machines); console: for humans.",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    envvar="TRAINGUARD_LOG_LEVEL",
-    show_envvar=True,
-    show_default=True,
-)
+@click.option("--log-format", **_log_option("format"))
+@click.option("--log-level", **_log_option("level"))
 @click.option(
     "--config",
     "config_path",
@@ -157,67 +124,14 @@ def main(ctx: click.Context, log_format: str, log_level: str, config_path: Path 
 
 
 @main.command()
-@click.option(
-    "--bind",
-    envvar="TRAINGUARD_BIND",
-    show_envvar=True,
-    default=DEFAULT_AGENT_ENDPOINT,
-    show_default=True,
-    help="Endpoint agents connect to. Use tcp://0.0.0.0:7755 to accept other hosts.",
-)
-@ctl_option
-@click.option(
-    "--state-dir",
-    envvar="TRAINGUARD_STATE_DIR",
-    show_envvar=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    default="/var/lib/trainguard",
-    show_default=True,
-    help="Where the SQLite state (nodes, jobs, events) lives. One daemon per directory.",
-)
-@click.option(
-    "--policy-dir",
-    envvar="TRAINGUARD_POLICY_DIR",
-    show_envvar=True,
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="Directory of policy YAML files; watched, and reloaded on change (policies/README.md).",
-)
-@click.option(
-    "--heartbeat-timeout",
-    envvar="TRAINGUARD_HEARTBEAT_TIMEOUT",
-    show_envvar=True,
-    type=DURATION,
-    default="15s",
-    show_default=True,
-    help="A node that sends no heartbeat for this long is marked lost.",
-)
-@click.option(
-    "--heartbeat-interval",
-    envvar="TRAINGUARD_HEARTBEAT_INTERVAL",
-    show_envvar=True,
-    type=DURATION,
-    default="2s",
-    show_default=True,
-    help="How often agents heartbeat; told to each agent when it registers.",
-)
-@click.option(
-    "--metrics-bind",
-    envvar="TRAINGUARD_METRICS_BIND",
-    show_envvar=True,
-    default="off",
-    show_default=True,
-    help="HOST:PORT to serve Prometheus metrics on (e.g. 0.0.0.0:9755), or off.",
-)
-@click.option(
-    "--keys-dir",
-    envvar="TRAINGUARD_KEYS_DIR",
-    show_envvar=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    default="/etc/trainguard/keys",
-    show_default=True,
-    help="CurveZMQ keys: daemon.key_secret, agents/*.key and admins/*.key allow-lists (README: Security).",
-)
+@option("daemon", "bind")
+@option("daemon", "ctl")
+@option("daemon", "state_dir")
+@option("daemon", "policy_dir")
+@option("daemon", "heartbeat_timeout")
+@option("daemon", "heartbeat_interval")
+@option("daemon", "metrics_bind")
+@option("daemon", "keys_dir")
 @click.option("--insecure", is_flag=True, help="No authentication at all (test clusters and the demo only).")
 def daemon(
     bind: str,
@@ -266,12 +180,13 @@ def daemon(
 @ctl_option
 @timeout_option
 @click.option("--json", "as_json", is_flag=True, help="Print the stable JSON form (see README.md).")
-def status(ctl: str, timeout: float, as_json: bool) -> None:
+@click.option("--all", "show_all", is_flag=True, help="Also nodes lost or left more than an hour ago.")
+def status(ctl: str, timeout: float, as_json: bool, show_all: bool) -> None:
     """Show the cluster: nodes, their state and health, chips, heartbeat age; jobs."""
-    from supervisor.cli.client import ClientError, request
+    from supervisor.cli.client import ClientError, status_all
 
     try:
-        result = request(ctl, "status", timeout=timeout)
+        result = status_all(ctl, timeout=timeout, include_gone=show_all)
     except ClientError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
@@ -282,31 +197,65 @@ def status(ctl: str, timeout: float, as_json: bool) -> None:
         print_status(result)
 
 
-@main.command()
+_FAULT_HELP = {
+    "ok": "healthy again (error codes and ECC counts cleared; a hang lets go)",
+    "warning": "the chip reports health warning",
+    "alarm": "the chip reports health alarm",
+    "critical": "the chip reports health critical",
+    "ecc": "add --count uncorrectable ECC errors (health at least alarm)",
+    "chip_error": "critical with a vendor-style error code; the rank on it fails with the vendor's device error",
+    "chip_degraded": "warning with a vendor-style error code (signal chip_degraded)",
+    "crash": "the agent SIGKILLs the training rank on the chip",
+    "hang": "the training rank on the chip stops stepping, as one stuck in a collective would",
+    "interconnect_timeout": "the rank on the chip prints the vendor's timeout (HCCL EI0002 / NCCL watchdog) and fails",
+}
+assert set(_FAULT_HELP) == {f.value for f in Fault}, "every fault has its line of help"
+
+
+@main.command(help="Inject FAULT into a simulated NODE's chip, through the daemon; the agent acts it out where "
+              "the real fault would show, and detection runs as in production.\n\n\b\n"
+              + "\n".join(f"{name:<21} {text}" for name, text in _FAULT_HELP.items()))
 @ctl_option
 @timeout_option
 @click.argument("node")
 @click.argument("fault", type=click.Choice([f.value for f in Fault]))
-@click.option("--chip", type=click.IntRange(min=0), default=0, show_default=True, help="Which chip of the node.")
-@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True, help="ECC errors to add (fault ecc).")
+@click.option("--chip", type=click.IntRange(min=0, max=MAX_CHIPS - 1), default=0, show_default=True,
+              help="Which chip of the node.")
+@click.option("--count", type=click.IntRange(min=1, max=1_000_000), default=1, show_default=True,
+              help="ECC errors to add (fault ecc).")
 def inject(ctl: str, timeout: float, node: str, fault: str, chip: int, count: int) -> None:
-    """Inject FAULT into a simulated NODE's chip, through the daemon.
-
-    \b
-    ok / warning / alarm / critical   set the chip's reported health
-    ecc                               add uncorrectable ECC errors (health at least alarm)
-    chip_error / chip_degraded        critical / warning with a vendor-style error code
-    """
     from supervisor.cli.client import ClientError, request
 
     try:
         result = request(ctl, "inject", {"node": node, "fault": fault, "chip": chip, "count": count}, timeout=timeout)
     except ClientError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(
-        f"injected {fault} into {node} chip {chip}; its probe reports it within "
-        f"{result.get('probe_interval_s', '?')}s (watch `trainguard status`)"
-    )
+    if Fault(fault).needs_rank or fault in ("hang", "interconnect_timeout"):
+        click.echo(f"injected {fault} into {node} chip {chip}; the rank on it acts it out now")
+    else:
+        click.echo(f"injected {fault} into {node} chip {chip}; its probe reports it within "
+                   f"{result.get('probe_interval_s', '?')}s (watch `trainguard status`)")
+
+
+@main.group()
+def node() -> None:
+    """Manage nodes the daemon knows."""
+
+
+@node.command("forget")
+@ctl_option
+@timeout_option
+@click.argument("name", metavar="NODE")
+def node_forget(ctl: str, timeout: float, name: str) -> None:
+    """Remove NODE (lost, left or pending) from the daemon's table and state: for
+    decommissioned machines. A node that registers again is simply new."""
+    from supervisor.cli.client import ClientError, request
+
+    try:
+        result = request(ctl, "node_forget", {"node": name}, timeout=timeout)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"forgot {name} (it was {result['was']})")
 
 
 @main.command()
@@ -330,16 +279,19 @@ def policy() -> None:
 
 
 @policy.command("check")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 def policy_check(paths: tuple[Path, ...]) -> None:
-    """Validate policy FILEs (or every *.yaml in a directory) as the daemon would.
+    """Validate policy FILEs (or every *.yaml in a directory) as the daemon would; with
+    no argument, the policies shipped with trainguard.
 
     Exits 0 when all are valid, 1 with every problem as `file:line: ...` otherwise:
     usable as a CI step before a policy change reaches the daemon.
     """
     from supervisor.policy.directory import is_policy_file
     from supervisor.policy.loader import PolicyError, load_file
+    from supervisor.policy.shipped import shipped_policy_dir
 
+    paths = paths or (shipped_policy_dir(),)
     files = []
     for path in paths:
         files.extend(sorted(p for p in path.iterdir() if is_policy_file(p)) if path.is_dir() else [path])
@@ -428,6 +380,9 @@ def policy_show(ctl: str, timeout: float, directory: Path | None, as_json: bool)
         try:
             result = request(ctl, "policies", timeout=timeout)
         except ClientError as exc:
+            if as_json:  # a script reading --json gets JSON, also for an error
+                click.echo(json.dumps({"error": str(exc), "code": exc.code}, indent=2, sort_keys=True))
+                sys.exit(1)
             raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True))

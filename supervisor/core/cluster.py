@@ -20,6 +20,7 @@ from supervisor.core.badframes import BadFrameCounter
 from supervisor.core.nodes import NodeChange, NodeTable, Unregistered
 from supervisor.policy.directory import PolicyDirectory
 from supervisor.shared.clock import Instant
+from supervisor.shared.defaults import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
 from supervisor.shared.protocol import (
     Ack,
     AnyMessage,
@@ -28,6 +29,7 @@ from supervisor.shared.protocol import (
     CtlReply,
     CtlRequest,
     Event,
+    Goodbye,
     Heartbeat,
     Message,
     ProtocolError,
@@ -39,7 +41,17 @@ from supervisor.shared.protocol import (
 
 @dataclass(frozen=True)
 class ToNode:
+    """A message for a node, sent on the connection it registered from."""
+
     node: str
+    message: Message
+
+
+@dataclass(frozen=True)
+class ToPeer:
+    """An answer to the connection (ROUTER routing id) a message came from."""
+
+    route: bytes
     message: Message
 
 
@@ -51,7 +63,7 @@ class ToClient:
 
 @dataclass
 class Outcome:
-    sends: list[ToNode | ToClient] = field(default_factory=list)
+    sends: list[ToNode | ToPeer | ToClient] = field(default_factory=list)
     changes: list[NodeChange] = field(default_factory=list)
 
     def extend(self, other: "Outcome") -> None:
@@ -88,10 +100,22 @@ class _SeenIds:
         return True
 
 
+#: Fields of an agent's event that name the record itself: the daemon sets them, an
+#: agent's `fields` can never override them (nor the log line's own keys).
+RESERVED_FIELDS = frozenset({
+    "event", "timestamp", "level", "node", "job", "rank", "chip", "signal", "evidence", "observed_at",
+    "detection_latency_s", "accelerator", "event_id", "status", "clock_skew_s",
+})
+#: An event observed further in the future than this (a node's clock is wrong), or
+#: longer ago than MAX_EVENT_AGE, is stamped with the time it arrived instead.
+MAX_FUTURE_SKEW = 60.0
+MAX_EVENT_AGE = 86400.0
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
-    heartbeat_timeout: float = 15.0
-    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     command_timeout: float = 10.0
 
 
@@ -102,6 +126,9 @@ class Cluster:
         self.started = started
         self.nodes = NodeTable(config.heartbeat_timeout)
         self._waiting: dict[str, _Waiting] = {}
+        #: node -> the ROUTER routing id of the connection it registered from, and back.
+        self.routes: dict[str, bytes] = {}
+        self._route_nodes: dict[bytes, str] = {}
         self._event_ids: dict[str, _SeenIds] = {}
         #: Frames that were not valid messages, counted by the daemon's transport.
         self.bad_frames = BadFrameCounter()
@@ -118,41 +145,73 @@ class Cluster:
 
     # --- agents --------------------------------------------------------------------
 
-    def on_agent_message(self, msg: AnyMessage, now: Instant) -> Outcome:
-        if isinstance(msg, Heartbeat):
-            return self._on_heartbeat(msg, now)
+    def on_agent_message(self, msg: AnyMessage, route: bytes, now: Instant) -> Outcome:
+        """One decoded message from the agent connection `route`. A node's connection is
+        the one it registered from (authenticated by its key, on a secure daemon):
+        anything else claiming to be that node is told to register first."""
         if isinstance(msg, Register):
-            return self._on_register(msg, now)
+            return self._on_register(msg, route, now)
+        if not isinstance(msg, (Heartbeat, Event, Result, Goodbye)):
+            raise ProtocolError("unexpected", f"{type(msg).__name__} on the agent socket")
+        if self.routes.get(msg.node) != route:
+            if isinstance(msg, (Result, Goodbye)):
+                return Outcome()  # nothing to answer: it is not registered from here
+            return Outcome([self._ack(route, msg.id, now, ok=False, error="unregistered")])
+        if isinstance(msg, Heartbeat):
+            return self._on_heartbeat(msg, route, now)
         if isinstance(msg, Event):
-            return self._on_event(msg, now)
-        if isinstance(msg, Result):
-            return self._on_result(msg, now)
-        raise ProtocolError("unexpected", f"{type(msg).__name__} on the agent socket")
+            return self._on_event(msg, route, now)
+        if isinstance(msg, Goodbye):
+            return self._on_goodbye(msg, now)
+        return self._on_result(msg, now)
 
-    def _ack(self, node: str, ref: str, now: Instant, **kw: Any) -> ToNode:
-        return ToNode(node, Ack(id=new_id(), ts=now.wall, ref=ref, **kw))
+    def route_of(self, node: str) -> bytes | None:
+        """The connection a node registered from (where its commands go)."""
+        return self.routes.get(node)
 
-    def _on_register(self, msg: Register, now: Instant) -> Outcome:
+    def node_of_route(self, route: bytes) -> str | None:
+        return self._route_nodes.get(route)
+
+    def _bind_route(self, node: str, route: bytes | None) -> None:
+        old = self.routes.pop(node, None)
+        if old is not None:
+            self._route_nodes.pop(old, None)
+        if route is not None:
+            previous_owner = self._route_nodes.get(route)
+            if previous_owner is not None and previous_owner != node:
+                self.routes.pop(previous_owner, None)
+            self.routes[node] = route
+            self._route_nodes[route] = node
+
+    def _ack(self, route: bytes, ref: str, now: Instant, **kw: Any) -> ToPeer:
+        return ToPeer(route, Ack(id=new_id(), ts=now.wall, ref=ref, **kw))
+
+    def _on_register(self, msg: Register, route: bytes, now: Instant) -> Outcome:
         changes = self.nodes.register(msg, now)
+        self._bind_route(msg.node, route)
         detail = {
             "daemon_instance": self.instance,
             "heartbeat_interval": self.config.heartbeat_interval,
             "heartbeat_timeout": self.config.heartbeat_timeout,
         }
-        return Outcome([self._ack(msg.node, msg.id, now, detail=detail)], changes)
+        return Outcome([self._ack(route, msg.id, now, detail=detail)], changes)
 
-    def _on_heartbeat(self, msg: Heartbeat, now: Instant) -> Outcome:
+    def _on_heartbeat(self, msg: Heartbeat, route: bytes, now: Instant) -> Outcome:
         try:
             changes = self.nodes.heartbeat(msg, now)
         except Unregistered:
-            return Outcome([self._ack(msg.node, msg.id, now, ok=False, error="unregistered")])
-        return Outcome([self._ack(msg.node, msg.id, now)], changes)
+            return Outcome([self._ack(route, msg.id, now, ok=False, error="unregistered")])
+        return Outcome([self._ack(route, msg.id, now)], changes)
 
-    def _on_event(self, msg: Event, now: Instant) -> Outcome:
+    def _on_goodbye(self, msg: Goodbye, now: Instant) -> Outcome:
+        self._bind_route(msg.node, None)
+        return Outcome(changes=self.nodes.leave(msg.node, msg.agent_instance, msg.reason, now))
+
+    def _on_event(self, msg: Event, route: bytes, now: Instant) -> Outcome:
         if not self.nodes.is_registered(msg.node):
             # Keep it on the agent's side until it has registered; it will resend.
-            return Outcome([self._ack(msg.node, msg.id, now, ok=False, error="unregistered")])
-        ack = self._ack(msg.node, msg.id, now)
+            return Outcome([self._ack(route, msg.id, now, ok=False, error="unregistered")])
+        ack = self._ack(route, msg.id, now)
         if not self._event_ids.setdefault(msg.node, _SeenIds()).add(msg.id):
             return Outcome([ack])
         if msg.name == "chip.health_changed" and "status" in msg.fields:
@@ -160,16 +219,23 @@ class Cluster:
                 self.nodes.update_chip(msg.node, msgspec.convert(msg.fields["status"], ChipStatus))
             except msgspec.ValidationError:
                 pass  # the next heartbeat carries the chip anyway
-        fields = {k: v for k, v in msg.fields.items() if k != "status"}
+        # The agent's own fields first; the record's identity on top, where they cannot
+        # be overridden: a node cannot speak for another node, job or event.
+        fields: dict[str, Any] = {k: v for k, v in msg.fields.items() if k not in RESERVED_FIELDS}
+        observed_at = msg.observed_at
+        skew = observed_at - now.wall
+        if skew > MAX_FUTURE_SKEW or -skew > MAX_EVENT_AGE:
+            fields["clock_skew_s"] = round(skew, 3)
+            observed_at = now.wall
         fields.update(
             chip=msg.chip,
             signal=msg.signal.value if msg.signal else None,
             job=msg.job,
             rank=msg.rank,
             evidence=msg.evidence,
-            observed_at=msg.observed_at,
+            observed_at=observed_at,
             # Wall clocks of two machines: good to NTP accuracy, which is what we have.
-            detection_latency_s=round(max(0.0, now.wall - msg.observed_at), 3),
+            detection_latency_s=round(max(0.0, now.wall - observed_at), 3),
             accelerator=self.nodes.get(msg.node).accelerator.value,  # type: ignore[union-attr]
             event_id=msg.id,
         )
@@ -189,7 +255,7 @@ class Cluster:
                 ts=now.wall,
                 ref=waiting.request_id,
                 ok=False,
-                error=f"node {msg.node}: {msg.error}",
+                error=msg.error or f"node {msg.node} refused without a reason",
                 code="agent_refused",
             )
         return Outcome([ToClient(waiting.client, reply)])
@@ -206,7 +272,7 @@ class Cluster:
                 [ToClient(client, _error(req.id, f"internal error: {exc!r}", "internal", now))]
             )
         if isinstance(answer, control.SendCommand):
-            command = Command(id=new_id(), ts=now.wall, kind=answer.kind, args=answer.args)
+            command = Command(id=new_id(), ts=now.wall, args=answer.args)
             self._waiting[command.id] = _Waiting(
                 client, req.id, req.verb, answer.node, now.mono + self.config.command_timeout
             )
@@ -222,6 +288,22 @@ class Cluster:
         return Outcome([ToClient(waiting.client, _error(waiting.request_id, error, "unreachable", now))])
 
     # --- time ----------------------------------------------------------------------
+
+    def on_stall(self, gap: float, now: Instant) -> Outcome:
+        """The daemon itself did not run for `gap` seconds (SIGSTOP, a frozen VM, swap):
+        its own silence is not the nodes' fault. Every live node gets a full
+        heartbeat_timeout from now before it can be declared lost."""
+        rearmed = self.nodes.rearm(now)
+        return Outcome(changes=[NodeChange("daemon.stalled", "*", {
+            "gap_s": round(gap, 3), "nodes_rearmed": rearmed,
+            "action": f"no node is declared lost for the daemon's own pause; each has {self.config.heartbeat_timeout:g}s "
+                      "from now to be heard from",
+        })])
+
+    def forget(self, node: str) -> bool:
+        self._bind_route(node, None)
+        self._event_ids.pop(node, None)
+        return self.nodes.forget(node)
 
     def tick(self, now: Instant) -> Outcome:
         out = Outcome(changes=self.nodes.expire(now))

@@ -11,7 +11,7 @@ agent's Result arrives (or the command times out).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 import msgspec
 
@@ -20,7 +20,18 @@ from supervisor.core.nodes import NodeTable
 from supervisor.policy.directory import PolicyDirectory
 from supervisor.shared import __version__
 from supervisor.shared.clock import Instant
-from supervisor.shared.protocol import CommandKind, CtlRequest
+from supervisor.shared.protocol import (
+    MAX_RANKS_PER_NODE,
+    AnyCommandArgs,
+    ChipIndex,
+    CtlRequest,
+    InjectArgs,
+    JobName,
+    LaunchArgs,
+    NodeId,
+    Seconds,
+    StopArgs,
+)
 from supervisor.shared.vocab import Fault, Health, NodeState
 
 
@@ -40,6 +51,8 @@ class ClusterView(Protocol):
     @property
     def heartbeat_interval(self) -> float: ...
 
+    def forget(self, node: str) -> bool: ...
+
 STATUS_SCHEMA = 1
 
 
@@ -52,8 +65,7 @@ class CtlError(Exception):
 @dataclass(frozen=True)
 class SendCommand:
     node: str
-    kind: CommandKind
-    args: dict[str, Any]
+    args: AnyCommandArgs
 
 
 class Verb:
@@ -103,41 +115,44 @@ class Ping(Verb):
         }
 
 
+#: A status reply holds at most this many nodes (a page of 500 eight-chip nodes is about
+#: 1.5 MB, well inside the client's 4 MiB limit); `status --json` asks page after page.
+STATUS_PAGE_LIMIT = 500
+#: Nodes lost or left longer ago than this leave the default view (`--all` shows them).
+STATUS_GONE_AFTER = 3600.0
+
+
+class _StatusParams(msgspec.Struct, forbid_unknown_fields=True):
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=0, le=STATUS_PAGE_LIMIT)] = STATUS_PAGE_LIMIT
+    all: bool = False
+
+
 @_register
 class Status(Verb):
     """The cluster as the daemon sees it: nodes with liveness, chips and host health,
-    last heartbeat age; jobs. The shape is documented in README.md ("status --json")."""
+    last heartbeat age; jobs. The shape is documented in README.md ("status --json").
+    Nodes come in pages (`offset`, `limit`; `next_offset` is null on the last page);
+    nodes lost or left over an hour ago are left out unless `all` is set. The summary
+    always counts every node."""
 
     name = "status"
-    Params = _NoParams
+    Params = _StatusParams
 
-    def execute(self, cluster: "ClusterView", params: _NoParams, now: Instant) -> Any:
-        nodes = []
+    def execute(self, cluster: "ClusterView", params: _StatusParams, now: Instant) -> Any:
         chip_health: dict[str, int] = {h.value: 0 for h in Health}
-        for record in cluster.nodes.records():
+        states = {s.value: 0 for s in NodeState}
+        shown = []
+        records = cluster.nodes.records()
+        for record in records:
+            states[record.state.value] += 1
             for chip in record.chips:
                 chip_health[chip.health.value] += 1
-            nodes.append(
-                {
-                    "node": record.node,
-                    "state": record.state.value,
-                    "state_since": record.state_since,
-                    "health": record.health.value,
-                    "accelerator": record.accelerator.value,
-                    "hostname": record.hostname,
-                    "agent_version": record.agent_version,
-                    "agent_pid": record.pid,
-                    "registered_at": record.registered_at,
-                    "last_heartbeat": record.last_seen,
-                    "last_heartbeat_age_s": round(cluster.nodes.seen_age(record.node, now), 3),
-                    "chips": [msgspec.to_builtins(c) for c in record.chips],
-                    "host": msgspec.to_builtins(record.host) if record.host else None,
-                    "running": [msgspec.to_builtins(r) for r in record.running],
-                }
-            )
-        states = {s.value: 0 for s in NodeState}
-        for n in nodes:
-            states[n["state"]] += 1
+            gone = record.state in (NodeState.LOST, NodeState.LEFT) and now.wall - record.state_since > STATUS_GONE_AFTER
+            if params.all or not gone:
+                shown.append(record)
+        page = shown[params.offset:params.offset + params.limit]
+        end = params.offset + len(page)
         return {
             "schema": STATUS_SCHEMA,
             "daemon": {
@@ -155,10 +170,32 @@ class Status(Verb):
                     "by_reason": dict(cluster.bad_frames.by_reason),
                 },
             },
-            "summary": {"nodes": len(nodes), "states": states, "chips": chip_health},
-            "nodes": nodes,
+            "summary": {"nodes": len(records), "states": states, "chips": chip_health},
+            "nodes": [_node_view(cluster, record, now) for record in page],
+            "page": {"offset": params.offset, "nodes_in_view": len(shown), "hidden_gone": len(records) - len(shown),
+                     "next_offset": end if end < len(shown) else None},
             "jobs": [],
         }
+
+
+def _node_view(cluster: "ClusterView", record: Any, now: Instant) -> dict[str, Any]:
+    return {
+        "node": record.node,
+        "state": record.state.value,
+        "state_since": record.state_since,
+        "health": record.health.value,
+        "accelerator": record.accelerator.value,
+        "hostname": record.hostname,
+        "agent_version": record.agent_version,
+        "agent_pid": record.pid,
+        "registered_at": record.registered_at,
+        "last_heartbeat": record.last_seen,
+        "last_heartbeat_age_s": round(cluster.nodes.seen_age(record.node, now), 3),
+        "handler_failures": record.handler_failures,
+        "chips": [msgspec.to_builtins(c) for c in record.chips],
+        "host": msgspec.to_builtins(record.host) if record.host else None,
+        "running": [msgspec.to_builtins(r) for r in record.running],
+    }
 
 
 @_register
@@ -175,19 +212,25 @@ class Policies(Verb):
         return cluster.policies.describe()
 
 
-def _up_node(cluster: "ClusterView", node: str) -> Any:
+def _known_node(cluster: "ClusterView", node: str) -> Any:
     record = cluster.nodes.get(node)
     if record is None:
-        known = ", ".join(r.node for r in cluster.nodes.records()) or "none"
+        names = [r.node for r in cluster.nodes.records()]
+        known = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "") if names else "none"
         raise CtlError(f"unknown node {node!r}; known nodes: {known}", "unknown_node")
+    return record
+
+
+def _up_node(cluster: "ClusterView", node: str) -> Any:
+    record = _known_node(cluster, node)
     if record.state is not NodeState.UP:
         raise CtlError(f"node {node!r} is {record.state.value}, not up", "node_not_up")
     return record
 
 
 class _LaunchParams(msgspec.Struct, forbid_unknown_fields=True):
-    node: str
-    job: str
+    node: NodeId
+    job: JobName
     argv: list[str]
     nproc: int = 1
     ckpt_dir: str | None = None
@@ -207,21 +250,26 @@ class Launch(Verb):
 
     def execute(self, cluster: "ClusterView", params: _LaunchParams, now: Instant) -> Any:
         record = _up_node(cluster, params.node)
-        if not params.argv:
-            raise CtlError("launch needs a command to run", "bad_request")
-        if params.nproc < 1 or (record.chips and params.nproc > len(record.chips)):
-            raise CtlError(f"node {params.node!r} has {len(record.chips)} chips; cannot run {params.nproc} ranks", "bad_request")
+        limit = min(len(record.chips), MAX_RANKS_PER_NODE) if record.chips else MAX_RANKS_PER_NODE
+        if not 1 <= params.nproc <= limit:
+            what = f"{len(record.chips)} chips" if record.chips else "no chips"
+            raise CtlError(f"node {params.node!r} has {what}; it can run 1 to {limit} ranks of a job, not {params.nproc}",
+                           "bad_request")
         if any(r.job == params.job for r in record.running):
             raise CtlError(f"job {params.job!r} already runs on node {params.node!r}", "busy")
         args = msgspec.to_builtins(params)
         del args["node"]
-        return SendCommand(params.node, CommandKind.LAUNCH, args)
+        try:
+            command = msgspec.convert(args, LaunchArgs)
+        except msgspec.ValidationError as exc:
+            raise CtlError(f"launch: {exc}", "bad_request") from None
+        return SendCommand(params.node, command)
 
 
 class _StopParams(msgspec.Struct, forbid_unknown_fields=True):
-    node: str
-    job: str
-    grace: float = 30.0
+    node: NodeId
+    job: JobName
+    grace: Seconds = 30.0
 
 
 @_register
@@ -234,14 +282,14 @@ class Stop(Verb):
 
     def execute(self, cluster: "ClusterView", params: _StopParams, now: Instant) -> Any:
         _up_node(cluster, params.node)
-        return SendCommand(params.node, CommandKind.STOP, {"job": params.job, "grace": params.grace})
+        return SendCommand(params.node, StopArgs(job=params.job, grace=params.grace))
 
 
 class _InjectParams(msgspec.Struct, forbid_unknown_fields=True):
-    node: str
+    node: NodeId
     fault: Fault
-    chip: int = 0
-    count: int = 1
+    chip: ChipIndex = 0
+    count: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
 
 
 @_register
@@ -254,10 +302,7 @@ class Inject(Verb):
     Params = _InjectParams
 
     def execute(self, cluster: "ClusterView", params: _InjectParams, now: Instant) -> Any:
-        record = cluster.nodes.get(params.node)
-        if record is None:
-            known = ", ".join(r.node for r in cluster.nodes.records()) or "none"
-            raise CtlError(f"unknown node {params.node!r}; known nodes: {known}", "unknown_node")
+        record = _known_node(cluster, params.node)
         if record.state is not NodeState.UP:
             raise CtlError(
                 f"node {params.node!r} is {record.state.value}, not up: nothing to inject into",
@@ -274,10 +319,24 @@ class Inject(Verb):
                 f"node {params.node!r} has chips 0..{len(record.chips) - 1}, not {params.chip}",
                 "bad_request",
             )
-        if params.count < 1:
-            raise CtlError(f"count must be at least 1, got {params.count}", "bad_request")
-        return SendCommand(
-            params.node,
-            CommandKind.INJECT,
-            {"fault": params.fault.value, "chip": params.chip, "count": params.count},
-        )
+        return SendCommand(params.node, InjectArgs(fault=params.fault, chip=params.chip, count=params.count))
+
+
+class _ForgetParams(msgspec.Struct, forbid_unknown_fields=True):
+    node: NodeId
+
+
+@_register
+class NodeForget(Verb):
+    """Remove a node that is not up (lost, left or pending) from the daemon's table and
+    store: for decommissioned machines. A node that registers again is simply new."""
+
+    name = "node_forget"
+    Params = _ForgetParams
+
+    def execute(self, cluster: "ClusterView", params: _ForgetParams, now: Instant) -> Any:
+        record = _known_node(cluster, params.node)
+        if record.state is NodeState.UP:
+            raise CtlError(f"node {params.node!r} is up; stop its agent first (it would register again)", "node_up")
+        cluster.forget(params.node)
+        return {"node": params.node, "forgotten": True, "was": record.state.value}

@@ -35,6 +35,7 @@ class NodeRecord(msgspec.Struct, kw_only=True):
     last_seen: float = 0.0
     state_since: float = 0.0
     running: tuple[RunningRank, ...] = ()
+    handler_failures: int = 0
 
     @property
     def health(self) -> Health:
@@ -68,6 +69,8 @@ class NodeTable:
         self.dirty: set[str] = set()
         #: Nodes heard from since the store last saved their last_seen time.
         self.heard: set[str] = set()
+        #: Nodes forgotten since the store last saved (their rows must go).
+        self.forgotten: set[str] = set()
 
     # --- queries -------------------------------------------------------------------
 
@@ -98,7 +101,7 @@ class NodeTable:
         `pending`: they get a full heartbeat_timeout from now to re-register."""
         changes = []
         for record in records:
-            if record.state is not NodeState.LOST:
+            if record.state not in (NodeState.LOST, NodeState.LEFT):
                 record.state = NodeState.PENDING
                 record.state_since = now.wall
                 self._seen[record.node] = now.mono
@@ -112,6 +115,7 @@ class NodeTable:
                         "nodes": len(records),
                         "pending": sum(r.state is NodeState.PENDING for r in records),
                         "lost": sum(r.state is NodeState.LOST for r in records),
+                        "left": sum(r.state is NodeState.LEFT for r in records),
                     },
                 )
             )
@@ -171,6 +175,7 @@ class NodeTable:
         record.chips = msg.chips
         record.host = msg.host
         record.running = msg.running
+        record.handler_failures = msg.handler_failures
         record.last_seen = now.wall
         self.heard.add(msg.node)
         self._touch(msg.node, now)
@@ -232,12 +237,39 @@ class NodeTable:
             )
         return changes
 
+    def leave(self, node: str, agent_instance: str, reason: str, now: Instant) -> list[NodeChange]:
+        """The node's agent stopped on purpose: `left`, not lost. Only the registered
+        instance may say so (a stale goodbye from an agent already replaced is ignored)."""
+        record = self._nodes.get(node)
+        if record is None or self._session.get(node) != agent_instance:
+            return []
+        self._seen.pop(node, None)
+        self._session.pop(node, None)
+        previous = record.state
+        record.state = NodeState.LEFT
+        record.state_since = now.wall
+        record.running = ()
+        self.dirty.add(node)
+        return [NodeChange("node.left", node, {"previous_state": previous.value, "reason": reason,
+                                               "hostname": record.hostname})]
+
+    def rearm(self, now: Instant) -> int:
+        """Give every live node a full heartbeat_timeout from `now` (after the daemon's
+        own stall). Returns how many nodes were re-armed."""
+        for node in self._seen:
+            self._seen[node] = now.mono
+        return len(self._seen)
+
     def forget(self, node: str) -> bool:
         """Remove a node entirely (an operator decommissioned it)."""
         self._seen.pop(node, None)
         self._session.pop(node, None)
         self.dirty.discard(node)
-        return self._nodes.pop(node, None) is not None
+        self.heard.discard(node)
+        known = self._nodes.pop(node, None) is not None
+        if known:
+            self.forgotten.add(node)
+        return known
 
     # --- internals -----------------------------------------------------------------
 

@@ -3,24 +3,28 @@
 One thread, one zmq Poller over two ROUTER sockets (agents, control clients). Each turn:
 wait for a frame or the next deadline → decode → hand to `Cluster` → send what it returns,
 log and queue for the store what changed. No thread per node; a heartbeat costs a decode,
-a dict lookup and an ack, so the loop scales with message rate, not cluster size.
+a dict lookup and an ack, so the loop scales with message rate, not cluster size. Every
+step of a turn is guarded: a bug in one handler is logged (`daemon.handler_failed`) and
+counted, and the loop goes on.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import resource
+import shutil
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 import zmq
 
 from supervisor.core.badframes import BadFrameCounter
-from supervisor.core.cluster import Cluster, ClusterConfig, Outcome, ToNode
+from supervisor.core.cluster import Cluster, ClusterConfig, Outcome, ToNode, ToPeer
 from supervisor.core.nodes import NodeChange
 from supervisor.daemon import zap
 from supervisor.daemon.metrics import DaemonMetrics
@@ -30,8 +34,10 @@ from supervisor.policy.directory import Change, PolicyDirectory
 from supervisor.shared import __version__
 from supervisor.shared import keys as keyfiles
 from supervisor.shared.clock import Instant, system_now
-from supervisor.shared.protocol import CtlRequest, ProtocolError, decode, encode, new_id
+from supervisor.shared.defaults import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_KEYS_DIR
+from supervisor.shared.protocol import Ack, CtlRequest, ProtocolError, decode, encode, new_id
 from supervisor.shared.sdnotify import Notifier
+from supervisor.shared.vocab import Accelerator
 
 log = structlog.get_logger()
 
@@ -41,6 +47,15 @@ _ZMQ_MAX_MSG = 4 * 1024 * 1024
 _BATCH = 512
 _FLUSH_EVERY = 1.0
 _MAX_UNSAVED_EVENTS = 100_000
+#: A connection that has not completed its ZMTP/CURVE handshake by then is dropped.
+_HANDSHAKE_MS = 5_000
+#: Longest the poll waits, so a stop request is noticed promptly.
+_POLL_CAP = 0.25
+#: A turn that started this much later than the poll allowed means the daemon itself
+#: was stopped (SIGSTOP, a frozen VM, heavy swapping), not that the nodes went quiet.
+_STALL_SLACK = 2.0
+#: Warn when fewer than this share of the descriptor limit is left.
+_FD_LOW = 0.1
 
 
 class DaemonError(Exception):
@@ -53,8 +68,8 @@ class DaemonConfig:
     ctl: str
     state_dir: Path
     policy_dir: Path | None = None
-    heartbeat_timeout: float = 15.0
-    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     command_timeout: float = 10.0
     metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
     keys_dir: Path | None = None  # CurveZMQ keys (see supervisor/shared/keys.py); required unless insecure
@@ -66,16 +81,24 @@ class Daemon:
         self.config = config
         self._stop = False
         self._ctx = zmq.Context.instance()
-        self._pending_nodes: set[str] = set()
         self._pending_events: list[tuple[float, str, dict[str, Any]]] = []
         self._store_failing = False
         self._events_lost = 0
+        self._fd_warned = False
         self.metrics = DaemonMetrics()
+        self._sockets: list[zmq.Socket] = []
+        self._ipc_paths: list[Path] = []
+        self._made_state_dir = not config.state_dir.exists()
         self._lock_file = self._take_lock(config.state_dir)
         try:
-            self.store = Store(config.state_dir / "state.db")
-        except StoreError as exc:
-            raise DaemonError(str(exc)) from exc
+            self._open_endpoints(config)
+            try:
+                self.store = Store(config.state_dir / "state.db")
+            except StoreError as exc:
+                raise DaemonError(str(exc)) from exc
+        except BaseException:
+            self._abandon()
+            raise
         now = system_now()
         self.cluster = Cluster(
             ClusterConfig(config.heartbeat_timeout, config.heartbeat_interval, config.command_timeout),
@@ -89,11 +112,19 @@ class Daemon:
             self.cluster.policies = PolicyDirectory(directory)
             self._policy_changes(self.cluster.policies.load_all(now.wall), now)
             self.watcher = DirectoryWatcher(directory)
+        self.metrics.observe_nodes(self.cluster.nodes)
+
+    # --- setup ---------------------------------------------------------------------
+
+    def _open_endpoints(self, config: DaemonConfig) -> None:
+        """Keys, the ZAP handler, both ROUTER sockets and the metrics port: everything
+        that can be refused (a missing key, an address in use) before any state is made."""
+        _raise_descriptor_limit()
         self._curve: tuple[bytes, bytes] | None = None
         self.allow: dict[str, zap.AllowList] = {}
         self.refusals = BadFrameCounter()  # the same once-per-peer-per-minute logging
         if not config.insecure:
-            keys = config.keys_dir or Path("/etc/trainguard/keys")
+            keys = config.keys_dir or Path(DEFAULT_KEYS_DIR)
             try:
                 self._curve = keyfiles.load_pair(keys, "daemon")
             except keyfiles.KeyError_ as exc:
@@ -102,11 +133,14 @@ class Daemon:
                           zap.ADMINS_DOMAIN: zap.AllowList(keys / "admins")}
             # The ZAP handler must be bound before any CURVE socket can take a handshake.
             self._zap = self._ctx.socket(zmq.REP)
+            self._sockets.append(self._zap)
             self._zap.setsockopt(zmq.LINGER, 0)
             self._zap.bind("inproc://zeromq.zap.01")
         self.agents = self._bind(zmq.ROUTER, config.bind, "agent", zap.AGENTS_DOMAIN)
-        self.agents.setsockopt(zmq.ROUTER_MANDATORY, 1)  # send to an absent node raises
-        self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted agent takes its name back
+        # A send to a connection that is gone raises instead of vanishing. Routing ids are
+        # libzmq's own (random, per connection): a node's route is the connection it
+        # registered from, bound to its key, never an id a peer chose (no ROUTER_HANDOVER).
+        self.agents.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # ipc control sockets are guarded by file permissions; tcp ones by CURVE admin keys.
         self.ctl = self._bind(zmq.ROUTER, config.ctl, "control",
                               zap.ADMINS_DOMAIN if config.ctl.startswith("tcp://") else None)
@@ -119,7 +153,6 @@ class Daemon:
             for sock, domain in ((self.agents, zap.AGENTS_DOMAIN), (self.ctl, zap.ADMINS_DOMAIN)):
                 if sock.getsockopt(zmq.CURVE_SERVER):
                     self._monitors[sock.get_monitor_socket(failures)] = (sock, domain)
-        self.metrics.observe_nodes(self.cluster.nodes)
         if config.metrics is not None:
             host, port = config.metrics
             try:
@@ -127,7 +160,22 @@ class Daemon:
             except OSError as exc:
                 raise DaemonError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
 
-    # --- setup ---------------------------------------------------------------------
+    def _abandon(self) -> None:
+        """Undo a start that was refused: no socket file, lock or state directory left."""
+        for monitor in getattr(self, "_monitors", {}):
+            monitor.close(linger=0)
+        for sock in self._sockets:
+            sock.close(linger=0)
+        self._remove_ipc_files()
+        lock_path = Path(self._lock_file.name)
+        self._lock_file.close()
+        lock_path.unlink(missing_ok=True)
+        if self._made_state_dir:
+            shutil.rmtree(self.config.state_dir, ignore_errors=True)
+
+    def _remove_ipc_files(self) -> None:
+        for path in self._ipc_paths:
+            path.unlink(missing_ok=True)
 
     @staticmethod
     def _take_lock(state_dir: Path) -> Any:
@@ -141,6 +189,7 @@ class Daemon:
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "unknown"
+            lock.close()
             raise DaemonError(
                 f"another trainguard daemon (pid {holder}) is using state dir {state_dir}"
             ) from None
@@ -162,14 +211,20 @@ class Daemon:
         # zmq-level heartbeats find dead TCP peers (a powered-off node sends no RST).
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2_000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6_000)
+        # A connection that has not finished its handshake within this is dropped, so
+        # idle unauthenticated connections cannot pile up and eat descriptors.
+        sock.setsockopt(zmq.HANDSHAKE_IVL, _HANDSHAKE_MS)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
             sock.close()
             raise DaemonError(f"cannot bind the {what} endpoint {endpoint}: {exc}") from exc
+        self._sockets.append(sock)
         if endpoint.startswith("ipc://"):
+            path = Path(endpoint[len("ipc://"):])
+            self._ipc_paths.append(path)
             # The owner and the service group (operators' CLI) may connect; nobody else.
-            os.chmod(endpoint[len("ipc://") :], 0o660)
+            os.chmod(path, 0o660)
         return sock
 
     # --- main loop -----------------------------------------------------------------
@@ -202,52 +257,98 @@ class Daemon:
             nodes_known=len(self.cluster.nodes),
             heartbeat_timeout_s=self.config.heartbeat_timeout,
             heartbeat_interval_s=self.config.heartbeat_interval,
+            descriptor_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             pid=os.getpid(),
         )
         if self.watcher is not None:
             self.watcher.start()
         notify = Notifier()
         notify.ready(self._status_line())
-        next_flush = time.monotonic() + _FLUSH_EVERY
+        self._next_flush = time.monotonic() + _FLUSH_EVERY
         try:
             while not self._stop:
-                now = system_now()
-                wake = min(x for x in (self.cluster.next_deadline(), next_flush) if x is not None)
-                # Capped so that a stop request is noticed promptly.
-                timeout_ms = max(0, min(250, int((wake - now.mono) * 1000) + 1))
-                ready = dict(poller.poll(timeout_ms))
-                if self._curve is not None and self._zap in ready:
-                    self._drain(self._zap, self._on_zap)
-                for monitor, (_, domain) in self._monitors.items():
-                    if monitor in ready:
-                        self._drain(monitor, lambda frames, d=domain: self._on_monitor(frames, d))
-                if self.agents in ready:
-                    self._drain(self.agents, self._on_agent_frames)
-                if self.ctl in ready:
-                    self._drain(self.ctl, self._on_ctl_frames)
-                now = system_now()
-                self._apply(self.cluster.tick(now), now)
-                if self.watcher is not None and self.cluster.policies is not None:
-                    for path in self.watcher.due(now.mono):
-                        try:
-                            self._policy_changes(self.cluster.policies.reload(path, now.wall), now)
-                        except Exception:  # a loader bug must not take the daemon down
-                            log.exception("policy.reload_failed", file=str(path), action="the policy in force is unchanged")
-                if now.mono >= next_flush:
-                    self._flush()
-                    next_flush = now.mono + _FLUSH_EVERY
-                    self.metrics.observe_nodes(self.cluster.nodes)
-                    self._refresh_allow_lists()
-                    notify.status(self._status_line())
-                # Only a turn that got here has polled both sockets and run the
-                # deadlines: a wedged loop stops pinging and systemd restarts us.
-                notify.watchdog(now.mono)
+                if self._turn(poller):
+                    # Only a turn that polled the sockets and ran the deadlines pings the
+                    # watchdog: a wedged loop stops pinging and systemd restarts us.
+                    notify.watchdog(time.monotonic())
+                if time.monotonic() >= self._next_flush:
+                    self._guarded("flush", self._periodic, notify)
         finally:
             notify.stopping(f"stopping; {self._status_line()}")
             notify.close()
             log.info("daemon.stopping", instance=self.cluster.instance)
-            self._flush()
+            self._final_flush()
             self.close()
+
+    def _turn(self, poller: zmq.Poller) -> bool:
+        """One turn: poll, handle what arrived, run the deadlines. True when it got round."""
+        before = system_now()
+        wake = min(x for x in (self.cluster.next_deadline(), self._next_flush) if x is not None)
+        timeout = max(0.0, min(_POLL_CAP, wake - before.mono))
+        ready = dict(poller.poll(int(timeout * 1000) + 1))
+        after = system_now()
+        gap = after.mono - before.mono - timeout
+        if gap > _STALL_SLACK:
+            # Before anything else this turn: the nodes must not pay for our pause.
+            self._guarded("stall", lambda: self._apply(self.cluster.on_stall(gap, after), after))
+        if self._curve is not None and self._zap in ready:
+            self._drain(self._zap, self._on_zap)
+        for monitor, (_, domain) in self._monitors.items():
+            if monitor in ready:
+                self._drain(monitor, lambda frames, d=domain: self._on_monitor(frames, d))
+        if self.agents in ready:
+            self._drain(self.agents, self._on_agent_frames)
+        if self.ctl in ready:
+            self._drain(self.ctl, self._on_ctl_frames)
+        now = system_now()
+        ok = self._guarded("tick", lambda: self._apply(self.cluster.tick(now), now))
+        if self.watcher is not None:
+            self._guarded("policy_reload", self._reload_policies, now)
+        return ok
+
+    def _periodic(self, notify: Notifier) -> None:
+        self._next_flush = time.monotonic() + _FLUSH_EVERY
+        self._flush()
+        self.metrics.observe_nodes(self.cluster.nodes)
+        self._refresh_allow_lists()
+        self._check_descriptors()
+        notify.status(self._status_line())
+
+    def _guarded(self, step: str, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run one step of a turn; a failure is logged with its traceback and counted,
+        never the end of the loop."""
+        try:
+            fn(*args)
+            return True
+        except Exception:
+            self.metrics.handler_failures.labels(step).inc()
+            log.exception("daemon.handler_failed", step=step)
+            return False
+
+    def _reload_policies(self, now: Instant) -> None:
+        assert self.watcher is not None and self.cluster.policies is not None
+        for path in self.watcher.due(now.mono):
+            try:
+                self._policy_changes(self.cluster.policies.reload(path, now.wall), now)
+            except Exception:  # a loader bug must not take the daemon down
+                log.exception("policy.reload_failed", file=str(path), action="the policy in force is unchanged")
+
+    def _check_descriptors(self) -> None:
+        """Say so while there is still time: at the limit, libzmq stops accepting
+        connections (registered agents stay served, new ones wait)."""
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        try:
+            used = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            return
+        low = soft != resource.RLIM_INFINITY and used > soft * (1 - _FD_LOW)
+        if low and not self._fd_warned:
+            log.warning("daemon.descriptors_low", used=used, limit=soft,
+                        action="raise LimitNOFILE in the unit; look for a peer opening connections without "
+                        "authenticating (auth.refused)")
+        elif not low and self._fd_warned:
+            log.info("daemon.descriptors_ok", used=used, limit=soft)
+        self._fd_warned = low
 
     # --- authentication ------------------------------------------------------------
 
@@ -257,21 +358,21 @@ class Daemon:
                 log.info("auth.keys_loaded", domain=domain, directory=str(allowed.directory),
                          keys=sorted(allowed.keys.values()), problems=allowed.problems)
 
-    def _key_matches(self, frame: zmq.Frame, node: str, peer: str) -> bool:
+    def _key_refusal(self, frame: zmq.Frame, node: str) -> str | None:
         """A CURVE peer speaks for the node its key is allow-listed as (keys/agents/NODE.key),
         and only while that key is still allow-listed: removing a key cuts the node off
-        without a restart, and one node's key cannot register as another node."""
+        without a restart, and one node's key cannot register as another node. Returns
+        why not, or None when it may."""
         try:
             key_name = frame.get("User-Id")
         except (zmq.ZMQError, KeyError):
             key_name = None
         allowed = set(self.allow[zap.AGENTS_DOMAIN].keys.values())
         if key_name == f"{node}.key" and key_name in allowed:
-            return True
-        reason = (f"key {key_name!r} is no longer in the allow-list" if key_name not in allowed
-                  else f"key {key_name!r} may only speak for node {key_name.removesuffix('.key')!r}, not {node!r}")
-        self._refused(peer, "CURVE", zap.AGENTS_DOMAIN, reason)
-        return False
+            return None
+        if key_name not in allowed:
+            return f"key {key_name!r} is no longer in the allow-list"
+        return f"key {key_name!r} may only speak for node {key_name.removesuffix('.key')!r}, not {node!r}"
 
     def _on_zap(self, frames: list[zmq.Frame]) -> None:
         decision = zap.decide([f.bytes for f in frames], self.allow)
@@ -304,7 +405,7 @@ class Daemon:
                         suppressed_since_last=report.suppressed)
 
     def _status_line(self) -> str:
-        states = {s: 0 for s in ("up", "pending", "lost")}
+        states = {s: 0 for s in ("up", "pending", "lost", "left")}
         for record in self.cluster.nodes.records():
             states[record.state.value] += 1
         line = f"serving {states['up']} nodes up, {states['lost']} lost, {states['pending']} pending"
@@ -318,10 +419,9 @@ class Daemon:
         for monitor, (sock, _) in self._monitors.items():
             sock.disable_monitor()
             monitor.close(linger=0)
-        if self._curve is not None:
-            self._zap.close(linger=0)
-        self.agents.close(linger=0)
-        self.ctl.close(linger=0)
+        for sock in self._sockets:
+            sock.close(linger=0)
+        self._remove_ipc_files()
         self.store.close()
         self._lock_file.close()
 
@@ -331,17 +431,14 @@ class Daemon:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            try:
-                handler(frames)
-            except Exception:  # one bad message must not stop the loop
-                log.exception("daemon.handler_failed")
+            self._guarded("message", handler, frames)
 
     # --- agent frames --------------------------------------------------------------
 
     def _decode(self, frames: list[zmq.Frame], where: str, now: Instant) -> tuple[bytes, str, Any] | None:
         """(identity, peer, message) of a ROUTER delivery, or None after counting it bad."""
         identity = frames[0].bytes
-        peer = _peer_name(frames[-1], identity, self._known_node(identity))
+        peer = _peer_name(frames[-1], self.cluster.node_of_route(identity))
         if len(frames) != 2:
             self._bad_frame(peer, "malformed", f"{len(frames) - 1} frames on the {where} socket, expected 1", now)
             return None
@@ -351,29 +448,22 @@ class Daemon:
             self._bad_frame(peer, exc.reason, exc.detail, now)
             return None
 
-    def _known_node(self, identity: bytes) -> bool:
-        try:
-            return self.cluster.nodes.get(identity.decode()) is not None
-        except UnicodeDecodeError:
-            return False
-
     def _on_agent_frames(self, frames: list[zmq.Frame]) -> None:
         now = system_now()
         if (decoded := self._decode(frames, "agent", now)) is None:
             return
         identity, peer, msg = decoded
         node = getattr(msg, "node", None)
-        if node is None or node.encode() != identity:
-            return self._bad_frame(
-                peer,
-                "identity_mismatch",
-                f"{type(msg).__name__} for node {node!r} on a connection named {identity[:64]!r}",
-                now,
-            )
-        if self._curve is not None and not self._key_matches(frames[-1], node, peer):
+        if node is None:
+            return self._bad_frame(peer, "unexpected", f"{type(msg).__name__} on the agent socket", now)
+        if self._curve is not None and (refusal := self._key_refusal(frames[-1], node)) is not None:
+            self._refused(peer, "CURVE", zap.AGENTS_DOMAIN, refusal)
+            # Tell the agent, so that it says "not authorised" rather than "daemon unreachable".
+            self._send_agent(identity, Ack(id=new_id(), ts=now.wall, ref=msg.id, ok=False, error="not_authorised",
+                                           detail={"reason": refusal}))
             return None
         try:
-            outcome = self.cluster.on_agent_message(msg, now)
+            outcome = self.cluster.on_agent_message(msg, identity, now)
         except ProtocolError as exc:
             return self._bad_frame(peer, exc.reason, exc.detail, now)
         self._apply(outcome, now)
@@ -403,6 +493,15 @@ class Daemon:
 
     # --- acting on outcomes --------------------------------------------------------
 
+    def _send_agent(self, route: bytes, message: Any) -> str | None:
+        """Hand a message to one agent connection; the error when it cannot be."""
+        try:
+            self.agents.send_multipart([route, encode(message)], zmq.NOBLOCK)
+            return None
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH: not connected (ROUTER_MANDATORY); EAGAIN: its queue is full.
+            return exc.strerror
+
     def _apply(self, outcome: Outcome, now: Instant) -> None:
         self._record(outcome.changes, now)
         if outcome.changes:
@@ -411,12 +510,13 @@ class Daemon:
             # only updates (last seen, readings) wait for the periodic flush.
             self._flush()
         for send in outcome.sends:
-            if isinstance(send, ToNode):
-                try:
-                    self.agents.send_multipart([send.node.encode(), encode(send.message)], zmq.NOBLOCK)
-                except zmq.ZMQError as exc:
-                    # EHOSTUNREACH: not connected (ROUTER_MANDATORY); EAGAIN: its queue is full.
-                    self._apply(self.cluster.on_send_failed(send, exc.strerror, now), now)
+            if isinstance(send, ToPeer):
+                self._send_agent(send.route, send.message)
+            elif isinstance(send, ToNode):
+                route = self.cluster.route_of(send.node)
+                error = "not connected" if route is None else self._send_agent(route, send.message)
+                if error is not None:
+                    self._apply(self.cluster.on_send_failed(send, error, now), now)
             else:
                 try:
                     self.ctl.send_multipart([send.client, encode(send.message)], zmq.NOBLOCK)
@@ -425,15 +525,17 @@ class Daemon:
 
     def _record(self, changes: list[NodeChange], now: Instant) -> None:
         for change in changes:
-            fields = {"node": change.node, **change.fields} if change.node != "*" else dict(change.fields)
+            # The record's own node wins over anything in its fields.
+            fields = dict(change.fields) if change.node == "*" else {**change.fields, "node": change.node}
+            fields.pop("event", None)
             level = "warning" if change.event in _WARN_EVENTS or change.event.startswith("signal.") else "info"
             getattr(log, level)(change.event, **fields)
-            signal = fields.get("signal")
-            if isinstance(signal, str):
-                pool = _FAMILY.get(str(fields.get("accelerator")), str(fields.get("accelerator", "unknown")))
-                self.metrics.signals.labels(signal, pool).inc()
-                if "detection_latency_s" in fields:
-                    self.metrics.detection_latency.labels(signal).observe(fields["detection_latency_s"])
+            signal_ = fields.get("signal")
+            if isinstance(signal_, str):
+                pool = _pool_of(fields.get("accelerator"))
+                self.metrics.signals.labels(signal_, pool).inc()
+                if "detection_latency_s" in fields and "clock_skew_s" not in fields:
+                    self.metrics.detection_latency.labels(signal_).observe(fields["detection_latency_s"])
             self._queue_event(now.wall, change.event, fields)
 
     def _policy_changes(self, changes: list[Change], now: Instant) -> None:
@@ -455,12 +557,12 @@ class Daemon:
                       reason=f"the state database has not been writable while {_MAX_UNSAVED_EVENTS} events waited; "
                       "newer events are logged but not stored")
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
         table = self.cluster.nodes
         dirty = [r for n in table.dirty if (r := table.get(n)) is not None]
         seen = [(n, r.last_seen) for n in table.heard - table.dirty if (r := table.get(n)) is not None]
         try:
-            self.store.save(dirty, self._pending_events, seen)
+            self.store.save(dirty, self._pending_events, seen, table.forgotten)
         except StoreError as exc:
             if not self._store_failing:
                 log.error(
@@ -470,32 +572,64 @@ class Daemon:
                     action="serving from memory; retrying every second",
                 )
             self._store_failing = True
-            return
+            return False
         if self._store_failing:
             log.info("store.write_recovered", saved_events=len(self._pending_events))
             self._store_failing = False
         table.dirty.clear()
         table.heard.clear()
+        table.forgotten.clear()
         self._pending_events = []
+        return True
+
+    def _final_flush(self) -> None:
+        """The last write before exiting; if the store still cannot be written, say
+        exactly what is being lost, since nothing will retry it."""
+        try:
+            saved = self._flush()
+        except Exception:
+            log.exception("daemon.handler_failed", step="final_flush")
+            saved = False
+        if not saved:
+            log.error("store.unsaved_at_exit", unsaved_events=len(self._pending_events),
+                      unsaved_nodes=sorted(self.cluster.nodes.dirty)[:100],
+                      events_lost_before=self._events_lost, database=str(self.store.path),
+                      effect="these events are in this log only; the node table is rebuilt when agents re-register")
 
 
-_WARN_EVENTS = {"node.lost", "chip.health_changed"}
-_FAMILY = {"sim-ascend": "ascend", "sim-nvidia": "nvidia"}
+_WARN_EVENTS = {"node.lost", "chip.health_changed", "daemon.stalled"}
 
 
-def _peer_name(frame: zmq.Frame, identity: bytes, known_node: bool) -> str:
+def _pool_of(accelerator: Any) -> str:
+    try:
+        return Accelerator(accelerator).family
+    except ValueError:
+        return "unknown"
+
+
+def _raise_descriptor_limit() -> None:
+    """Use the hard limit the service was given (LimitNOFILE): every agent connection is a
+    descriptor, and the default soft limit of 1024 is far too few for a large cluster."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20), hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _peer_name(frame: zmq.Frame, node: str | None) -> str:
     """Who sent a frame, for logs and for rate-limiting them: the peer's address when the
-    transport knows it (tcp over ZMTP 3), else the node it is, when its identity is a
-    node the daemon knows. Anything else shares one bucket: libzmq reads a raw byte
-    stream that is not ZMTP 3 as a legacy ZMTP 1.0 peer whose first frame becomes a
-    random identity, so keying on those would give every garbage connection its own
-    log line."""
+    transport knows it (tcp over ZMTP 3), else the node it is, when its connection is a
+    registered node's. Anything else shares one bucket: libzmq reads a raw byte stream
+    that is not ZMTP 3 as a legacy ZMTP 1.0 peer with a random identity, so keying on
+    those would give every garbage connection its own log line."""
     try:
         address = frame.get("Peer-Address")
     except (zmq.ZMQError, AttributeError, KeyError):
         address = None
     if address:
         return address
-    if known_node:
-        return f"node:{identity.decode()}"
+    if node is not None:
+        return f"node:{node}"
     return "unidentified"

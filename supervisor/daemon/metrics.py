@@ -32,6 +32,12 @@ class DaemonMetrics:
                                   ["reason"], registry=r)
         self.refused_peers = Counter("trainguard_refused_peers_total",
                                      "Connections refused by authentication, by mechanism.", ["mechanism"], registry=r)
+        self.handler_failures = Counter("trainguard_daemon_handler_failures_total",
+                                        "Steps of the daemon's loop that raised (logged as daemon.handler_failed).",
+                                        ["step"], registry=r)
+        self.agent_handler_failures = Gauge("trainguard_agent_handler_failures",
+                                            "Steps of the agents' loops that raised (agent.handler_failed), summed "
+                                            "over the nodes' latest heartbeats.", registry=r)
         self.policy_reloads = Counter("trainguard_policy_reloads_total",
                                       "Policy file (re)loads, by result (loaded, rejected, removed).", ["result"], registry=r)
         # Job metrics: declared under their final names; filled once jobs exist.
@@ -62,5 +68,6 @@ class DaemonMetrics:
                 chips[chip.health] += 1
         for state, n in states.items():
             self.nodes.labels(state.value).set(n)
+        self.agent_handler_failures.set(sum(r.handler_failures for r in table.records()))
         for health, n in chips.items():
             self.chips.labels(health.value).set(n)

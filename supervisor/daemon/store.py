@@ -9,6 +9,7 @@ so nothing is dropped while the disk is full, and keeps serving from memory mean
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
@@ -87,20 +88,22 @@ class Store:
         nodes: Iterable[NodeRecord],
         events: Iterable[tuple[float, str, dict[str, Any]]],
         seen: Iterable[tuple[str, float]] = (),
+        deleted: Iterable[str] = (),
     ) -> None:
-        """One transaction: upsert `nodes`, append `events` (ts, name, fields), and bump
-        the last_seen time of the (node, time) pairs in `seen` (heartbeats: no rewrite of
-        the whole record)."""
+        """One transaction: upsert `nodes`, append `events` (ts, name, fields), bump the
+        last_seen time of the (node, time) pairs in `seen` (heartbeats: no rewrite of the
+        whole record), and delete the `deleted` nodes. Raises only StoreError."""
         seen_rows = [(ts, node) for node, ts in seen]
+        delete_rows = [(node,) for node in deleted]
         node_rows = [
             (r.node, r.state.value, r.accelerator.value, r.last_seen, msgspec.json.encode(r).decode())
             for r in nodes
         ]
         event_rows = [
-            (ts, name, fields.get("node"), fields.get("job"), json.dumps(fields, default=str))
+            (ts, name, _text(fields.get("node")), _text(fields.get("job")), _event_json(name, fields))
             for ts, name, fields in events
         ]
-        if not node_rows and not event_rows and not seen_rows:
+        if not node_rows and not event_rows and not seen_rows and not delete_rows:
             return
         try:
             with self._db:
@@ -112,6 +115,7 @@ class Store:
                     node_rows,
                 )
                 self._db.executemany("UPDATE nodes SET last_seen=? WHERE node=?", seen_rows)
+                self._db.executemany("DELETE FROM nodes WHERE node=?", delete_rows)
                 self._db.executemany(
                     "INSERT INTO events (ts, event, node, job, fields) VALUES (?,?,?,?,?)", event_rows
                 )
@@ -130,3 +134,29 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _event_json(name: str, fields: dict[str, Any]) -> str:
+    """An event's fields as JSON, whatever they hold: a value JSON cannot carry (a
+    non-string key, NaN) is written as text, never an exception that would stop the
+    daemon's flush and lose the events around it."""
+    try:
+        return json.dumps(fields, default=str, allow_nan=False)
+    except (TypeError, ValueError):
+        return json.dumps(_json_safe(fields), default=str, allow_nan=False)
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    if depth > 20:
+        return repr(value)[:200]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, depth + 1) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value

@@ -33,7 +33,7 @@ from supervisor.policy.schema import (
     Rule,
     Then,
 )
-from supervisor.shared.vocab import Action, Severity, Signal
+from supervisor.shared.vocab import Accelerator, Action, Severity, Signal
 from supervisor.shared.yamlcheck import Checker, Problem, YamlProblems, compose
 from supervisor.shared.yamlcheck import kind as _kind
 from supervisor.shared.yamlcheck import show as _show
@@ -41,7 +41,7 @@ from supervisor.shared.yamlcheck import show as _show
 T = TypeVar("T")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
-_ACCELERATORS = ("ascend", "nvidia", "cpu")
+_ACCELERATORS = Accelerator.families()
 _EXCLUDE_WORDS = {
     "none": ExcludeTarget.NONE,
     "faulty_node": ExcludeTarget.NODE,

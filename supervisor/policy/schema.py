@@ -12,8 +12,9 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Union
 
+from supervisor.shared import defaults as d
 from supervisor.shared.durations import format_window as _fmt
-from supervisor.shared.vocab import Action, Severity, Signal
+from supervisor.shared.vocab import Accelerator, Action, Severity, Signal
 
 POLICY_VERSION = 1
 
@@ -41,11 +42,11 @@ class Pool:
 
 @dataclass(frozen=True)
 class Detect:
-    heartbeat_timeout: float = 15.0
-    hang_timeout: float = 300.0
-    checkpoint_hang_timeout: float = 1800.0
-    eval_hang_timeout: float = 1800.0
-    probe_interval: float = 5.0
+    heartbeat_timeout: float = d.DEFAULT_HEARTBEAT_TIMEOUT
+    hang_timeout: float = d.DEFAULT_HANG_TIMEOUT
+    checkpoint_hang_timeout: float = d.DEFAULT_CHECKPOINT_HANG_TIMEOUT
+    eval_hang_timeout: float = d.DEFAULT_EVAL_HANG_TIMEOUT
+    probe_interval: float = d.DEFAULT_PROBE_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,9 @@ class Policy:
         """The pool made of this accelerator family (sim-ascend counts as ascend), if one."""
         if accelerator is None:
             return None
-        family = {"sim-ascend": "ascend", "sim-nvidia": "nvidia"}.get(accelerator, accelerator)
+        try:
+            family = Accelerator(accelerator).family
+        except ValueError:
+            family = accelerator
         matches = [p.name for p in self.pools.values() if p.accelerator == family]
         return matches[0] if len(matches) == 1 else None

@@ -12,27 +12,44 @@ optional fields without breaking older receivers; anything that changes meaning 
 
 from __future__ import annotations
 
-import enum
+import math
 import os
 from typing import Annotated, Any, Union
 
 import msgspec
 
-from supervisor.shared.vocab import Accelerator, Health, Signal
+from supervisor.shared.vocab import Accelerator, Fault, Health, Signal
 
 PROTOCOL_VERSION = 1
-#: Where agents find the daemon, and the CLI its control endpoint, unless told otherwise.
-DEFAULT_AGENT_ENDPOINT = "tcp://127.0.0.1:7755"
-DEFAULT_CTL_ENDPOINT = "tcp://127.0.0.1:7756"
 #: Frames above this are dropped unread. A heartbeat of a 16-chip node is ~1.5 KiB.
 MAX_FRAME_BYTES = 256 * 1024
 
 # \Z, not $: msgspec matches with re.search, and $ would accept a trailing newline.
 NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z"
 NodeId = Annotated[str, msgspec.Meta(pattern=NODE_ID_PATTERN)]
+#: Job names become file and directory names on every node: lower case, no path parts.
+JOB_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}\Z"
+JobName = Annotated[str, msgspec.Meta(pattern=JOB_NAME_PATTERN)]
 MsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Evidence = Annotated[str, msgspec.Meta(max_length=16 * 1024)]
-ChipIndex = Annotated[int, msgspec.Meta(ge=0, lt=4096)]
+ShortText = Annotated[str, msgspec.Meta(max_length=256)]
+#: Chips a node may have (and the highest chip index + 1).
+MAX_CHIPS = 4096
+ChipIndex = Annotated[int, msgspec.Meta(ge=0, lt=MAX_CHIPS)]
+#: The most ranks one node runs for one job, whatever it has: a cpu node (no chips) is
+#: bounded too, so a typo such as --nproc 100000 cannot fork-bomb a node.
+MAX_RANKS_PER_NODE = 256
+Rank = Annotated[int, msgspec.Meta(ge=0, lt=1 << 24)]
+#: Process ids are positive; Linux caps them at 2**22.
+Pid = Annotated[int, msgspec.Meta(gt=0, lt=1 << 31)]
+Count = Annotated[int, msgspec.Meta(ge=0, lt=1 << 62)]
+#: Unix times from peers: finite and after 2000-01-01, before 2100 (a NaN or inf from a
+#: broken clock must never reach a sum, a histogram or the store).
+WallTime = Annotated[float, msgspec.Meta(ge=946684800.0, le=4102444800.0)]
+#: Times that may be zero in tests and minimal messages (`ts`): finite, not negative.
+Stamp = Annotated[float, msgspec.Meta(ge=0.0, le=4102444800.0)]
+Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=7 * 86400.0)]
+Reading = Annotated[float, msgspec.Meta(ge=-1e9, le=1e12)]
 
 
 class ProtocolError(ValueError):
@@ -44,16 +61,6 @@ class ProtocolError(ValueError):
         self.detail = detail
 
 
-class CommandKind(str, enum.Enum):
-    """What the daemon can ask an agent to do. Commands carry ids and are idempotent."""
-
-    INJECT = "inject"
-    LAUNCH = "launch"
-    STOP = "stop"
-    CHECKPOINT = "checkpoint"
-    DRAIN = "drain"
-
-
 # --- payload pieces -------------------------------------------------------------------
 
 
@@ -63,33 +70,33 @@ class ChipStatus(msgspec.Struct, frozen=True, kw_only=True):
 
     index: ChipIndex
     health: Health
-    temperature_c: float | None = None
-    memory_used_mb: int | None = None
-    memory_total_mb: int | None = None
-    ecc_uncorrectable: int = 0
-    ecc_correctable: int = 0
-    error_codes: tuple[str, ...] = ()
-    reason: str | None = None
+    temperature_c: Reading | None = None
+    memory_used_mb: Count | None = None
+    memory_total_mb: Count | None = None
+    ecc_uncorrectable: Count = 0
+    ecc_correctable: Count = 0
+    error_codes: Annotated[tuple[ShortText, ...], msgspec.Meta(max_length=64)] = ()
+    reason: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
 
 
 class HostStatus(msgspec.Struct, frozen=True, kw_only=True):
     """The node's host resources, read with psutil."""
 
     health: Health
-    mem_used_pct: float | None = None
-    disk_free_bytes: int | None = None
-    disk_total_bytes: int | None = None
-    load1: float | None = None
-    reason: str | None = None
+    mem_used_pct: Reading | None = None
+    disk_free_bytes: Count | None = None
+    disk_total_bytes: Count | None = None
+    load1: Reading | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
 
 
 class RunningRank(msgspec.Struct, frozen=True, kw_only=True):
     """A training rank an agent is running, reported so a restarted daemon can reconcile."""
 
-    job: str
-    rank: int
-    pid: int
-    step: int | None = None
+    job: JobName
+    rank: Rank
+    pid: Pid
+    step: Count | None = None
 
 
 # --- messages -------------------------------------------------------------------------
@@ -97,7 +104,7 @@ class RunningRank(msgspec.Struct, frozen=True, kw_only=True):
 
 class Message(msgspec.Struct, tag_field="type", kw_only=True):
     id: MsgId
-    ts: float
+    ts: Stamp
     v: int = PROTOCOL_VERSION
 
 
@@ -107,57 +114,130 @@ class Register(Message, tag="register"):
 
     node: NodeId
     accelerator: Accelerator
-    chips: tuple[ChipStatus, ...]
+    chips: Annotated[tuple[ChipStatus, ...], msgspec.Meta(max_length=MAX_CHIPS)]
     host: HostStatus
-    agent_version: str
-    agent_instance: str
-    hostname: str
-    pid: int
-    running: tuple[RunningRank, ...] = ()
+    agent_version: ShortText
+    agent_instance: ShortText
+    hostname: ShortText
+    pid: Pid
+    running: Annotated[tuple[RunningRank, ...], msgspec.Meta(max_length=4096)] = ()
 
 
 class Heartbeat(Message, tag="heartbeat"):
-    """Agent → daemon, every heartbeat interval, with the current health summary."""
+    """Agent → daemon, every heartbeat interval, with the current health summary.
+    `handler_failures` counts the agent's own loop steps that raised since it started
+    (each is logged there as `agent.handler_failed`): a bug on a node shows in metrics."""
 
     node: NodeId
-    seq: int
-    agent_instance: str
-    chips: tuple[ChipStatus, ...]
+    seq: Count
+    agent_instance: ShortText
+    chips: Annotated[tuple[ChipStatus, ...], msgspec.Meta(max_length=MAX_CHIPS)]
     host: HostStatus
-    running: tuple[RunningRank, ...] = ()
+    running: Annotated[tuple[RunningRank, ...], msgspec.Meta(max_length=4096)] = ()
+    handler_failures: Count = 0
+
+
+#: The events an agent may report. Anything else (a `node.lost` for another node, say)
+#: is refused at decode: a node speaks about itself, in its own words.
+AGENT_EVENTS = frozenset(
+    {"chip.health_changed", "host.health_changed", "rank.started", "rank.exited"}
+    | {f"signal.{s.value}" for s in Signal}
+)
 
 
 class Event(Message, tag="event"):
     """Agent → daemon: something changed or went wrong on the node. `name` is the stable
-    log event name (`chip.health_changed`); `signal` is the fault taxonomy entry, if any.
+    log event name (`chip.health_changed`, one of AGENT_EVENTS); `signal` is the fault
+    taxonomy entry, if any. `fields` is JSON-safe (checked at decode) and can never
+    override the record's own node, job, rank or event names (the daemon sees to that).
     Events are resent until acknowledged; the daemon ignores duplicates by `id`."""
 
     node: NodeId
-    name: str
-    observed_at: float
+    name: Annotated[str, msgspec.Meta(max_length=64)]
+    observed_at: WallTime
     signal: Signal | None = None
     chip: ChipIndex | None = None
-    job: str | None = None
-    rank: int | None = None
+    job: JobName | None = None
+    rank: Rank | None = None
     evidence: Evidence = ""
     fields: dict[str, Any] = {}
+
+
+class Goodbye(Message, tag="goodbye"):
+    """Agent → daemon: this agent is stopping on purpose (SIGTERM, `systemctl stop`). The
+    node is then `left`, not `lost`: no node_lost signal, nothing to fail over."""
+
+    node: NodeId
+    agent_instance: ShortText
+    reason: ShortText = "agent stopped"
+
+
+# --- commands (daemon → agent) ----------------------------------------------------------
+
+#: An absolute or relative path as given by an operator: no NUL, bounded.
+PathText = Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=r"^[^\x00]+\Z")]
+EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")]
+EnvValue = Annotated[str, msgspec.Meta(max_length=32 * 1024, pattern=r"^[^\x00]*\Z")]
+Arg = Annotated[str, msgspec.Meta(max_length=64 * 1024, pattern=r"^[^\x00]*\Z")]
+
+
+class CommandArgs(msgspec.Struct, tag_field="kind", forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """What a command asks for; one struct per kind, validated when the frame is decoded."""
+
+    @property
+    def kind(self) -> str:
+        return str(self.__struct_config__.tag)
+
+
+class InjectArgs(CommandArgs, tag="inject"):
+    """Act out `fault` on a simulated chip (sim nodes only)."""
+
+    fault: Fault
+    chip: ChipIndex = 0
+    count: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
+
+
+class LaunchArgs(CommandArgs, tag="launch"):
+    """Start `nproc` ranks of `argv` on this node as a single-node job."""
+
+    job: JobName
+    argv: Annotated[tuple[Arg, ...], msgspec.Meta(min_length=1, max_length=4096)]
+    nproc: Annotated[int, msgspec.Meta(ge=1, le=MAX_RANKS_PER_NODE)] = 1
+    ckpt_dir: PathText | None = None
+    cwd: PathText | None = None
+    env: Annotated[dict[EnvName, EnvValue], msgspec.Meta(max_length=1024)] = {}
+    master_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+
+
+class StopArgs(CommandArgs, tag="stop"):
+    """Stop a job's ranks: SIGTERM, then SIGKILL after `grace` seconds."""
+
+    job: JobName
+    grace: Seconds = 30.0
+
+
+AnyCommandArgs = Union[InjectArgs, LaunchArgs, StopArgs]
 
 
 class Command(Message, tag="command"):
     """Daemon → agent. The agent answers with a `Result` whose `ref` is this id, and
     answers a repeated id with the first result instead of acting twice."""
 
-    kind: CommandKind
-    args: dict[str, Any] = {}
+    args: AnyCommandArgs
+
+    @property
+    def kind(self) -> str:
+        return self.args.kind
 
 
 class Ack(Message, tag="ack"):
     """Daemon → agent: receipt of a register / heartbeat / event (`ref`). `ok=False` with
-    `error="unregistered"` asks the agent to register again."""
+    `error="unregistered"` asks the agent to register again; `error="not_authorised"`
+    says its key may not speak for the node it claims (or was removed)."""
 
     ref: MsgId
     ok: bool = True
-    error: str | None = None
+    error: ShortText | None = None
     detail: dict[str, Any] = {}
 
 
@@ -167,14 +247,14 @@ class Result(Message, tag="result"):
     node: NodeId
     ref: MsgId
     ok: bool
-    error: str | None = None
+    error: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
     detail: dict[str, Any] = {}
 
 
 class CtlRequest(Message, tag="ctl"):
     """CLI → daemon control endpoint: one verb (`status`, `inject`, ...) with arguments."""
 
-    verb: str
+    verb: Annotated[str, msgspec.Meta(max_length=64)]
     args: dict[str, Any] = {}
 
 
@@ -189,7 +269,58 @@ class CtlReply(Message, tag="ctl_reply"):
     code: str | None = None
 
 
-AnyMessage = Union[Register, Heartbeat, Event, Command, Ack, Result, CtlRequest, CtlReply]
+AnyMessage = Union[Register, Heartbeat, Event, Goodbye, Command, Ack, Result, CtlRequest, CtlReply]
+
+
+# --- free-form maps from peers ---------------------------------------------------------
+
+#: Bounds on a free-form map (event fields, details, control arguments): deep or huge
+#: structures, non-string keys and non-finite numbers are refused, so whatever is
+#: accepted can be logged, stored as JSON and summed in metrics.
+MAX_FREEFORM_DEPTH = 6
+MAX_FREEFORM_ITEMS = 10_000
+
+
+def _check_freeform(value: Any, where: str, depth: int = 0, budget: list[int] | None = None) -> None:
+    budget = budget if budget is not None else [MAX_FREEFORM_ITEMS]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ValueError(f"{where}: more than {MAX_FREEFORM_ITEMS} items")
+    if depth > MAX_FREEFORM_DEPTH:
+        raise ValueError(f"{where}: nested deeper than {MAX_FREEFORM_DEPTH}")
+    if value is None or isinstance(value, (bool, str, int)):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 1 << 63:
+            raise ValueError(f"{where}: integer out of range")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {value!r} is not a finite number")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_freeform(item, f"{where}[{i}]", depth + 1, budget)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: key {_clip(repr(key), 40)} is not a string")
+            _check_freeform(item, f"{where}.{_clip(key, 40)}", depth + 1, budget)
+        return
+    raise ValueError(f"{where}: {type(value).__name__} values are not allowed")
+
+
+def _check(message: AnyMessage) -> None:
+    """What msgspec's types cannot say: free-form maps are JSON-safe, event names known."""
+    if isinstance(message, Event):
+        if message.name not in AGENT_EVENTS:
+            raise ValueError(f"event name {_clip(message.name, 64)!r} is not one an agent may report")
+        _check_freeform(message.fields, "$.fields")
+    elif isinstance(message, (Ack, Result)):
+        _check_freeform(message.detail, "$.detail")
+    elif isinstance(message, CtlRequest):
+        _check_freeform(message.args, "$.args")
+    elif isinstance(message, CtlReply):
+        _check_freeform(message.result, "$.result")
 
 
 class _Envelope(msgspec.Struct):
@@ -235,8 +366,31 @@ def decode(frame: bytes | memoryview, limit: int = MAX_FRAME_BYTES) -> AnyMessag
             "unknown_version", f"version {envelope.v}, this side speaks {PROTOCOL_VERSION}"
         )
     try:
-        return _message_decoder.decode(frame)
+        message = _message_decoder.decode(frame)
     except msgspec.ValidationError as exc:
         raise ProtocolError("invalid", f"{_clip(envelope.type, 40)!r} message: {_clip(str(exc))}") from None
     except Exception as exc:
         raise ProtocolError("malformed", f"{_clip(envelope.type, 40)!r}: {_clip(str(exc))}") from None
+    try:
+        _check(message)
+    except ValueError as exc:
+        raise ProtocolError("invalid", f"{_clip(envelope.type, 40)!r} message: {_clip(str(exc))}") from None
+    return message
+
+
+class _CommandRef(msgspec.Struct):
+    type: str
+    id: MsgId
+
+
+_command_ref_decoder = msgspec.msgpack.Decoder(_CommandRef)
+
+
+def command_ref(frame: bytes | memoryview) -> str | None:
+    """The id of a command frame that failed to decode, so the agent can refuse it with
+    a Result naming what is wrong; None when the frame is not even that."""
+    try:
+        ref = _command_ref_decoder.decode(frame)
+    except Exception:
+        return None
+    return ref.id if ref.type == "command" else None

@@ -27,7 +27,12 @@ class Accelerator(str, enum.Enum):
     @property
     def family(self) -> str:
         """The vendor family a pool is made of: a sim-ascend node counts as ascend."""
-        return {"sim-ascend": "ascend", "sim-nvidia": "nvidia"}.get(self.value, self.value)
+        return self.value.removeprefix("sim-")
+
+    @classmethod
+    def families(cls) -> tuple[str, ...]:
+        """The families a pool can be made of: ascend, nvidia, cpu."""
+        return tuple(dict.fromkeys(a.family for a in cls))
 
 
 class Health(str, enum.Enum):
@@ -68,11 +73,14 @@ class NodeState(str, enum.Enum):
     lost → up: the node registered or heartbeated again (`node.recovered`).
     pending → lost: a node known from the store did not come back within
     `heartbeat_timeout` of the daemon starting.
+    up → left: its agent said goodbye (stopped on purpose); no node_lost signal.
+    left → up: the agent registered again.
     """
 
     PENDING = "pending"
     UP = "up"
     LOST = "lost"
+    LEFT = "left"
 
 
 class Signal(str, enum.Enum):
