@@ -56,7 +56,6 @@ def run(endpoint: str, agents: int, seconds: float, register: bool) -> dict[str,
     for i in range(agents):
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.ROUTING_ID, f"bench-{i}".encode())
         s.connect(endpoint)
         socks.append(s)
     poller = zmq.Poller()

@@ -104,10 +104,21 @@ def test_only_allow_listed_agents_register_and_the_rest_are_refused_and_logged(t
         wait_for(lambda: any("may only speak for node 'good'" in e["reason"]
                              for e in cluster.find_events("daemon", "auth.refused")), 20, "the impostor refused")
         assert "impostor" not in {n["node"] for n in cluster.status()["nodes"]}
+        # ... nor take its route: good's commands still reach good (its sim chip changes).
+        assert request(cluster.ctl, "inject", {"node": "good", "fault": "warning", "chip": 1}, timeout=10)["node"] == "good"
+        wait_for(lambda: cluster.node("good")["chips"][1]["health"] == "warning", 20, "good's own probe to see it")
+        assert cluster.node("good")["state"] == "up"
+        # An agent without keys facing a secure daemon says authentication failed.
+        plain = wait_for(lambda: cluster.find_events("plaintext", "agent.auth_refused"), 20, "the plain agent's refusal")
+        assert "--insecure" in plain[0]["reason"]
 
-        # Removing a key cuts its node off without a restart.
+        # Removing a key cuts its node off without a restart, and the node says why.
+        before = len(cluster.find_events("stranger", "agent.auth_refused"))
         (daemon_keys / "agents" / "stranger.key").unlink()
         cluster.wait_nodes("lost", ["stranger"], timeout=cluster.heartbeat_timeout + 5)
+        wait_for(lambda: len(cluster.find_events("stranger", "agent.auth_refused")) > before, 20,
+                 "the cut-off agent to log that it is refused")
+        assert not cluster.find_events("stranger", "agent.daemon_unreachable")
 
         # Secret keys never reach a log.
         secrets = [(d / f"{n}.key_secret").read_text() for d, n in
@@ -127,7 +138,7 @@ def test_a_tcp_control_endpoint_needs_an_admin_key(tmp_path, keys, monkeypatch):
     try:
         cluster.start_daemon()
         monkeypatch.setenv("TRAINGUARD_KEYS_DIR", str(tmp_path / "nobody"))
-        with pytest.raises(ClientError, match="no answer"):
+        with pytest.raises(ClientError, match="refused: not authorised"):
             request(cluster.ctl, "ping", timeout=2)
         wait_for(lambda: cluster.find_events("daemon", "auth.refused"), 10, "the refusal to be logged")
         monkeypatch.setenv("TRAINGUARD_KEYS_DIR", str(tmp_path / "keys-admin"))

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from supervisor.cli.localcluster import wait_for
-from supervisor.shared.protocol import Heartbeat, HostStatus, ProtocolError, Register, decode, encode, new_id
+from supervisor.shared.protocol import Heartbeat, HostStatus, ProtocolError, decode, encode, new_id
 from supervisor.shared.vocab import Accelerator, Health
 from tests.conftest import trainguard
 
@@ -115,7 +115,6 @@ def test_garbage_frames_leave_the_daemon_serving(make_cluster):
     ctx = zmq.Context.instance()
     sender = ctx.socket(zmq.DEALER)
     sender.setsockopt(zmq.LINGER, 0)
-    sender.setsockopt(zmq.ROUTING_ID, b"junk")
     sender.connect(cluster.bind)
     frames = []
     for i in range(1000):
@@ -133,13 +132,7 @@ def test_garbage_frames_leave_the_daemon_serving(make_cluster):
     frames.append([rng.randbytes(300 * 1024)])  # over the protocol's frame limit
     for parts in frames:
         sender.send_multipart(parts)
-    # A valid message for a node this connection is not: refused, n1 unaffected.
-    impostor = Register(
-        id=new_id(), ts=time.time(), node="n1", accelerator=Accelerator.SIM_ASCEND, chips=(),
-        host=HostStatus(health=Health.OK), agent_version="evil", agent_instance="evil",
-        hostname="evil", pid=1,
-    )
-    sender.send(encode(impostor))
+    # (A node claiming another node's name is refused by key on a secure daemon: test_auth.py.)
     # Raw TCP garbage that is not even ZMTP.
     host, port = cluster.bind.removeprefix("tcp://").split(":")
     for _ in range(5):
@@ -149,8 +142,8 @@ def test_garbage_frames_leave_the_daemon_serving(make_cluster):
     # Every bad frame is counted, though the log shows one line per peer per minute. A
     # bit flip can leave a frame valid, so the expectation is computed, not assumed; the
     # raw TCP garbage adds an unknowable number on top (libzmq parses it as ZMTP 1.0).
-    expected = 1 + sum(1 for parts in frames if _is_bad_for_identity(parts, "junk"))
-    assert expected > 900
+    expected = sum(1 for parts in frames if _is_bad(parts))
+    assert expected > 850
     # The daemon handles one connection's frames in order: once it answers a valid
     # heartbeat sent last, it has seen everything sent before it.
     sentinel = Heartbeat(id="sentinel-0001", ts=time.time(), node="junk", seq=2, agent_instance="x",
@@ -165,10 +158,8 @@ def test_garbage_frames_leave_the_daemon_serving(make_cluster):
     status = cluster.status()
     assert status["daemon"]["bad_frames"]["total"] >= expected
     assert status["daemon"]["bad_frames"]["by_reason"].get("oversize") == 1, status["daemon"]["bad_frames"]
-    assert status["daemon"]["bad_frames"]["by_reason"]["identity_mismatch"] >= 1
     states = {n["node"]: n for n in status["nodes"]}
     assert all(states[n]["state"] == "up" for n in NODES)
-    assert states["n1"]["agent_version"] != "evil"
     assert cluster.procs["daemon"].alive()
     bad = cluster.find_events("daemon", "protocol.bad_frame")
     peers = [b["peer"] for b in bad]
@@ -181,14 +172,14 @@ def test_garbage_frames_leave_the_daemon_serving(make_cluster):
     sender.close()
 
 
-def _is_bad_for_identity(parts: list[bytes], identity: str) -> bool:
+def _is_bad(parts: list[bytes]) -> bool:
     if len(parts) != 1:
         return True
     try:
         msg = decode(parts[0])
     except ProtocolError:
         return True
-    return getattr(msg, "node", None) != identity
+    return getattr(msg, "node", None) is None  # a message an agent never sends
 
 
 @pytest.mark.timeout(60)
