@@ -109,7 +109,7 @@ class RankMonitor:
             if not any(j == exit.job for j, _ in self.launcher.ranks):
                 self._heartbeating.discard(exit.job)
                 self._lines_since.pop(exit.job, None)
-                self.quiet._quiet.pop(exit.job, None)
+                self.quiet.forget(exit.job)
             scanner = self._scanners.pop((exit.job, exit.rank), None)
             if scanner is not None:
                 observations += [self._finding(exit.job, exit.rank, f) for f in scanner.flush()]

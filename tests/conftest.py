@@ -40,3 +40,44 @@ def trainguard(*args: str, timeout: float = 30, env: dict | None = None) -> subp
         env=env,
         stdin=subprocess.DEVNULL,
     )
+
+
+# --- `slow` means "starts a process" ------------------------------------------------------
+# `make test PYTEST_ARGS="-m 'not slow'"` must stay pure and in-process, so a test that
+# starts a process (subprocess, fork, exec) without the `slow` mark fails, naming what it
+# started. An audit hook sees every start without replacing anything the test uses.
+
+_PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.spawn", "os.system"})
+_started: list[str] | None = None  # collecting while a test without the mark runs
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _started is not None and event in _PROCESS_EVENTS:
+        _started.append(f"{event} {args[0]!r}"[:200] if args else event)
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    global _started
+    _started = None if item.get_closest_marker("slow") else []
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    result = yield
+    if _started:
+        pytest.fail(f"{item.nodeid} starts a process but is not marked slow: {_started[0]}", pytrace=False)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    global _started
+    try:
+        return (yield)
+    finally:
+        _started = None

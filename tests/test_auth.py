@@ -13,7 +13,8 @@ from supervisor.cli.client import ClientError, request
 from supervisor.cli.localcluster import LocalCluster, wait_for
 from tests.conftest import trainguard
 
-pytestmark = pytest.mark.timeout(90)
+# Every test runs the CLI (keys, daemon) in child processes.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
 def generate(directory: Path, name: str) -> None:
@@ -68,7 +69,6 @@ def test_a_world_readable_secret_key_refuses_to_start(tmp_path):
     assert result.returncode == 1 and "readable by other users" in result.stderr and "chmod 600" in result.stderr
 
 
-@pytest.mark.slow
 def test_only_allow_listed_agents_register_and_the_rest_are_refused_and_logged(tmp_path, keys):
     daemon_keys, node_keys = keys
     cluster = LocalCluster(tmp_path / "c", heartbeat_timeout=3.0, heartbeat_interval=0.3, transport="tcp",
@@ -131,7 +131,6 @@ def test_only_allow_listed_agents_register_and_the_rest_are_refused_and_logged(t
         cluster.stop_all()
 
 
-@pytest.mark.slow
 def test_a_tcp_control_endpoint_needs_an_admin_key(tmp_path, keys, monkeypatch):
     daemon_keys, _ = keys
     cluster = LocalCluster(tmp_path / "c", transport="tcp", keys_dir=daemon_keys)

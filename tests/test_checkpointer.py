@@ -31,6 +31,7 @@ from agents.runtime import checkpoint, progress
 from agents.runtime.checkpoint import Checkpointer, CheckpointError, Restored, verify
 from agents.runtime.env import Assignment, AssignmentError
 from agents.runtime.sampler import ResumableSampler
+from supervisor.cli.localcluster import wait_for
 
 try:
     import numpy
@@ -146,7 +147,7 @@ def step_dir(root: Path, step: int) -> Path:
 def no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     """save() sends a heartbeat: make sure it goes nowhere."""
     monkeypatch.delenv("TRAINGUARD_HEARTBEAT", raising=False)
-    monkeypatch.setattr(progress, "_beat", None)
+    progress.reset()
 
 
 # --- a complete save and an exact restore ----------------------------------------------
@@ -248,31 +249,35 @@ def test_constructor_rejects_bad_arguments(tmp_path: Path) -> None:
 # --- asynchronous, snapshotting, one write at a time ------------------------------------
 
 
-def test_save_is_asynchronous_snapshots_and_serialises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
+class _Written:
+    """An `extra` value that notes when the background writer pickles it, with the steps
+    committed at that moment, and holds the writer of step 1 until the gate opens."""
+
+    def __init__(self, step: int, log: list, gate: threading.Event, committed: Callable[[], list[int]]) -> None:
+        self.step, self.log, self.gate, self.committed = step, log, gate, committed
+
+    def __deepcopy__(self, memo: dict) -> "_Written":  # save() snapshots extras; keep this one live
+        return self
+
+    def __reduce__(self) -> tuple:
+        self.log.append(("write", self.step, self.committed()))
+        if self.step == 1:
+            assert self.gate.wait(20), "the test never opened the gate"
+        return (int, (self.step,))
+
+
+def test_save_is_asynchronous_snapshots_and_serialises(tmp_path: Path, capfd) -> None:
     gate = threading.Event()
-    log: list[tuple[str, int]] = []
-    real_write_file, real_commit = checkpoint._write_file, Checkpointer._commit
-
-    def gated_write_file(path: Path, obj: Any) -> dict[str, Any]:
-        log.append(("write", obj["step"]))
-        if obj["step"] == 1:
-            assert gate.wait(20), "the test never opened the gate"
-        return real_write_file(path, obj)
-
-    def logged_commit(self: Checkpointer, step: int, tmp: Path) -> Path:
-        log.append(("commit", step))
-        return real_commit(self, step, tmp)
-
-    monkeypatch.setattr(checkpoint, "_write_file", gated_write_file)
-    monkeypatch.setattr(Checkpointer, "_commit", logged_commit)
-
+    log: list[tuple[str, int, list[int]]] = []
     run = make_run(3)
     run.train(1)
     at_save = {k: v.clone() for k, v in run.model.state_dict().items()}
     ckpt = Checkpointer(tmp_path, assigned=assigned())
-    ckpt.save(1, **run.parts())
-    # save() returned while the writer is still held at the gate.
-    assert ckpt._thread is not None and ckpt._thread.is_alive()
+    committed = lambda: [s for s, _ in ckpt.committed()]  # noqa: E731
+    ckpt.save(1, **run.parts(), extra={"w": _Written(1, log, gate, committed)})
+    # save() returned while the writer is still held at the gate, inside step 1's state.pt.
+    wait_for(lambda: log, 20, "the writer to reach step 1's extras")
+    assert log == [("write", 1, [])]
     assert ckpt.committed() == []
     assert 0 < ckpt.last_stall < 5
 
@@ -283,17 +288,17 @@ def test_save_is_asynchronous_snapshots_and_serialises(tmp_path: Path, monkeypat
     run.train(1)
     after = {k: v.clone() for k, v in run.model.state_dict().items()}
 
-    second = threading.Thread(target=lambda: ckpt.save(2, **run.parts()))
+    second = threading.Thread(target=lambda: ckpt.save(2, **run.parts(), extra={"w": _Written(2, log, gate, committed)}))
     second.start()
     second.join(0.3)
     assert second.is_alive(), "the second save did not wait for the first"
-    assert ("write", 2) not in log
+    assert len(log) == 1
     gate.set()
     second.join(20)
     assert not second.is_alive()
     assert ckpt.wait() is None
 
-    assert log == [("write", 1), ("write", 1), ("commit", 1), ("write", 2), ("write", 2), ("commit", 2)]
+    assert log == [("write", 1, []), ("write", 2, [1])]  # step 2 was written after step 1 was committed
     assert [s for s, _ in ckpt.committed()] == [1, 2]
     first = torch.load(step_dir(tmp_path, 1) / "state.pt", weights_only=False)
     assert same_tensors(first["model"], at_save)
@@ -543,6 +548,7 @@ def _pages(size: int) -> int:
     return -(-size // PAGE) * PAGE
 
 
+@pytest.mark.slow  # mounts a tmpfs (mount(8) in a child process)
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path: Path, capfd) -> None:
     run = make_run(4, width=64, out=64)
     run.train(1)

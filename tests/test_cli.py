@@ -13,6 +13,9 @@ import pytest
 from supervisor.cli.localcluster import free_tcp_endpoint
 from tests.conftest import trainguard
 
+# Every test runs the CLI in a child process.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("command", ["", "daemon", "agent", "status", "inject", "demo"])
 @pytest.mark.timeout(30)
@@ -111,7 +114,6 @@ def test_agent_rejects_a_node_id_the_protocol_would_refuse():
     assert "--node-id" in result.stderr
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_inject_errors_are_specific(make_cluster):
     cluster = make_cluster()
@@ -135,7 +137,6 @@ def test_inject_errors_are_specific(make_cluster):
     assert cpu["chips"] == [] and cpu["health"] == "ok"
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_demo_runs_to_the_end(tmp_path):
     result = trainguard("demo", "--dir", str(tmp_path / "demo"), timeout=110)

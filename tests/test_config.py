@@ -59,6 +59,7 @@ def test_a_missing_default_file_is_no_configuration_but_a_missing_named_one_is_a
         load(tmp_path / "absent.toml", explicit=True)
 
 
+@pytest.mark.slow
 def test_a_config_typo_refuses_to_start_the_daemon_with_the_line(tmp_path):
     path = write(tmp_path, '[daemon]\nheartbeat_timeout = "15s"\nsate_dir = "/tmp/x"\n')
     result = trainguard("--config", str(path), "daemon", "--state-dir", str(tmp_path / "s"))
@@ -101,6 +102,7 @@ def test_flags_beat_environment_beat_file_beat_defaults(tmp_path):
         proc.wait(timeout=20)
 
 
+@pytest.mark.slow
 def test_config_show_says_where_each_value_came_from(tmp_path):
     path = write(tmp_path, '[daemon]\n\nheartbeat_timeout = "20s"\n')
     env = {**os.environ, "TRAINGUARD_BIND": "tcp://0.0.0.0:9999"}

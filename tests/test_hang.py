@@ -79,3 +79,21 @@ def test_unknown_chip_utilisation_does_not_count_as_busy():
     w = QuietWatcher(checks=1)
     finding = w.observe("j", QuietReading(0, 0.0, None), 5.0)
     assert finding is not None and "chips at unknown" in finding.evidence
+
+
+def test_cpu_over_the_floor_at_every_check_is_never_quiet_and_at_the_floor_is():
+    """The decision test_monitor's busy script relies on, with literal readings."""
+    w = QuietWatcher(checks=2, cpu_floor=0.05)
+    for _ in range(10):
+        assert w.observe("j", quiet(cpu=0.06, util=None), 0.2) is None
+    assert w.observe("j", quiet(cpu=0.05, util=None), 0.2) is None
+    assert w.observe("j", quiet(cpu=0.05, util=None), 0.2) is not None
+
+
+def test_a_forgotten_job_counts_from_zero_again():
+    w = QuietWatcher(checks=2)
+    assert w.observe("j", quiet(), 5.0) is None
+    w.forget("j")
+    assert w.observe("j", quiet(), 5.0) is None
+    assert w.observe("j", quiet(), 5.0) is not None
+    w.forget("never-seen")  # harmless

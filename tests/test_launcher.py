@@ -17,7 +17,8 @@ from agents.launcher import Launcher, RankExit, RankSpec
 from supervisor.cli.localcluster import wait_for
 from supervisor.shared.vocab import Accelerator
 
-pytestmark = pytest.mark.timeout(60)
+# Every test here starts real rank processes.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 
 def spec(tmp_path: Path, code: str, rank: int = 0, **kw) -> RankSpec:

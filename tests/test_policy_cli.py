@@ -10,7 +10,8 @@ import pytest
 from supervisor.policy.shipped import shipped_policy_dir
 from tests.conftest import trainguard
 
-pytestmark = pytest.mark.timeout(60)
+# Every test runs the CLI in a child process.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 POLICIES = shipped_policy_dir()
 

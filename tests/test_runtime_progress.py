@@ -1,7 +1,7 @@
 """agents.runtime.progress: heartbeats from a training loop to the local agent.
 
 A real zmq PULL socket on an ipc path stands in for the agent. Each test uses its own
-`_Beat` (or resets the module's singleton through monkeypatch), and every receive is
+`Beat` (or resets the module's sender), and every receive is
 polled with a deadline.
 """
 
@@ -19,7 +19,7 @@ import torch
 import zmq
 
 from agents.runtime import progress
-from agents.runtime.progress import FORMAT_VERSION, _Beat, decode_progress, encode_progress, heartbeat
+from agents.runtime.progress import FORMAT_VERSION, Beat, decode_progress, encode_progress, heartbeat
 
 try:
     import numpy
@@ -44,10 +44,12 @@ def agent(endpoint: str) -> Iterator[zmq.Socket]:
 
 
 @pytest.fixture(autouse=True)
-def fresh_singleton(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(progress, "_beat", None)
+def fresh_singleton(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    progress.reset()
     for key in ("TRAINGUARD_HEARTBEAT", "TRAINGUARD_HEARTBEAT_INTERVAL", "RANK"):
         monkeypatch.delenv(key, raising=False)
+    yield
+    progress.reset()  # no sender aimed at this test's endpoint outlives it
 
 
 def receive(sock: zmq.Socket, timeout: float = 5.0) -> dict[str, Any]:
@@ -73,8 +75,9 @@ def send_until_received(sock: zmq.Socket, send: Any, timeout: float = 10.0) -> d
 def test_heartbeat_without_an_agent_is_a_no_op() -> None:
     assert heartbeat(1, loss=0.5) is None
     heartbeat(2, phase="nonsense", weird=object())
-    assert progress._beat is not None and progress._beat.endpoint is None
-    assert (progress._beat.sent, progress._beat.dropped) == (0, 0)
+    beat = progress.sender()
+    assert beat is not None and beat.endpoint is None
+    assert (beat.sent, beat.dropped) == (0, 0)
 
 
 @pytest.mark.parametrize(
@@ -98,7 +101,7 @@ def test_heartbeat_never_raises_on_a_bad_environment(monkeypatch: pytest.MonkeyP
 
 
 def test_messages_arrive_and_decode(agent: zmq.Socket, endpoint: str) -> None:
-    beat = _Beat(endpoint, rank=3, interval=0.0)
+    beat = Beat(endpoint, rank=3, interval=0.0)
     metrics: dict[str, Any] = {"loss": torch.tensor(0.25), "tokens": 4096, "note": "warmup", "vector": torch.ones(2)}
     if numpy is not None:
         metrics["lr"] = numpy.float32(0.5)
@@ -125,7 +128,7 @@ def test_heartbeat_uses_the_environment(agent: zmq.Socket, endpoint: str, monkey
 
 
 def test_rate_limit_drops_calls_within_the_interval_but_not_phase_changes(agent: zmq.Socket, endpoint: str) -> None:
-    beat = _Beat(endpoint, rank=0, interval=0.0)
+    beat = Beat(endpoint, rank=0, interval=0.0)
     send_until_received(agent, lambda: beat(0, "eval", {}))  # the connection is up
     beat.interval = 60.0  # nothing below expires during the test
     sent = beat.sent
@@ -150,7 +153,7 @@ def test_rate_limit_drops_calls_within_the_interval_but_not_phase_changes(agent:
 def test_the_last_step_held_back_by_the_rate_limit_is_sent_after_the_interval(agent: zmq.Socket, endpoint: str) -> None:
     """A rank that stops stepping right after a rate-limited heartbeat: the agent must
     still learn the step it stopped at, or a hang report would name an older one."""
-    beat = _Beat(endpoint, rank=0, interval=0.0)
+    beat = Beat(endpoint, rank=0, interval=0.0)
     send_until_received(agent, lambda: beat(0, "train", {}))  # the connection is up
     beat.interval = 0.3
     for step in range(1, 6):
@@ -164,7 +167,7 @@ def test_the_last_step_held_back_by_the_rate_limit_is_sent_after_the_interval(ag
 def test_a_dropped_message_does_not_start_the_interval() -> None:
     """Nobody listening: each call tries again (cheaply) instead of going quiet for an
     interval, so the first message after the agent appears is not held back."""
-    beat = _Beat("ipc:///nonexistent/dir/hb", rank=0, interval=60.0)
+    beat = Beat("ipc:///nonexistent/dir/hb", rank=0, interval=60.0)
     beat(1, "train", {})
     beat(2, "train", {})
     assert (beat.sent, beat.dropped) == (0, 2)
@@ -176,7 +179,7 @@ def test_a_dropped_message_does_not_start_the_interval() -> None:
 @pytest.mark.parametrize("target", ["ipc", "tcp"])
 def test_with_nobody_listening_calls_are_quick_and_silent(tmp_path: Path, target: str) -> None:
     where = f"ipc://{tmp_path}/nobody.sock" if target == "ipc" else "tcp://127.0.0.1:1"
-    beat = _Beat(where, rank=0, interval=0.0)  # every call tries to send
+    beat = Beat(where, rank=0, interval=0.0)  # every call tries to send
     started = time.monotonic()
     for step in range(10_000):
         beat(step, "train", {"loss": 1.0})

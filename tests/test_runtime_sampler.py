@@ -56,8 +56,9 @@ def test_an_epoch_never_repeats_an_index() -> None:
 
 def test_epoch_rollover_drops_the_ragged_tail() -> None:
     s = ResumableSampler(10, 3, seed=5)  # 3 full steps of 3 per epoch; one index left over
-    epoch0 = s._permutation(0)
-    epoch1 = s._permutation(1)
+    whole = ResumableSampler(10, 10, seed=5)  # same seed, one step per epoch: each epoch's order
+    epoch0, epoch1 = whole.next_batch(), whole.next_batch()
+    assert sorted(epoch0) == sorted(epoch1) == list(range(10)) and epoch0 != epoch1
     assert take(s, 3) == [epoch0[0:3], epoch0[3:6], epoch0[6:9]]
     assert (s.epoch, s.position) == (0, 9)
     assert s.next_batch() == epoch1[0:3]  # epoch0[9] is never served

@@ -52,13 +52,13 @@ def test_a_full_disk_raises_a_clear_error_and_a_later_save_loses_nothing(tmp_pat
     store = Store(tmp_path / "state.db")
     store.save([record("n0")], [])
     # SQLite's own page limit makes the disk "full" for real: the same SQLITE_FULL path.
-    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
-    store._db.execute(f"PRAGMA max_page_count={pages}")
+    pages = store.connection.execute("PRAGMA page_count").fetchone()[0]
+    store.connection.execute(f"PRAGMA max_page_count={pages}")
     events = [(float(i), "chip.health_changed", {"node": "n1", "evidence": "x" * 2000}) for i in range(50)]
     with pytest.raises(StoreError, match="cannot write to .*full"):
         store.save([record("n1")], events)
     assert [r.node for r in store.load_nodes()] == ["n0"], "a failed batch must not half-apply"
-    store._db.execute("PRAGMA max_page_count=1073741823")
+    store.connection.execute("PRAGMA max_page_count=1073741823")
     store.save([record("n1")], events)
     assert [r.node for r in store.load_nodes()] == ["n0", "n1"]
     assert len(store.events()) == 50
@@ -80,5 +80,7 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
 def test_an_unreadable_row_is_skipped_not_fatal(tmp_path):
     store = Store(tmp_path / "state.db")
     store.save([record("n1")], [])
-    store._db.execute("INSERT INTO nodes VALUES ('n2', 'up', 'sim-ascend', 1.0, '{\"garbage\": true}')")
+    with sqlite3.connect(tmp_path / "state.db") as other:  # another writer of the same file
+        other.execute("INSERT INTO nodes VALUES ('n2', 'up', 'sim-ascend', 1.0, '{\"garbage\": true}')")
+    other.close()
     assert [r.node for r in store.load_nodes()] == ["n1"]

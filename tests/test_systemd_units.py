@@ -35,6 +35,7 @@ def test_units_are_notify_services_with_a_watchdog_and_restart(name):
     assert re.search(r"^WatchdogSec=\d+s$", text, re.M)
 
 
+@pytest.mark.slow
 @needs_analyze
 def test_units_pass_systemd_analyze_verify(tmp_path):
     units = [installed_copy(tmp_path, n) for n in ("trainguard-daemon.service", "trainguard-agent.service")]
@@ -43,6 +44,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
     assert "trainguard" not in result.stderr, result.stderr  # no warnings about our units
 
 
+@pytest.mark.slow
 @needs_analyze
 @pytest.mark.parametrize("name, ceiling", [("trainguard-daemon.service", 2.0), ("trainguard-agent.service", 4.0)])
 def test_exposure_stays_low(tmp_path, name, ceiling):

@@ -15,7 +15,8 @@ from agents.probes.parsers import parse_npu_smi_info, parse_nvidia_smi_csv
 from agents.probes.vendor import AscendProbe, NvidiaProbe
 from supervisor.shared.vocab import Health
 
-pytestmark = pytest.mark.timeout(60)
+# The probes run fake vendor tools (executables on PATH) in child processes.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tools"
 WARNING_TABLE = FIXTURES / "npu-smi-info-atlas800-9010-24.1.RC2-warning.txt"

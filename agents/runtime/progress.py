@@ -51,7 +51,10 @@ def _plain(value: Any) -> Any:
         return str(value)
 
 
-class _Beat:
+class Beat:
+    """The sender behind heartbeat(): one PUSH socket, the rate limit, and counts of what
+    was sent and dropped."""
+
     def __init__(self, endpoint: str | None, rank: int, interval: float, job: str = "") -> None:
         self.endpoint, self.rank, self.interval, self.job = endpoint, rank, interval, job
         self.sent = self.dropped = 0
@@ -114,7 +117,7 @@ class _Beat:
                     self._send(*self._pending, now)
 
 
-_beat: _Beat | None = None
+_beat: Beat | None = None
 
 # What a simulated fault looks like where a real one would show itself: the vendor's own
 # messages, as quoted in agents/watchers/faults.yaml (with their sources there).
@@ -180,6 +183,17 @@ class _SimFaults:
 _sim: _SimFaults | None = None
 
 
+def sender() -> Beat | None:
+    """This process's sender, made by the first heartbeat() call from the environment."""
+    return _beat
+
+
+def reset() -> None:
+    """Forget the sender: the next heartbeat() reads the environment again."""
+    global _beat
+    _beat = None
+
+
 def heartbeat(step: int, phase: str = "train", **metrics: Any) -> None:
     """Report progress: `step` just completed, in `phase` (train / checkpoint / eval)."""
     global _beat, _sim
@@ -189,7 +203,7 @@ def heartbeat(step: int, phase: str = "train", **metrics: Any) -> None:
         _sim.check(int(os.environ.get("RANK", "0") or 0))  # may block (hang) or raise: on purpose
     try:
         if _beat is None:
-            _beat = _Beat(
+            _beat = Beat(
                 os.environ.get("TRAINGUARD_HEARTBEAT") or None,
                 int(os.environ.get("RANK", "0") or 0),
                 float(os.environ.get("TRAINGUARD_HEARTBEAT_INTERVAL", "0.5") or 0.5),

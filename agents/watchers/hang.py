@@ -119,3 +119,7 @@ class QuietWatcher:
             f"job {job}: no log output, under {self.cpu_floor}s CPU per check and chips at {chips} "
             f"for {count} consecutive checks ({count * interval:.0f}s); the script sends no heartbeats",
         )
+
+    def forget(self, job: str) -> None:
+        """The job has no rank left: drop its count."""
+        self._quiet.pop(job, None)

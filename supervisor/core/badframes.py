@@ -49,6 +49,16 @@ class BadFrameCounter:
         state[1] += 1
         return None
 
+    @property
+    def peers_tracked(self) -> int:
+        """Peers with a window in the table (at most `max_peers`)."""
+        return len(self._peers)
+
+    def suppressed(self, peer: str) -> int:
+        """Frames from `peer` counted since its last report, to be carried by the next one."""
+        state = self._peers.get(peer)
+        return 0 if state is None else int(state[1])
+
     def _evict(self, now: float) -> None:
         stale = [p for p, s in self._peers.items() if now - s[0] >= self.window]
         for peer in stale or list(self._peers)[: max(1, len(self._peers) // 2)]:

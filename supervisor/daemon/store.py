@@ -135,6 +135,12 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The open connection, for SQL the store does not offer (tests set per-connection
+        PRAGMAs through it)."""
+        return self._db
+
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
