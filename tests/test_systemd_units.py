@@ -22,7 +22,7 @@ def installed_copy(tmp_path: Path, name: str) -> Path:
     """The unit as it would be installed, pointing at this checkout's trainguard (verify
     checks that ExecStart exists)."""
     unit = tmp_path / name
-    unit.write_text((UNITS / name).read_text().replace("/usr/bin/trainguard", str(TRAINGUARD)))
+    unit.write_text((UNITS / name).read_text().replace("/opt/trainguard/bin/trainguard", str(TRAINGUARD)))
     return unit
 
 

@@ -265,6 +265,7 @@ class Daemon:
         notify = Notifier()
         notify.ready(self._status_line())
         self._next_flush = time.monotonic() + _FLUSH_EVERY
+        self._last_poll = time.monotonic()
         try:
             while not self._stop:
                 if self._turn(poller):
@@ -287,7 +288,10 @@ class Daemon:
         timeout = max(0.0, min(_POLL_CAP, wake - before.mono))
         ready = dict(poller.poll(int(timeout * 1000) + 1))
         after = system_now()
-        gap = after.mono - before.mono - timeout
+        # Measured from the end of the previous poll, so a pause anywhere in the turn (in
+        # the poll, or while handling what it returned) counts.
+        gap = after.mono - self._last_poll - timeout
+        self._last_poll = after.mono
         if gap > _STALL_SLACK:
             # Before anything else this turn: the nodes must not pay for our pause.
             self._guarded("stall", lambda: self._apply(self.cluster.on_stall(gap, after), after))
