@@ -158,8 +158,8 @@ def test_logscan_prints_one_finding_per_line_or_traceback(tmp_path):
     result = trainguard("logscan", str(log), "--json")
     assert result.returncode == 0, result.stderr
     findings = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(f["line"], f["signal"]) for f in findings] == [(2, "user_error"), (6, "interconnect_timeout")]
-    assert findings[0]["pattern"] == "python-traceback" and "ZeroDivisionError" in findings[0]["evidence"]
+    assert [(f["line"], f["signal"]) for f in findings] == [(2, "crash"), (6, "interconnect_timeout")]
+    assert findings[0]["pattern"] == "python-traceback-unrecognised" and "ZeroDivisionError" in findings[0]["evidence"]
     assert findings[1]["evidence"] == "EI0002: The wait execution of the Notify register times out."
 
 
