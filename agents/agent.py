@@ -532,7 +532,7 @@ class Agent:
                 log.warning("host.health_changed", previous=self._host.health.value, health=host.health.value, evidence=host.reason)
         self._chips, self._host = chips, host
         # The no-heartbeat hang check rides on the probe interval (it needs chip use).
-        utilisation = {c.index: None for c in chips}  # probes do not read utilisation yet
+        utilisation = {c.index: c.utilisation_pct for c in chips}  # AI Core % / GPU %, None if unread
         for o in self.monitor.check_quiet(utilisation, self.config.probe_interval):
             self._report(o)
 

@@ -70,6 +70,16 @@ class ChipStatus(msgspec.Struct, frozen=True, kw_only=True):
     ecc_correctable: int = 0
     error_codes: tuple[str, ...] = ()
     reason: str | None = None
+    # Readings an operator expects beside health (None: the probe cannot read it).
+    # `memory_*` above is the memory training uses (HBM when the card has it); cards with
+    # both report the on-chip HBM and the card's DDR separately here.
+    power_w: float | None = None
+    utilisation_pct: float | None = None  # AI Core % on Ascend, GPU % on Nvidia
+    hbm_used_mb: int | None = None
+    hbm_total_mb: int | None = None
+    ddr_used_mb: int | None = None
+    ddr_total_mb: int | None = None
+    link: str | None = None  # the chip's own network link (Ascend RoCE via hccn_tool): "up" / "down"
 
 
 class HostStatus(msgspec.Struct, frozen=True, kw_only=True):
