@@ -175,6 +175,16 @@ def test_parse_reads_a_saved_tool_output_like_the_agent():
 
 
 @pytest.mark.timeout(30)
+def test_parse_shows_power_and_use_of_rows_pasted_without_a_header():
+    fixture = Path(__file__).resolve().parent / "fixtures" / "tools" / "npu-smi-info-headerless-a3-excerpt.txt"
+    chips = json.loads(trainguard("parse", "--format", "npu-smi", str(fixture), "--json").stdout)
+    assert [(c["index"], c["power_w"], c["utilisation_pct"], c["hbm_used_mb"]) for c in chips[:2]] == [
+        (1, None, 0.0, 61879), (2, 156.5, 0.0, 3126)]
+    human = trainguard("parse", "--format", "npu-smi", str(fixture)).stdout
+    assert "chip   2  ok        42.0°C  156.5 W  use 0%  3126/65536 MB" in human
+
+
+@pytest.mark.timeout(30)
 def test_parse_says_why_it_cannot_read_an_output(tmp_path):
     bad = tmp_path / "out.txt"
     bad.write_text("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n")
