@@ -641,3 +641,14 @@ def test_an_unrecognised_traceback_has_a_fingerprint_and_a_recognised_fault_none
     assert fingerprint(other) == "KeyError: 'labels'"
     [ecc] = scan_lines([example("cuda-uncorrectable-ecc")], CATALOG)
     assert fingerprint(ecc) is None  # an infrastructure fault repeats because it is still there
+
+
+def test_a_missing_example_does_not_hide_the_other_problems_of_the_catalog() -> None:
+    text = (BASE.replace("    example: 'torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB'\n", "")
+            .replace("name: cuda-oom", "name: gloo-timeout").replace("signal: oom", "signal: om"))
+    assert problems(text) == [
+        "p.yaml:10: pattern 'gloo-timeout': missing required key 'examples' "
+        "(at least one real log line the regex matches, copied from `source`)",
+        "p.yaml:10: pattern 'gloo-timeout': the name is used twice (first at line 3); names must be unique",
+        f"p.yaml:11: pattern 'gloo-timeout' signal: 'om' is not allowed; did you mean 'oom'? allowed: {SIGNALS}",
+    ]

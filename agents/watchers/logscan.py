@@ -222,13 +222,12 @@ class _Checker(Checker):
         values = self.mapping(node, where, _ALLOWED_KEYS, _REQUIRED_KEYS)
         if values is None:
             return None
-        if "example" in values and "examples" in values:
+        both = "example" in values and "examples" in values
+        if both:
             self.error(values["example"], f"{where}: give `examples` (a list) or one `example`, not both")
-            return None
         if "example" not in values and "examples" not in values:
             self.error(node, f"{where}: missing required key 'examples' (at least one real log line the regex "
                              f"matches, copied from `source`)")
-            return None
         name = self.str_(values["name"], f"{where} name") if "name" in values else None
         ok = name is not None
         if name is not None:
@@ -254,7 +253,9 @@ class _Checker(Checker):
             vendor = self.choice(values["vendor"], f"{where} vendor", VENDORS)
         if "source" in values:
             source = self.str_(values["source"], f"{where} source")
-        if "example" in values:
+        if both:
+            pass  # reported above
+        elif "example" in values:
             examples = self.examples_([values["example"]], where, f"{where} example")
         elif "examples" in values:
             seq = values["examples"]
