@@ -145,4 +145,8 @@ def parse(fmt: str, source: "click.utils.LazyFile", as_json: bool) -> None:
             memory = f"  {row['memory_used_mb']}/{row['memory_total_mb']} MB" if row.get("memory_total_mb") else ""
             ecc = f"  ECC uncorrectable {row['ecc_uncorrectable']}" if row.get("ecc_uncorrectable") else ""
             reason = f"  ({row['reason']})" if row.get("reason") else ""
-            click.echo(f"chip {row['index']:>3}  {row['health']:<8}{extra}{memory}{ecc}{reason}")
+            power = f"  {row['power_w']:g} W" if row.get("power_w") is not None else ""
+            util = f"  use {row['utilisation_pct']:g}%" if row.get("utilisation_pct") is not None else ""
+            ddr = (f"  DDR {row['ddr_used_mb']}/{row['ddr_total_mb']} MB"
+                   if row.get("ddr_total_mb") and row.get("hbm_total_mb") else "")  # both kinds: show the other too
+            click.echo(f"chip {row['index']:>3}  {row['health']:<8}{extra}{power}{util}{memory}{ddr}{ecc}{reason}")

@@ -19,7 +19,7 @@ from typing import Callable
 import structlog
 
 from agents.monitor import Observation, RankMonitor
-from agents.probes.base import ChipProbe, HostProbe, chip_changes
+from agents.probes.base import ChipProbe, HostProbe, chip_changes, chip_signal
 from agents.probes.parsers import XidEvent
 from agents.probes.vendor import KernelLogWatcher
 from supervisor.shared.protocol import ChipStatus, Event, HostStatus, new_id
@@ -30,11 +30,6 @@ log = structlog.get_logger()
 #: A probe read in flight longer than this is stuck (tools time out at 10 s each).
 PROBE_STUCK_AFTER = 60.0
 
-_SIGNAL_FOR_HEALTH = {
-    Health.WARNING: Signal.CHIP_DEGRADED,
-    Health.ALARM: Signal.CHIP_ERROR,
-    Health.CRITICAL: Signal.CHIP_ERROR,
-}
 
 
 class NodeHealth:
@@ -140,7 +135,7 @@ class NodeHealth:
                             evidence=host.reason)
         self.chips, self.host = chips, host
         # The no-heartbeat hang check rides on the probe interval (it needs chip use).
-        utilisation = {c.index: None for c in chips}  # probes do not read utilisation yet
+        utilisation = {c.index: c.utilisation_pct for c in chips}  # AI Core % / GPU %, None if unread
         for o in self.monitor.check_quiet(utilisation, self.probe_interval):
             self._observe(o)
 
@@ -158,7 +153,7 @@ class NodeHealth:
         if after is None:
             return
         previous = before.health if before else None
-        signal_ = _SIGNAL_FOR_HEALTH.get(after.health)
+        signal_ = chip_signal(after)  # a chip whose own link is down is an interconnect fault
         evidence = f"chip {after.index} health {after.health.value}" + (f": {after.reason}" if after.reason else "")
         fields = {
             "previous": previous.value if previous else None,

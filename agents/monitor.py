@@ -2,7 +2,9 @@
 
 `RankMonitor` owns the launcher and the socket the ranks' `heartbeat()` sends to. Its
 `tick()` gathers what happened since the last one — ranks that exited (crash), log lines
-the scanner classified (interconnect_timeout, chip_error, oom, network, user_error), ranks
+the scanner classified (interconnect_timeout, chip_error, oom, network, crash, user_error;
+an unrecognised traceback is a crash whose fields carry `unrecognised` and the failure
+`fingerprint` the job layer compares across attempts), ranks
 whose step stopped advancing (hang) — and returns them as `Observation`s carrying the
 evidence and the time they were observed. The agent turns those into events for the
 daemon; nothing here decides what to do about them.
@@ -24,7 +26,7 @@ import zmq
 from agents.launcher import Launcher, RankSpec
 from agents.runtime.progress import decode_progress
 from agents.watchers.hang import HangLimits, HangWatcher, QuietReading, QuietWatcher
-from agents.watchers.logscan import Catalog, LogScanner
+from agents.watchers.logscan import Catalog, LogScanner, fingerprint
 from supervisor.shared.vocab import Signal
 
 #: Enough of a stack dump to see where each rank is stuck, bounded for the wire.
@@ -196,11 +198,12 @@ class RankMonitor:
         return out
 
     def _finding(self, job: str, rank: int, finding: Any) -> Observation:
-        return Observation(
-            finding.signal, job, rank, finding.evidence, time.time(), "logscan",
-            {"pattern": finding.pattern, "line": finding.line, "severity": finding.severity.value},
-            self._chips.get((job, rank)),
-        )
+        fields: dict[str, Any] = {"pattern": finding.pattern, "line": finding.line, "severity": finding.severity.value}
+        failure = fingerprint(finding)
+        if failure is not None:
+            fields.update(unrecognised=True, fingerprint=failure)
+        return Observation(finding.signal, job, rank, finding.evidence, time.time(), "logscan", fields,
+                           self._chips.get((job, rank)))
 
     def _hang_evidence(self, job: str, summary: str) -> str:
         """The finding plus where every rank of the job is: py-spy stacks when installed,

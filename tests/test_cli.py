@@ -159,8 +159,8 @@ def test_logscan_prints_one_finding_per_line_or_traceback(tmp_path):
     result = trainguard("logscan", str(log), "--json")
     assert result.returncode == 0, result.stderr
     findings = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(f["line"], f["signal"]) for f in findings] == [(2, "user_error"), (6, "interconnect_timeout")]
-    assert findings[0]["pattern"] == "python-traceback" and "ZeroDivisionError" in findings[0]["evidence"]
+    assert [(f["line"], f["signal"]) for f in findings] == [(2, "crash"), (6, "interconnect_timeout")]
+    assert findings[0]["pattern"] == "python-traceback-unrecognised" and "ZeroDivisionError" in findings[0]["evidence"]
     assert findings[1]["evidence"] == "EI0002: The wait execution of the Notify register times out."
 
 
@@ -173,6 +173,16 @@ def test_parse_reads_a_saved_tool_output_like_the_agent():
     assert [c["index"] for c in chips if c["health"] == "warning"] == [3, 7]
     human = trainguard("parse", "--format", "npu-smi", str(fixture))
     assert "chip   3  warning" in human.stdout
+
+
+@pytest.mark.timeout(30)
+def test_parse_shows_power_and_use_of_rows_pasted_without_a_header():
+    fixture = Path(__file__).resolve().parent / "fixtures" / "tools" / "npu-smi-info-headerless-a3-excerpt.txt"
+    chips = json.loads(trainguard("parse", "--format", "npu-smi", str(fixture), "--json").stdout)
+    assert [(c["index"], c["power_w"], c["utilisation_pct"], c["hbm_used_mb"]) for c in chips[:2]] == [
+        (1, None, 0.0, 61879), (2, 156.5, 0.0, 3126)]
+    human = trainguard("parse", "--format", "npu-smi", str(fixture)).stdout
+    assert "chip   2  ok        42.0°C  156.5 W  use 0%  3126/65536 MB" in human
 
 
 @pytest.mark.timeout(30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents.watchers.logscan import (
+    EXCEPTION_PATTERN,
     MAX_EVIDENCE_BYTES,
     MAX_TRACEBACK_LINES,
     TRACEBACK_PATTERN,
@@ -16,9 +18,12 @@ from agents.watchers.logscan import (
     Finding,
     LogScanner,
     default_catalog_path,
+    fingerprint,
     load_catalog,
     load_catalog_bytes,
+    most_specific,
     scan_lines,
+    specificity,
     split_prefix,
 )
 from supervisor.shared.vocab import Severity, Signal
@@ -37,8 +42,9 @@ def size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def user_error(line: int, evidence: str, lines: int) -> Finding:
-    return Finding(line, Signal.USER_ERROR, TRACEBACK_PATTERN, Severity.ERROR, evidence, lines)
+def unrecognised(line: int, evidence: str, lines: int) -> Finding:
+    """An unrecognised traceback: a crash (restarted), never a user_error by itself."""
+    return Finding(line, Signal.CRASH, TRACEBACK_PATTERN, Severity.ERROR, evidence, lines)
 
 
 # --- the shipped catalog -----------------------------------------------------------
@@ -116,8 +122,8 @@ PLAIN = [
 ]
 
 
-def test_a_plain_traceback_is_one_user_error_finding() -> None:
-    expected = user_error(2, f"{HEADER}\nValueError: batch_size must be positive, got 0", 6)
+def test_an_unrecognised_traceback_is_one_crash_finding_that_says_so() -> None:
+    expected = unrecognised(2, f"{HEADER}\nValueError: batch_size must be positive, got 0", 6)
     assert scan_lines(PLAIN, CATALOG) == [expected]
 
 
@@ -125,14 +131,14 @@ def test_a_traceback_is_reported_at_the_first_line_after_it() -> None:
     scanner = LogScanner(CATALOG)
     got = [scanner.feed(line) for line in PLAIN]
     # Only the next line shows that no chained traceback follows the exception.
-    assert got == [[]] * 7 + [[user_error(2, f"{HEADER}\nValueError: batch_size must be positive, got 0", 6)]]
+    assert got == [[]] * 7 + [[unrecognised(2, f"{HEADER}\nValueError: batch_size must be positive, got 0", 6)]]
     assert scanner.flush() == []
 
 
 def test_a_traceback_at_end_of_stream_is_reported_by_flush() -> None:
     scanner = LogScanner(CATALOG)
     assert [f for line in PLAIN[:7] for f in scanner.feed(line + "\r\n")] == []
-    assert scanner.flush() == [user_error(2, f"{HEADER}\nValueError: batch_size must be positive, got 0", 6)]
+    assert scanner.flush() == [unrecognised(2, f"{HEADER}\nValueError: batch_size must be positive, got 0", 6)]
     assert scanner.flush() == []
 
 
@@ -140,7 +146,7 @@ def test_a_traceback_cut_short_by_end_of_stream_is_still_a_finding() -> None:
     scanner = LogScanner(CATALOG)
     for line in PLAIN[:5]:
         assert scanner.feed(line) == []
-    assert scanner.flush() == [user_error(2, f'{HEADER}\n  File "/work/train.py", line 30, in main', 4)]
+    assert scanner.flush() == [unrecognised(2, f'{HEADER}\n  File "/work/train.py", line 30, in main', 4)]
 
 
 @pytest.mark.parametrize("exception", [
@@ -228,15 +234,15 @@ def test_chained_tracebacks_are_one_finding(chain: str) -> None:
         "",
         "step 4 loss 0.9",
     ]
-    assert scan_lines(log, CATALOG) == [user_error(2, f"{HEADER}\nRuntimeError: could not load shard 17", 11)]
+    assert scan_lines(log, CATALOG) == [unrecognised(2, f"{HEADER}\nRuntimeError: could not load shard 17", 11)]
 
 
 def test_two_tracebacks_back_to_back_are_two_findings() -> None:
     log = [HEADER, '  File "a.py", line 1, in <module>', "KeyError: 'a'",
-           HEADER, '  File "b.py", line 2, in <module>', "TypeError: b"]
+           HEADER, '  File "b.py", line 2, in <module>', "ValueError: b"]
     assert scan_lines(log, CATALOG) == [
-        user_error(1, f"{HEADER}\nKeyError: 'a'", 3),
-        user_error(4, f"{HEADER}\nTypeError: b", 3),
+        unrecognised(1, f"{HEADER}\nKeyError: 'a'", 3),
+        unrecognised(4, f"{HEADER}\nValueError: b", 3),
     ]
 
 
@@ -255,7 +261,7 @@ def test_interleaved_ranks_keep_their_tracebacks_apart() -> None:
     ]
     pattern = BY_NAME["cuda-out-of-memory"]
     assert scan_lines(log, CATALOG) == [
-        user_error(1, f"{log[0]}\n{log[7]}", 8),
+        unrecognised(1, f"{log[0]}\n{log[7]}", 8),
         Finding(2, Signal.OOM, pattern.name, pattern.severity, f"{log[1]}\n{log[6]}", 6),
     ]
 
@@ -265,7 +271,7 @@ def test_a_line_of_another_stream_inside_a_traceback_is_scanned_on_its_own() -> 
     log = [HEADER, '  File "/work/train.py", line 3, in <module>', f"[rank2]: {gloo}", "ValueError: x"]
     pattern = BY_NAME["gloo-timeout"]
     assert scan_lines(log, CATALOG) == [
-        user_error(1, f"{HEADER}\nValueError: x", 4),
+        unrecognised(1, f"{HEADER}\nValueError: x", 4),
         Finding(3, Signal.INTERCONNECT_TIMEOUT, pattern.name, pattern.severity, f"[rank2]: {gloo}", 1),
     ]
 
@@ -280,7 +286,9 @@ def test_a_huge_traceback_is_cut_off_and_classified() -> None:
     assert got == [
         # Reported as soon as it reaches the limit; the rest of it is scanned line by line,
         # so a fault printed later is still seen.
-        (MAX_TRACEBACK_LINES, user_error(1, f"{HEADER}\n{frames[MAX_TRACEBACK_LINES - 2]}", MAX_TRACEBACK_LINES)),
+        (MAX_TRACEBACK_LINES, unrecognised(1, f"{HEADER}\n{frames[MAX_TRACEBACK_LINES - 2]}", MAX_TRACEBACK_LINES)),
+        # The exception line, seen on its own, is still an (unrecognised) exception.
+        (len(log) - 1, Finding(len(log) - 1, Signal.CRASH, EXCEPTION_PATTERN, Severity.WARNING, log[-2], 1)),
         (len(log), Finding(len(log), gloo.signal, gloo.name, gloo.severity, gloo.example, 1)),
     ]
 
@@ -303,8 +311,9 @@ def test_a_limit_on_traceback_length_is_checked() -> None:
     scanner = LogScanner(CATALOG, max_traceback_lines=3)
     assert scanner.feed(HEADER) == []
     assert scanner.feed('  File "x.py", line 1, in <module>') == []
-    assert scanner.feed("    f()") == [user_error(1, f"{HEADER}\n    f()", 3)]
-    assert scanner.feed("ValueError: x") == []
+    assert scanner.feed("    f()") == [unrecognised(1, f"{HEADER}\n    f()", 3)]
+    # Past the limit the traceback is over; its exception line is one on its own.
+    assert scanner.feed("ValueError: x") == [Finding(4, Signal.CRASH, EXCEPTION_PATTERN, Severity.WARNING, "ValueError: x", 1)]
 
 
 # --- a line matched outside a traceback --------------------------------------------
@@ -351,8 +360,9 @@ patterns:
     source: https://example.org/oom
     example: 'torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB'
 """
-SIGNALS = "interconnect_timeout, chip_error, oom, network, user_error"
-KEYS = "name, signal, regex, severity, vendor, source, example"
+SIGNALS = "interconnect_timeout, chip_error, oom, network, crash, user_error"
+KEYS = "name, signal, regex, severity, vendor, source, examples"
+ALLOWED = f"{KEYS}, example"
 
 
 def problems(text: str) -> list[str]:
@@ -380,15 +390,15 @@ def test_a_small_catalog_loads() -> None:
     pytest.param(
         "    severity: error\n    vendor: any", "    severty: error\n    vendor: any",
         ["p.yaml:3: pattern 'gloo-timeout': missing required key 'severity'",
-         f"p.yaml:6: pattern 'gloo-timeout': unknown key 'severty'; did you mean 'severity'? allowed: {KEYS}"],
+         f"p.yaml:6: pattern 'gloo-timeout': unknown key 'severty'; did you mean 'severity'? allowed: {ALLOWED}"],
         id="typo-key"),
     pytest.param(
         "signal: oom", "signal: om",
         [f"p.yaml:11: pattern 'cuda-oom' signal: 'om' is not allowed; did you mean 'oom'? allowed: {SIGNALS}"],
         id="bad-signal"),
     pytest.param(
-        "signal: oom", "signal: crash",  # a launcher signal, not one a log line carries
-        [f"p.yaml:11: pattern 'cuda-oom' signal: 'crash' is not allowed; allowed: {SIGNALS}"],
+        "signal: oom", "signal: hang",  # a watcher's signal, not one a log line carries
+        [f"p.yaml:11: pattern 'cuda-oom' signal: 'hang' is not allowed; allowed: {SIGNALS}"],
         id="non-log-signal"),
     pytest.param(
         "severity: error\n    vendor: nvidia", "severity: fatal\n    vendor: nvidia",
@@ -416,8 +426,8 @@ def test_a_small_catalog_loads() -> None:
         ["p.yaml:10: pattern 'gloo-timeout': the name is used twice (first at line 3); names must be unique"],
         id="duplicate-name"),
     pytest.param(
-        "name: cuda-oom", "name: python-traceback",
-        ["p.yaml:10: pattern 'python-traceback': the name is reserved for tracebacks that no pattern matches"],
+        "name: cuda-oom", "name: python-traceback-unrecognised",
+        ["p.yaml:10: pattern 'python-traceback-unrecognised': the name is reserved for tracebacks that no pattern matches"],
         id="reserved-name"),
     pytest.param(
         "name: cuda-oom", "name: CUDA_OOM",
@@ -469,7 +479,7 @@ def test_every_catalog_problem_is_reported_at_once() -> None:
     ("", ["p.yaml:1: the file is empty; a catalog needs version and patterns"]),
     ("version: 1\npatterns: []\n", [f"p.yaml:2: patterns must be a non-empty list of patterns ({KEYS}), got an empty list"]),
     ("version: 1\npatterns: {}\n", [f"p.yaml:2: patterns must be a non-empty list of patterns ({KEYS}), got a mapping"]),
-    ("version: 1\npatterns:\n  - just-a-name\n", [f"p.yaml:3: pattern #1 must be a mapping of keys ({KEYS}), got 'just-a-name'"]),
+    ("version: 1\npatterns:\n  - just-a-name\n", [f"p.yaml:3: pattern #1 must be a mapping of keys ({ALLOWED}), got 'just-a-name'"]),
 ])
 def test_catalog_shape_problems(text: str, expected: list[str]) -> None:
     assert problems(text) == expected
@@ -518,3 +528,127 @@ def test_scanning_never_raises_and_findings_stay_in_range(lines: list[str], limi
         assert isinstance(f.signal, Signal) and isinstance(f.severity, Severity)
     # Each finding starts on its own line.
     assert len({f.line for f in found}) == len(found)
+
+
+# --- every example of the shipped catalog (issue #12: measured on real lines) -------
+
+ALL_EXAMPLES = [(p, n, line, src) for p in CATALOG.patterns
+                for n, (line, src) in enumerate(zip(p.examples, p.example_sources))]
+
+
+@pytest.mark.parametrize(("pattern", "number", "line", "source"), ALL_EXAMPLES,
+                         ids=[f"{p.name}#{n}" for p, n, _, _ in ALL_EXAMPLES])
+def test_every_example_line_is_real_sourced_and_decided_by_its_own_entry(pattern, number, line, source) -> None:
+    # A source is a public page or a repository path where the exact line was read.
+    assert source.startswith("https://") or re.fullmatch(r"[\w.-]+/[\w.-]+:\S+", source), source
+    assert CATALOG.match(line) is pattern
+    [finding] = scan_lines([line], CATALOG)
+    assert (finding.signal, finding.pattern) == (pattern.signal, pattern.name)
+
+
+def test_every_shipped_pattern_has_an_example() -> None:
+    assert all(p.examples and len(p.examples) == len(p.example_sources) for p in CATALOG.patterns)
+    assert len(ALL_EXAMPLES) > len(CATALOG.patterns)  # several entries carry more than one
+
+
+def test_user_error_patterns_come_after_every_infrastructure_pattern() -> None:
+    # Catalog order is specificity: a traceback with an infrastructure line and a
+    # programming-error line is the infrastructure's fault.
+    kinds = [p.signal is Signal.USER_ERROR for p in CATALOG.patterns]
+    first_generic_user = next(i for i, p in enumerate(CATALOG.patterns) if p.name == "torch-shape-mismatch")
+    assert not any(p.signal not in (Signal.USER_ERROR, Signal.CRASH) for p in CATALOG.patterns[first_generic_user:])
+    assert kinds.count(True) >= 6
+
+
+EXAMPLES_BASE = BASE.replace(
+    "    example: 'RuntimeError: Timed out waiting 1800000ms for recv operation to complete'\n",
+    "    examples:\n"
+    "      - 'RuntimeError: Timed out waiting 1800000ms for recv operation to complete'\n"
+    "      - line: '[rank1]: Timed out waiting 5ms for send operation to complete'\n"
+    "        source: https://example.org/other\n")
+
+
+def test_examples_may_be_a_list_each_with_its_own_source() -> None:
+    catalog = load_catalog_bytes(EXAMPLES_BASE.encode(), "p.yaml")
+    gloo = catalog.patterns[0]
+    assert gloo.examples == ("RuntimeError: Timed out waiting 1800000ms for recv operation to complete",
+                             "[rank1]: Timed out waiting 5ms for send operation to complete")
+    assert gloo.example_sources == ("https://example.org/gloo", "https://example.org/other")
+    assert gloo.example == gloo.examples[0]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    pytest.param("      - line: '[rank1]: Timed out waiting 5ms for send operation to complete'\n",
+                 "      - line: '[rank1]: send operation timed out'\n",
+                 ["p.yaml:11: pattern 'gloo-timeout': the example is not matched by the pattern's own regex"],
+                 id="second-example-not-matched"),
+    pytest.param("        source: https://example.org/other\n", "",
+                 ["p.yaml:11: pattern 'gloo-timeout' examples: missing required key 'source'"],
+                 id="example-mapping-without-source"),
+])
+def test_each_example_is_checked(old: str, new: str, expected: list[str]) -> None:
+    with pytest.raises(CatalogError) as info:
+        load_catalog_bytes(EXAMPLES_BASE.replace(old, new).encode(), "p.yaml")
+    assert [str(p) for p in info.value.problems] == expected
+
+
+def test_a_pattern_without_an_example_is_refused() -> None:
+    text = BASE.replace("    example: 'torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB'\n", "")
+    assert problems(text) == ["p.yaml:10: pattern 'cuda-oom': missing required key 'examples' "
+                              "(at least one real log line the regex matches, copied from `source`)"]
+    empty = EXAMPLES_BASE.replace(
+        "    examples:\n      - 'RuntimeError: Timed out waiting 1800000ms for recv operation to complete'\n"
+        "      - line: '[rank1]: Timed out waiting 5ms for send operation to complete'\n"
+        "        source: https://example.org/other\n", "    examples: []\n")
+    assert problems(empty) == ["p.yaml:9: pattern 'gloo-timeout' examples must be a non-empty list of real log lines, "
+                               "got an empty list"]
+    both = EXAMPLES_BASE.replace("    examples:\n", "    example: 'Timed out waiting 1ms'\n    examples:\n")
+    assert problems(both) == ["p.yaml:9: pattern 'gloo-timeout': give `examples` (a list) or one `example`, not both"]
+
+
+# --- unrecognised failures: crash, with a fingerprint --------------------------------
+
+
+def test_a_bare_exception_line_is_an_unrecognised_crash() -> None:
+    # What a traceback formatter without the standard header (rich) leaves at the margin.
+    log = ["│ ❱  88 │   p_mask = batch[\"attention_mask\"]   │", "╰──────╯", "KeyError: 'attention_mask'", "step 3"]
+    assert scan_lines(log, CATALOG) == [
+        Finding(3, Signal.CRASH, EXCEPTION_PATTERN, Severity.WARNING, "KeyError: 'attention_mask'", 1)]
+    # A recognised one is what its pattern says.
+    [named] = scan_lines(["NameError: name 'log_dir' is not defined"], CATALOG)
+    assert (named.signal, named.pattern) == (Signal.USER_ERROR, "python-programming-error")
+
+
+def test_most_specific_prefers_catalog_order_then_the_earliest_line() -> None:
+    log = [example("nccl-watchdog-collective-timeout"), example("cuda-uncorrectable-ecc"),
+           HEADER, '  File "t.py", line 1, in <module>', "ValueError: bad batch", "tail"]
+    found = scan_lines(log, CATALOG)
+    assert [f.pattern for f in found] == ["nccl-watchdog-collective-timeout", "cuda-uncorrectable-ecc", TRACEBACK_PATTERN]
+    best = most_specific(found, CATALOG)
+    assert best is not None and best.pattern == "nccl-watchdog-collective-timeout"
+    assert specificity(found[2], CATALOG) == len(CATALOG.patterns)
+    assert most_specific([], CATALOG) is None
+    assert most_specific(found[2:], CATALOG) is found[2]
+
+
+def test_an_unrecognised_traceback_has_a_fingerprint_and_a_recognised_fault_none() -> None:
+    first = scan_lines([HEADER, '  File "t.py", line 9, in step', "ValueError: bad value 17 at 0x7f3a22"], CATALOG)[0]
+    again = scan_lines([HEADER, '  File "t.py", line 9, in step', "ValueError: bad value 18 at 0x7f4b00"], CATALOG)[0]
+    other = scan_lines([HEADER, '  File "t.py", line 9, in step', "KeyError: 'labels'"], CATALOG)[0]
+    assert fingerprint(first) == fingerprint(again) == "ValueError: bad value # at <addr>"
+    assert fingerprint(first, step=120) == "ValueError: bad value # at <addr> @ step 120"
+    assert fingerprint(first, step=120) != fingerprint(again, step=121)
+    assert fingerprint(other) == "KeyError: 'labels'"
+    [ecc] = scan_lines([example("cuda-uncorrectable-ecc")], CATALOG)
+    assert fingerprint(ecc) is None  # an infrastructure fault repeats because it is still there
+
+
+def test_a_missing_example_does_not_hide_the_other_problems_of_the_catalog() -> None:
+    text = (BASE.replace("    example: 'torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB'\n", "")
+            .replace("name: cuda-oom", "name: gloo-timeout").replace("signal: oom", "signal: om"))
+    assert problems(text) == [
+        "p.yaml:10: pattern 'gloo-timeout': missing required key 'examples' "
+        "(at least one real log line the regex matches, copied from `source`)",
+        "p.yaml:10: pattern 'gloo-timeout': the name is used twice (first at line 3); names must be unique",
+        f"p.yaml:11: pattern 'gloo-timeout' signal: 'om' is not allowed; did you mean 'oom'? allowed: {SIGNALS}",
+    ]

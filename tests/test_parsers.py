@@ -54,6 +54,8 @@ PARSER_FOR: dict[str, Callable[[str], Any]] = {
     "npu-smi-info-910b2-23.0.7.txt": parse_npu_smi_info,
     "npu-smi-info-910prob-24.1.0.txt": parse_npu_smi_info,
     "npu-smi-info-ascend910-a3-25.2.0.txt": parse_npu_smi_info,
+    "npu-smi-info-headerless-910b3-excerpt.txt": parse_npu_smi_info,
+    "npu-smi-info-headerless-a3-excerpt.txt": parse_npu_smi_info,
     "npu-smi-info-atlas800-9010-24.1.RC2-warning.txt": parse_npu_smi_info,
     "npu-smi-health-910-ok-mindcluster.txt": parse_npu_smi_health,
     "npu-smi-ecc-910-mindcluster.txt": parse_npu_smi_ecc,
@@ -563,8 +565,10 @@ def test_dmesg_fallen_off_bus_without_xid_joins_continuation_lines() -> None:
         "and is not responding to commands.",
         line=1,
         timestamp="1843.308145",
+        numbered=False,
     )
-    assert event.health is Health.CRITICAL
+    # The same critical fault as a numbered Xid 79, whatever the driver printed.
+    assert event.xid == 79 and event.health is Health.CRITICAL
 
 
 def test_dmesg_xid13_and_109() -> None:
@@ -872,3 +876,53 @@ def test_mangled_fixtures_raise_only_parse_error(case: tuple[str, str]) -> None:
     if isinstance(result, list) and result and isinstance(result[0], ChipStatus):
         assert all(0 <= c.index < 4096 for c in result)
         assert len({c.index for c in result}) == len(result)
+
+
+# --- chip readings an operator expects (issue #12) -----------------------------------
+
+
+def readings(chips: list[ChipStatus], n: int = 2) -> list[tuple[Any, ...]]:
+    return [(c.index, c.power_w, c.utilisation_pct, c.hbm_used_mb, c.hbm_total_mb, c.ddr_used_mb, c.ddr_total_mb)
+            for c in chips[:n]]
+
+
+def test_npu_smi_info_reads_power_aicore_and_hbm_and_ddr_apart() -> None:
+    # 910B2: HBM only (the DDR pair is 0 / 0, which means none).
+    assert readings(parse_npu_smi_info(fixture("npu-smi-info-910b2-23.0.7.txt"))) == [
+        (0, 96.5, 0.0, 29954, 65536, None, None), (1, 98.7, 0.0, 29951, 65536, None, None)]
+    # 310: DDR only; memory_* falls back to it.
+    chips = parse_npu_smi_info(fixture("npu-smi-info-310-21.0.4.txt"))
+    assert readings(chips) == [(3, 12.8, 0.0, None, None, 2703, 8192), (4, 12.8, 0.0, None, None, 2867, 8192)]
+    assert (chips[0].memory_used_mb, chips[0].memory_total_mb) == (2703, 8192)
+    # A3: the second chip of a card prints power `-`: not read, not zero.
+    assert readings(parse_npu_smi_info(fixture("npu-smi-info-ascend910-a3-25.2.0.txt"))) == [
+        (0, 211.3, 7.0, 61609, 65536, None, None), (1, None, 7.0, 61625, 65536, None, None)]
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("npu-smi-info-headerless-910b3-excerpt.txt",
+     [(3, 91.5, 0.0, 3197, 65536, None, None), (4, 90.9, 0.0, 3197, 65536, None, None)]),
+    ("npu-smi-info-headerless-a3-excerpt.txt",
+     [(1, None, 0.0, 61879, 65536, None, None), (2, 156.5, 0.0, 3126, 65536, None, None)]),
+])
+def test_npu_smi_info_pasted_without_banner_or_header_still_parses(name: str, expected: list[Any]) -> None:
+    chips = parse_npu_smi_info(fixture(name))
+    assert len(chips) == 4 and all(c.health is Health.OK for c in chips)
+    assert readings(chips) == expected
+
+
+def test_npu_smi_rows_of_the_310_layout_without_header_keep_ddr() -> None:
+    table = fixture("npu-smi-info-310-21.0.4.txt")
+    rows = "\n".join(line for line in table.splitlines() if re.match(r"\|\s+[0-9]", line))
+    assert readings(parse_npu_smi_info(rows)) == readings(parse_npu_smi_info(table))
+
+
+def test_nvidia_power_and_utilisation() -> None:
+    h100 = parse_nvidia_smi_csv(fixture("nvidia-smi-csv-8xh100-535.161.07.txt"))
+    assert [(c.power_w, c.utilisation_pct) for c in h100[:2]] == [(70.68, 0.0), (72.05, 0.0)]
+    t4 = parse_nvidia_smi_csv(fixture("nvidia-smi-csv-4xt4-510.108.03.txt"))
+    assert [(c.power_w, c.utilisation_pct) for c in t4[:2]] == [(None, 0.0), (None, 0.0)]  # power not queried
+    table = parse_nvidia_smi_table(fixture("nvidia-smi-h100-550.90.07.txt"))
+    assert [(c.power_w, c.utilisation_pct) for c in table[:2]] == [(92.0, 0.0), (93.0, 0.0)]
+    warned = parse_nvidia_smi_table(fixture("nvidia-smi-v100-460.32.03-inforom-warning.txt"))
+    assert warned[0].power_w == 43.0 and warned[0].utilisation_pct == 0.0  # kept through the warning rewrite

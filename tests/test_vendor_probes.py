@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from agents.probes.base import LINK_DOWN_REASON, chip_signal
 from agents.probes.parsers import parse_npu_smi_info, parse_nvidia_smi_csv
 from agents.probes.vendor import AscendProbe, NvidiaProbe
-from supervisor.shared.vocab import Health
+from supervisor.shared.protocol import ChipStatus
+from supervisor.shared.vocab import Health, Signal
 
 # The probes run fake vendor tools (executables on PATH) in child processes.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
@@ -117,6 +119,25 @@ def test_a_roce_link_that_is_down_makes_the_chip_alarm(fakebin, tmp_path):
     chips = AscendProbe(chips=len(parse_npu_smi_info(HEALTHY_TABLE.read_text()))).read()
     assert chips[1].health is Health.ALARM and "RoCE link down" in chips[1].reason
     assert chips[0].health is Health.OK
+    # The chip computes; its network does not: an interconnect fault on that chip.
+    assert (chips[1].link, chip_signal(chips[1])) == ("down", Signal.INTERCONNECT_TIMEOUT)
+    assert (chips[0].link, chip_signal(chips[0])) == ("up", None)
+
+
+def test_a_chip_signal_is_an_interconnect_fault_only_when_the_link_is_all_that_is_wrong():
+    down = ChipStatus(index=0, health=Health.ALARM, reason=LINK_DOWN_REASON, link="down")
+    assert chip_signal(down) is Signal.INTERCONNECT_TIMEOUT
+    both = ChipStatus(index=0, health=Health.ALARM, reason=f"npu-smi reports health Alarm; {LINK_DOWN_REASON}", link="down")
+    assert chip_signal(both) is Signal.CHIP_ERROR
+    assert chip_signal(ChipStatus(index=0, health=Health.CRITICAL, link="down")) is Signal.CHIP_ERROR
+    assert chip_signal(ChipStatus(index=0, health=Health.WARNING)) is Signal.CHIP_DEGRADED
+    assert chip_signal(ChipStatus(index=0, health=Health.UNKNOWN)) is None
+
+
+def test_npu_smi_readings_reach_the_probe(fakebin):
+    fakebin("npu-smi", f'cat "{HEALTHY_TABLE}"')
+    chips = AscendProbe(chips=8).read()
+    assert all(c.power_w and c.utilisation_pct is not None and c.hbm_total_mb == 65536 for c in chips)
 
 
 def test_the_kernel_log_watcher_reports_only_xids_that_appear_after_it_started(fakebin, tmp_path):

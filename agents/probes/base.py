@@ -10,7 +10,26 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from supervisor.shared.protocol import ChipStatus, HostStatus
-from supervisor.shared.vocab import Health
+from supervisor.shared.vocab import Health, Signal
+
+#: The reason a probe gives for a chip whose own network link is down.
+LINK_DOWN_REASON = "RoCE link down (hccn_tool)"
+
+_SIGNAL_FOR_HEALTH = {
+    Health.WARNING: Signal.CHIP_DEGRADED,
+    Health.ALARM: Signal.CHIP_ERROR,
+    Health.CRITICAL: Signal.CHIP_ERROR,
+}
+
+
+def chip_signal(chip: ChipStatus) -> Signal | None:
+    """The fault a chip reading stands for: warning → chip_degraded, alarm/critical →
+    chip_error, except a chip whose only fault is its own link being down: it computes, its network does not, so the fault is an interconnect one
+    (`interconnect_timeout` on that chip), which the policies count apart from chip
+    errors. ok and unknown stand for no fault."""
+    if chip.link == "down" and chip.health is Health.ALARM and chip.reason == LINK_DOWN_REASON:
+        return Signal.INTERCONNECT_TIMEOUT
+    return _SIGNAL_FOR_HEALTH.get(chip.health)
 
 
 class ChipProbe(Protocol):

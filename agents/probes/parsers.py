@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+import msgspec
+
 from supervisor.shared.protocol import ChipStatus
 from supervisor.shared.vocab import Health
 
@@ -255,8 +257,9 @@ class NpuSmiChip:
         return self.device_id if self.device_id is not None else self.npu_id
 
     def to_chip_status(self) -> ChipStatus:
-        """HBM is the memory training uses, so it wins when the card reports any; cards
-        without HBM (310) report their DDR `Memory-Usage` instead."""
+        """HBM is the memory training uses, so it wins `memory_*` when the card reports
+        any; cards without HBM (310) report their DDR `Memory-Usage` there instead. Both
+        are also given separately (`hbm_*`, `ddr_*`), a card's 0 / 0 meaning "none"."""
         health, reason = npu_health(self.health_word)
         if self.hbm_total_mb:
             used, total = self.hbm_used_mb, self.hbm_total_mb
@@ -264,6 +267,8 @@ class NpuSmiChip:
             used, total = self.memory_used_mb, self.memory_total_mb
         else:
             used, total = None, None
+        hbm = (self.hbm_used_mb, self.hbm_total_mb) if self.hbm_total_mb else (None, None)
+        ddr = (self.memory_used_mb, self.memory_total_mb) if self.memory_total_mb else (None, None)
         return ChipStatus(
             index=self.index,
             health=health,
@@ -271,6 +276,12 @@ class NpuSmiChip:
             memory_used_mb=used,
             memory_total_mb=total,
             reason=reason,
+            power_w=self.power_w,
+            utilisation_pct=self.aicore_pct,
+            hbm_used_mb=hbm[0],
+            hbm_total_mb=hbm[1],
+            ddr_used_mb=ddr[0],
+            ddr_total_mb=ddr[1],
         )
 
 
@@ -370,6 +381,9 @@ def parse_npu_smi_info_chips(text: str) -> list[NpuSmiChip]:
             groups.append(current)
         current.append((line_no, line, cells))
     if not header:
+        headerless = _with_inferred_header(text)
+        if headerless is not None:
+            return parse_npu_smi_info_chips(headerless)
         raise _not_found(_NPU_TOOL, _NPU_EXPECTED, text)
 
     chips: list[NpuSmiChip] = []
@@ -428,6 +442,41 @@ def _npu_chip(header: list[list[list[tuple[int, str]]]], rows: list[tuple[int, s
         hbm_total_mb=hbm_total,
         line=line_no,
     )
+
+
+# The column headers npu-smi prints, by layout (from the fixtures): multi-chip cards
+# (Atlas A3: `Chip  Phy-ID`), one chip per NPU with HBM (910A/910B/910ProB), and the older
+# 310 cards with `Chip  Device` and no HBM column. Used only for excerpts pasted without
+# their header (as people paste them into issues and chats).
+_NPU_HEADERS = {
+    "phy-id": ("| NPU   Name                | Health        | Power(W)    Temp(C)           Hugepages-Usage(page)|\n"
+               "| Chip  Phy-ID              | Bus-Id        | AICore(%)   Memory-Usage(MB)  HBM-Usage(MB)        |"),
+    "hbm": ("| NPU   Name                | Health        | Power(W)    Temp(C)           Hugepages-Usage(page)|\n"
+            "| Chip                      | Bus-Id        | AICore(%)   Memory-Usage(MB)  HBM-Usage(MB)        |"),
+    "device": ("| NPU     Name      | Health          | Power(W)          Temp(C)              Hugepages-Usage(page) |\n"
+               "| Chip    Device    | Bus-Id          | AICore(%)         Memory-Usage(MB)                           |"),
+}
+_CHIP_ROW = re.compile(r"\|\s*[0-9]{1,4}(?:\s+(?P<second>[0-9]{1,4}))?\s*\|\s*(?:[0-9A-Fa-f]{4,8}:)?[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]\s*\|")
+
+
+def _with_inferred_header(text: str) -> str | None:
+    """`text` with the column header of its layout put back, when it is chip rows without
+    one: an NPU row (`| id  name | health | ...`) followed by its chip row (`| chip
+    [device] | bus id | ...`). The layout is read from the chip row: a second id column
+    is A3's Phy-ID or 310's Device (told apart by a missing HBM pair), else the 910 one."""
+    lines = [_table_line(raw) for _, raw in _lines(text)]
+    for first, second in zip(lines, lines[1:]):
+        cells = _cells(first)
+        m = _CHIP_ROW.match(second)
+        if not cells or len(cells) < 3 or not m or not re.match(r"\s*[0-9]{1,4}\s+\S", cells[0]):
+            continue
+        pairs = len(re.findall(r"[0-9]+\s*/\s*[0-9]+", (_cells(second) or [""])[-1]))
+        if m.group("second") is None:
+            layout = "hbm"
+        else:
+            layout = "phy-id" if pairs >= 2 else "device"
+        return _NPU_HEADERS[layout] + "\n+" + "=" * 20 + "+\n" + text
+    return None
 
 
 def parse_npu_smi_info(text: str) -> list[ChipStatus]:
@@ -804,7 +853,8 @@ def parse_nvidia_smi_csv(text: str, fields: Sequence[str] | None = None) -> list
       alarm (these columns are in no fixture; accepted because they are the same format);
     * a bracketed error value (`[Unknown Error]`) → unknown, `[GPU is lost]` → critical;
     * otherwise ok.
-    `ecc_*` carry the volatile counts, or the aggregate ones when volatile is not printed."""
+    `ecc_*` carry the volatile counts, or the aggregate ones when volatile is not printed;
+    `power_w` is `power.draw` (or `.instant`, `.average`), `utilisation_pct` `utilization.gpu`."""
     chips = []
     indexed = []
     for position, row in enumerate(parse_nvidia_smi_csv_rows(text, fields)):
@@ -837,6 +887,9 @@ def parse_nvidia_smi_csv(text: str, fields: Sequence[str] | None = None) -> list
         health, reason = _worst(findings)
         temperature = row.get("temperature.gpu")
         used, total = row.get("memory.used"), row.get("memory.total")
+        power = next((row[k] for k in ("power.draw", "power.draw.instant", "power.draw.average")
+                      if isinstance(row.get(k), (int, float))), None)
+        utilisation = row.get("utilization.gpu")
         chips.append(
             ChipStatus(
                 index=index,
@@ -847,6 +900,8 @@ def parse_nvidia_smi_csv(text: str, fields: Sequence[str] | None = None) -> list
                 ecc_uncorrectable=uncorrected or 0,
                 ecc_correctable=corrected or 0,
                 reason=reason,
+                power_w=float(power) if power is not None else None,
+                utilisation_pct=float(utilisation) if isinstance(utilisation, (int, float)) else None,
             )
         )
     _check_unique(_CSV_TOOL, indexed)
@@ -1041,15 +1096,20 @@ def parse_nvidia_smi_table(text: str) -> list[ChipStatus]:
             uncorrectable = int(ecc_word)
             if uncorrectable > 0:
                 findings.append((Health.ALARM, f"{_errors(uncorrectable)} since the driver loaded"))
-        temperature = used = total = None
+        temperature = used = total = power = utilisation = None
         if len(record) > 1:
             second = record[1][2]
             t = re.search(r"(?<!\S)([0-9]{1,4})\s*C(?!\S)", second[0])
             temperature = float(t.group(1)) if t else None
+            w = re.search(r"(?<!\S)([0-9]{1,5}(?:\.[0-9]{1,3})?)\s*W\s*/", second[0])
+            power = float(w.group(1)) if w else None
             if len(second) > 1:
                 mem = re.search(r"([0-9]{1,12})\s*MiB\s*/\s*([0-9]{1,12})\s*MiB", second[1])
                 if mem:
                     used, total = int(mem.group(1)), int(mem.group(2))
+            if len(second) > 2:
+                u = re.match(r"\s*([0-9]{1,3})\s*%", second[2])
+                utilisation = float(u.group(1)) if u else None
         # ERR! elsewhere (fan, power, temperature) means a reading failed; not in a fixture.
         others = [c for _, _, cells in record for c in cells]
         err_cells = sum("ERR!" in c for c in others) - (1 if ecc_word.upper() == "ERR!" else 0)
@@ -1064,6 +1124,8 @@ def parse_nvidia_smi_table(text: str) -> list[ChipStatus]:
             memory_total_mb=total,
             ecc_uncorrectable=uncorrectable,
             reason=reason,
+            power_w=power,
+            utilisation_pct=utilisation,
         )
         chips.append((chip, bus_id))
     _check_unique(_TABLE_TOOL, indexed)
@@ -1078,24 +1140,16 @@ def parse_nvidia_smi_table(text: str) -> list[ChipStatus]:
         if notes:
             findings = [(chip.health, chip.reason)] if chip.reason else []
             health, reason = _worst(findings + [(Health.WARNING, f"nvidia-smi warns: {n}") for n in notes])
-            chip = ChipStatus(
-                index=chip.index,
-                health=health,
-                temperature_c=chip.temperature_c,
-                memory_used_mb=chip.memory_used_mb,
-                memory_total_mb=chip.memory_total_mb,
-                ecc_uncorrectable=chip.ecc_uncorrectable,
-                reason=reason,
-            )
+            chip = msgspec.structs.replace(chip, health=health, reason=reason)
         result.append(chip)
     return result
 
 
 # --- kernel log: NVRM Xid --------------------------------------------------------------
 
-#: `XidEvent.xid` of a "GPU has fallen off the bus" message that came without an Xid line.
-#: Not an NVIDIA code (they start at 1): it is an Xid 79 the driver did not number.
-XID_FALLEN_OFF_BUS = 0
+#: `XidEvent.xid` of a "GPU has fallen off the bus" message that came without an Xid line:
+#: the same fault as a numbered Xid 79 (critical), told apart only by `numbered=False`.
+XID_FALLEN_OFF_BUS = 79
 
 # Meanings from NVIDIA's Xid catalog (docs.nvidia.com/deploy/xid-errors/, "Xid error
 # listing" and "Analyzing Xid Errors with the Xid Catalog"). Severity is trainguard's:
@@ -1165,6 +1219,8 @@ class XidEvent:
     message: str
     line: int
     timestamp: str | None
+    #: False for a fallen-off-the-bus message that came without its Xid line (xid 79).
+    numbered: bool = True
 
     @property
     def health(self) -> Health:
@@ -1214,9 +1270,10 @@ def parse_dmesg_xid(text: str) -> list[XidEvent]:
     """NVRM Xid events in kernel-log text (`dmesg`, `dmesg -T`, syslog, `journalctl -k`),
     in order. Empty text or a log without Xids is valid: it returns [].
 
-    "Fallen off the bus" messages without an Xid line become events with
-    `xid=XID_FALLEN_OFF_BUS` (0), unless an Xid 79 for the same GPU is in the same text
-    (the driver prints both for one event; the Xid line is kept)."""
+    "Fallen off the bus" messages without an Xid line are the same fault as Xid 79: events
+    with `xid=XID_FALLEN_OFF_BUS` (79) and `numbered=False`, unless a numbered Xid 79 for
+    the same GPU is in the same text (the driver prints both for one event; the Xid line
+    is kept)."""
     lines = _nonblank(text)
     if lines and "NVRM" not in lines[0][1] and _DMESG_FAILURE.search(lines[0][1]):
         raise ParseError("dmesg", "could not read the kernel log", line_no=lines[0][0], line=lines[0][1])
@@ -1256,7 +1313,8 @@ def parse_dmesg_xid(text: str) -> list[XidEvent]:
                     message=body,
                     line=line_no,
                     timestamp=stamp,
+                    numbered=False,
                 )
             )
-    numbered = {e.pci_bus_id for e in events if e.xid == 79}
-    return [e for e in events if not (e.xid == XID_FALLEN_OFF_BUS and e.pci_bus_id in numbered)]
+    numbered = {e.pci_bus_id for e in events if e.xid == 79 and e.numbered}
+    return [e for e in events if e.numbered or e.pci_bus_id not in numbered]

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from agents.probes.base import LINK_DOWN_REASON
 from agents.probes.parsers import (
     ParseError,
     XidEvent,
@@ -26,7 +27,7 @@ from supervisor.shared.vocab import Health
 
 NVIDIA_QUERY = (
     "index,temperature.gpu,memory.used,memory.total,"
-    "ecc.errors.uncorrected.volatile.total,ecc.errors.corrected.volatile.total,utilization.gpu"
+    "ecc.errors.uncorrected.volatile.total,ecc.errors.corrected.volatile.total,utilization.gpu,power.draw"
 )
 
 
@@ -72,9 +73,11 @@ def _fill_missing(chips: list[ChipStatus], expected: int, tool: str) -> tuple[Ch
 
 
 class AscendProbe:
-    """`npu-smi info` for every chip's health, temperature and memory; for a chip that
-    is not ok, `npu-smi info -t health -i N` for its error codes; and, when hccn_tool is
-    installed, each chip's RoCE link (a link that is down makes the chip alarm)."""
+    """`npu-smi info` for every chip's health, temperature, power, AI Core use and memory
+    (HBM and DDR apart); for a chip that is not ok, `npu-smi info -t health -i N` for its
+    error codes; and, when hccn_tool is installed, each chip's RoCE link: `link` says
+    "up" or "down", and a link that is down makes the chip alarm with the reason, which
+    `chip_signal` turns into an interconnect fault on that chip (not a chip error)."""
 
     name = "npu-smi"
 
@@ -115,9 +118,9 @@ class AscendProbe:
         except ParseError:
             state = None
         if state == "down":
-            reason = "; ".join(x for x in (chip.reason, "RoCE link down (hccn_tool)") if x)
-            return _replace(chip, health=Health.worst([chip.health, Health.ALARM]), reason=reason)
-        return chip
+            reason = "; ".join(x for x in (chip.reason, LINK_DOWN_REASON) if x)
+            return _replace(chip, health=Health.worst([chip.health, Health.ALARM]), reason=reason, link="down")
+        return _replace(chip, link=state) if state is not None else chip
 
 
 class NvidiaProbe:
@@ -162,6 +165,8 @@ class NvidiaProbe:
                 ecc_c = _try(lambda: int(pynvml.nvmlDeviceGetTotalEccErrors(
                     handle, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC)))
                 pending = _try(lambda: pynvml.nvmlDeviceGetRetiredPagesPendingStatus(handle))
+                power_mw = _try(lambda: pynvml.nvmlDeviceGetPowerUsage(handle))  # milliwatts
+                rates = _try(lambda: pynvml.nvmlDeviceGetUtilizationRates(handle))
                 health = Health.OK
                 if ecc_u:
                     health = Health.ALARM
@@ -175,6 +180,8 @@ class NvidiaProbe:
                     memory_total_mb=mem.total // 2**20 if mem else None,
                     ecc_uncorrectable=ecc_u or 0, ecc_correctable=ecc_c or 0,
                     reason="; ".join(problems) or None,
+                    power_w=power_mw / 1000.0 if power_mw is not None else None,
+                    utilisation_pct=float(rates.gpu) if rates is not None else None,
                 ))
         except Exception as exc:
             return [ChipStatus(index=i, health=Health.UNKNOWN, reason=f"NVML failed: {exc}") for i in range(self.chips)]

@@ -3,8 +3,11 @@
 The catalog (agents/watchers/faults.yaml) is an ordered list of named regexes; the first
 whose regex matches a line decides that line's signal. A Python traceback is one finding,
 not one per line: it is collected to its end (chained tracebacks included) and takes the
-signal of the earliest catalog pattern that matches any of its lines, or `user_error` when
-none does. Output of several ranks interleaved by torchrun (`[rank0]: ...`, `[rank1]: ...`)
+signal of the earliest catalog pattern that matches any of its lines. A traceback that no
+pattern matches is a `crash` named `python-traceback-unrecognised`: trainguard restarts it
+within the policy's budget, and only a recognised programming error (a `user_error`
+pattern) or a failure that repeats identically after a restart (`failure_fingerprint`)
+stops a job. Output of several ranks interleaved by torchrun (`[rank0]: ...`, `[rank1]: ...`)
 is kept apart by that prefix, so each rank's traceback stays whole.
 
 Pure: no clock, no files except `load_catalog`; the agent owns the pipes and feeds lines.
@@ -25,18 +28,34 @@ from typing import Iterable, Sequence
 
 import yaml
 
+from supervisor.shared.fingerprint import failure_fingerprint
 from supervisor.shared.vocab import Severity, Signal, default_severity
 from supervisor.shared.yamlcheck import Checker, Problem, YamlProblems, compose
 from supervisor.shared.yamlcheck import kind as _kind
 from supervisor.shared.yamlcheck import show as _show
 
 CATALOG_VERSION = 1
-#: The pattern name of a traceback that no catalog pattern matched.
-TRACEBACK_PATTERN = "python-traceback"
+#: The pattern name of a traceback that no catalog pattern matched: a `crash`, whose
+#: evidence says it was not recognised (never a `user_error` by default).
+TRACEBACK_PATTERN = "python-traceback-unrecognised"
+#: The pattern name of an exception line that no pattern matched, outside any traceback
+#: (a traceback printed without its standard header, e.g. by `rich`, ends in one).
+EXCEPTION_PATTERN = "python-exception-unrecognised"
+#: The signal of an unrecognised traceback or exception line.
+TRACEBACK_SIGNAL = Signal.CRASH
+UNRECOGNISED_PATTERNS = (TRACEBACK_PATTERN, EXCEPTION_PATTERN)
 #: The signals a log line can carry (the rest come from the launcher, probes and daemon).
-LOG_SIGNALS = (Signal.INTERCONNECT_TIMEOUT, Signal.CHIP_ERROR, Signal.OOM, Signal.NETWORK, Signal.USER_ERROR)
+#: `crash` is for recognised faults that name no chip, link or memory cause (a full disk,
+#: a failing CANN operator): restarted within budget, never blamed on the user.
+LOG_SIGNALS = (Signal.INTERCONNECT_TIMEOUT, Signal.CHIP_ERROR, Signal.OOM, Signal.NETWORK, Signal.CRASH,
+               Signal.USER_ERROR)
 VENDORS = ("ascend", "nvidia", "any")
-PATTERN_KEYS = ("name", "signal", "regex", "severity", "vendor", "source", "example")
+#: Every key of a pattern; an entry has `examples` (one or more real lines) or, the older
+#: spelling, one `example`, not both.
+PATTERN_KEYS = ("name", "signal", "regex", "severity", "vendor", "source", "examples")
+_REQUIRED_KEYS = PATTERN_KEYS[:-1]
+_ALLOWED_KEYS = (*PATTERN_KEYS, "example")
+_EXAMPLE_KEYS = ("line", "source")
 ENV_PATTERNS = "TRAINGUARD_PATTERNS"
 
 MAX_EVIDENCE_BYTES = 2048
@@ -53,6 +72,9 @@ _NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*\Z")
 _PREFIX = re.compile(r"\[[A-Za-z_]*\d+\]: ?|\((?:[\w.-]+ )?pid=\d+(?:, ip=[\w.:]+)?\) ")
 _MAX_PREFIXES = 4
 _HEADER = "Traceback (most recent call last):"
+# `KeyError: 'a'`, `torch.distributed.DistBackendError: ...`, a bare `AssertionError`: the
+# last line of a Python traceback, which is all that some formatters leave at the margin.
+_EXCEPTION_LINE = re.compile(r"(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception)(?::\s.*)?\Z")
 _CHAIN_LINES = frozenset({
     "During handling of the above exception, another exception occurred:",
     "The above exception was the direct cause of the following exception:",
@@ -64,7 +86,9 @@ _CHAIN_LINES = frozenset({
 
 @dataclass(frozen=True)
 class Pattern:
-    """One catalog entry; `line` is where it starts in the catalog file."""
+    """One catalog entry; `line` is where it starts in the catalog file. `examples` are
+    real log lines the regex must match, each copied from its entry in `example_sources`
+    (the pattern's `source` unless the example names its own)."""
 
     name: str
     signal: Signal
@@ -72,8 +96,14 @@ class Pattern:
     severity: Severity
     vendor: str
     source: str
-    example: str
+    examples: tuple[str, ...]
     line: int = 0
+    example_sources: tuple[str, ...] = ()
+
+    @property
+    def example(self) -> str:
+        """The first example line."""
+        return self.examples[0]
 
 
 @dataclass(frozen=True)
@@ -173,23 +203,31 @@ class _Checker(Checker):
         # the catalog's order is wrong or the earlier regex is too broad.
         catalog = Catalog(tuple(patterns))
         for pattern, entry in zip(patterns, node.value):
-            winner = catalog.match(pattern.example)
-            if winner is not pattern and winner is not None:
-                self.error(
-                    _value_node(entry, "example"),
-                    f"pattern {pattern.name!r}: its example is matched first by the earlier pattern "
-                    f"{winner.name!r} (line {winner.line}, signal {winner.signal.value}); move this entry "
-                    f"above it or narrow that regex",
-                )
+            for number, example in enumerate(pattern.examples):
+                winner = catalog.match(example)
+                if winner is not pattern and winner is not None:
+                    which = "its example" if len(pattern.examples) == 1 else f"its example #{number + 1}"
+                    self.error(
+                        _example_node(entry, number),
+                        f"pattern {pattern.name!r}: {which} is matched first by the earlier pattern "
+                        f"{winner.name!r} (line {winner.line}, signal {winner.signal.value}); move this entry "
+                        f"above it or narrow that regex",
+                    )
         return tuple(patterns)
 
     def pattern(self, node: yaml.Node, index: int, first_seen: dict[str, int]) -> Pattern | None:
         # Name the entry in every message about it, even one about its keys.
         named = _scalar_value(node, "name")
         where = f"pattern {named!r}" if named else f"pattern #{index + 1}"
-        values = self.mapping(node, where, PATTERN_KEYS)
+        values = self.mapping(node, where, _ALLOWED_KEYS, _REQUIRED_KEYS)
         if values is None:
             return None
+        both = "example" in values and "examples" in values
+        if both:
+            self.error(values["example"], f"{where}: give `examples` (a list) or one `example`, not both")
+        if "example" not in values and "examples" not in values:
+            self.error(node, f"{where}: missing required key 'examples' (at least one real log line the regex "
+                             f"matches, copied from `source`)")
         name = self.str_(values["name"], f"{where} name") if "name" in values else None
         ok = name is not None
         if name is not None:
@@ -197,7 +235,7 @@ class _Checker(Checker):
             if not _NAME.match(name):
                 self.error(values["name"], f"{where}: a name is kebab-case (lower-case letters, digits, single '-')")
                 ok = False
-            elif name == TRACEBACK_PATTERN:
+            elif name in UNRECOGNISED_PATTERNS:
                 self.error(values["name"], f"{where}: the name is reserved for tracebacks that no pattern matches")
                 ok = False
             elif name in first_seen:
@@ -205,7 +243,8 @@ class _Checker(Checker):
                 ok = False
             else:
                 first_seen[name] = name_line
-        signal = severity = vendor = source = example = regex = None
+        signal = severity = vendor = source = regex = None
+        examples: list[tuple[str, str | None, yaml.Node]] | None = None
         if "signal" in values:
             signal = self.choice(values["signal"], f"{where} signal", tuple(s.value for s in LOG_SIGNALS))
         if "severity" in values:
@@ -214,11 +253,17 @@ class _Checker(Checker):
             vendor = self.choice(values["vendor"], f"{where} vendor", VENDORS)
         if "source" in values:
             source = self.str_(values["source"], f"{where} source")
-        if "example" in values:
-            example = self.str_(values["example"], f"{where} example")
-            if example is not None and "\n" in example:
-                self.error(values["example"], f"{where} example must be one log line")
-                example = None
+        if both:
+            pass  # reported above
+        elif "example" in values:
+            examples = self.examples_([values["example"]], where, f"{where} example")
+        elif "examples" in values:
+            seq = values["examples"]
+            if not isinstance(seq, yaml.SequenceNode) or not seq.value:
+                got = "an empty list" if isinstance(seq, yaml.SequenceNode) else _kind(seq)
+                self.error(seq, f"{where} examples must be a non-empty list of real log lines, got {got}")
+            else:
+                examples = self.examples_(seq.value, where, f"{where} examples")
         if "regex" in values:
             text = self.str_(values["regex"], f"{where} regex")
             if text is not None:
@@ -230,15 +275,46 @@ class _Checker(Checker):
                     if regex.search(""):
                         self.error(values["regex"], f"{where} regex matches the empty string, so it would match every line")
                         regex = None
-        if regex is not None and example is not None and not regex.search(split_prefix(example)[1]):
-            self.error(values["example"], f"{where}: the example is not matched by the pattern's own regex")
-            ok = False
-        if not ok or None in (signal, severity, vendor, source, example, regex):
+        if regex is not None and examples is not None:
+            for line, _, example_node in examples:
+                if not regex.search(split_prefix(line)[1][:MAX_MATCH_CHARS]):
+                    self.error(example_node, f"{where}: the example is not matched by the pattern's own regex")
+                    ok = False
+        if not ok or examples is None or None in (signal, severity, vendor, source, regex):
             return None
         return Pattern(
             name=name, signal=Signal(signal), regex=regex, severity=Severity(severity),  # type: ignore[arg-type]
-            vendor=vendor, source=source, example=example, line=node.start_mark.line + 1,  # type: ignore[arg-type]
+            vendor=vendor, source=source, examples=tuple(line for line, _, _ in examples),  # type: ignore[arg-type]
+            line=node.start_mark.line + 1,
+            example_sources=tuple(own or source for _, own, _ in examples),  # type: ignore[misc]
         )
+
+    def examples_(self, nodes: list[yaml.Node], where: str, what: str) -> list[tuple[str, str | None, yaml.Node]] | None:
+        """(line, its own source or None, node) per example; None when any is unusable.
+        An example is a string, or a mapping {line, source} for a line read elsewhere."""
+        out: list[tuple[str, str | None, yaml.Node]] = []
+        ok = True
+        for item in nodes:
+            own: str | None = None
+            line_node = item
+            if isinstance(item, yaml.MappingNode):
+                fields = self.mapping(item, what, _EXAMPLE_KEYS, _EXAMPLE_KEYS)
+                if fields is None or len(fields) != len(_EXAMPLE_KEYS):
+                    ok = False
+                    continue
+                own = self.str_(fields["source"], f"{what} source")
+                line_node = fields["line"]
+                if own is None:
+                    ok = False
+            line = self.str_(line_node, what)
+            if line is not None and "\n" in line:
+                self.error(line_node, f"{what} must be one log line")
+                line = None
+            if line is None:
+                ok = False
+                continue
+            out.append((line, own, line_node))
+        return out if ok else None
 
 
 def _scalar_value(node: yaml.Node, key: str) -> str | None:
@@ -252,6 +328,14 @@ def _scalar_value(node: yaml.Node, key: str) -> str | None:
 
 def _value_node(mapping: yaml.MappingNode, key: str) -> yaml.Node:
     return next(v for k, v in mapping.value if isinstance(k, yaml.ScalarNode) and k.value == key)
+
+
+def _example_node(mapping: yaml.MappingNode, number: int) -> yaml.Node:
+    """The node of the entry's example #number (for a message that points at it)."""
+    if any(isinstance(k, yaml.ScalarNode) and k.value == "example" for k, _ in mapping.value):
+        return _value_node(mapping, "example")
+    item = _value_node(mapping, "examples").value[number]
+    return _value_node(item, "line") if isinstance(item, yaml.MappingNode) else item
 
 
 # --- the scanner -------------------------------------------------------------------
@@ -348,6 +432,8 @@ class LogScanner:
             if index is not None:
                 pattern = self.catalog.patterns[index]
                 found.append(Finding(number, pattern.signal, pattern.name, pattern.severity, _clip(line), 1))
+            elif _EXCEPTION_LINE.match(text[:MAX_MATCH_CHARS].rstrip()):
+                found.append(Finding(number, TRACEBACK_SIGNAL, EXCEPTION_PATTERN, Severity.WARNING, _clip(line), 1))
         found.sort(key=lambda f: f.line)
         return found
 
@@ -397,7 +483,7 @@ class LogScanner:
             signal, name, severity = pattern.signal, pattern.name, pattern.severity
             pieces[tb.best_line[0]] = tb.best_line[1]
         else:
-            signal, name, severity = Signal.USER_ERROR, TRACEBACK_PATTERN, default_severity(Signal.USER_ERROR)
+            signal, name, severity = TRACEBACK_SIGNAL, TRACEBACK_PATTERN, default_severity(TRACEBACK_SIGNAL)
         last = tb.exception if tb.state != _FRAMES and tb.exception is not None else tb.tail
         pieces[last[0]] = last[1]
         evidence = _join_clipped([pieces[n] for n in sorted(pieces)], MAX_EVIDENCE_BYTES)
@@ -445,3 +531,35 @@ def _join_clipped(pieces: list[str], limit: int) -> str:
         shares[index] = share
         budget -= share
     return "\n".join(_clip(piece, shares[i]) for i, piece in enumerate(pieces))
+
+
+# --- reading findings --------------------------------------------------------------
+
+
+def specificity(finding: Finding, catalog: Catalog) -> int:
+    """The finding's pattern position in `catalog` (lower is more specific); an
+    unrecognised traceback (or a pattern the catalog no longer has) ranks last."""
+    for index, pattern in enumerate(catalog.patterns):
+        if pattern.name == finding.pattern:
+            return index
+    return len(catalog.patterns)
+
+
+def most_specific(findings: Sequence[Finding], catalog: Catalog) -> Finding | None:
+    """The finding that best names the cause of a failed log: the one whose pattern comes
+    first in the catalog (catalog order is specificity order: a vendor error code before
+    the wrapper line that reports it, every infrastructure pattern before the user_error
+    ones), the earliest in the log among equals. None when there are no findings."""
+    if not findings:
+        return None
+    return min(findings, key=lambda f: (specificity(f, catalog), f.line))
+
+
+def fingerprint(finding: Finding, step: int | None = None) -> str | None:
+    """The failure fingerprint of an unrecognised traceback (see
+    `supervisor.shared.fingerprint`): the job layer compares it across attempts, and an
+    identical repeat is a deterministic failure. None for a recognised pattern, whose
+    repeats mean the fault is still there, not that the program is wrong."""
+    if finding.pattern not in UNRECOGNISED_PATTERNS:
+        return None
+    return failure_fingerprint(finding.evidence, step)

@@ -48,7 +48,20 @@ def _chips(chips: list[dict[str, Any]]) -> str:
     details = "; ".join(f"#{c['index']} {c['health']}" + (f" ({c['reason']})" if c.get("reason") else "") for c in bad[:3])
     if len(bad) > 3:
         details += f"; +{len(bad) - 3} more"
-    return summary + (f"\n[dim]{details}[/]" if details else "")
+    readings = _readings(chips)
+    return summary + (f"\n{readings}" if readings else "") + (f"\n[dim]{details}[/]" if details else "")
+
+
+def _readings(chips: list[dict[str, Any]]) -> str:
+    """Busiest chip's use and the node's chip power, as far as the probes read them."""
+    utils = [c["utilisation_pct"] for c in chips if c.get("utilisation_pct") is not None]
+    power = [c["power_w"] for c in chips if c.get("power_w") is not None]
+    parts = []
+    if utils:
+        parts.append(f"use max {max(utils):.0f}%")
+    if power:
+        parts.append(f"{sum(power):.0f} W")
+    return "[dim]" + " · ".join(parts) + "[/]" if parts else ""
 
 
 def _host(host: dict[str, Any] | None) -> str:

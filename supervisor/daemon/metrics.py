@@ -22,6 +22,17 @@ class DaemonMetrics:
         r = self.registry
         self.nodes = Gauge("trainguard_nodes", "Nodes by liveness state.", ["state"], registry=r)
         self.chips = Gauge("trainguard_chips", "Chips by health, over all nodes.", ["health"], registry=r)
+        # Per-chip readings, as the node's probe last read them; a chip whose probe cannot
+        # read a value has no sample for it (absent, never 0).
+        self.chip_power = Gauge("trainguard_chip_power_watts", "Chip power draw, watts.", ["node", "chip"], registry=r)
+        self.chip_utilisation = Gauge("trainguard_chip_utilisation_ratio",
+                                      "Chip compute use, 0..1 (AI Core on Ascend, GPU on Nvidia).",
+                                      ["node", "chip"], registry=r)
+        self.chip_memory_used = Gauge("trainguard_chip_memory_used_bytes",
+                                      "Chip memory in use, by kind: hbm (on-chip) or ddr (the card's).",
+                                      ["node", "chip", "kind"], registry=r)
+        self.chip_temperature = Gauge("trainguard_chip_temperature_celsius", "Chip temperature.",
+                                      ["node", "chip"], registry=r)
         self.signals = Counter("trainguard_signals_total", "Fault signals received, by signal and pool.",
                                ["signal", "pool"], registry=r)
         self.detection_latency = Histogram(
@@ -62,10 +73,23 @@ class DaemonMetrics:
     def observe_nodes(self, table: NodeTable) -> None:
         states = {s: 0 for s in NodeState}
         chips = {h: 0 for h in Health}
+        # Rebuilt each time, so that a node or chip that went away leaves no stale sample.
+        for gauge in (self.chip_power, self.chip_utilisation, self.chip_memory_used, self.chip_temperature):
+            gauge.clear()
         for record in table.records():
             states[record.state] += 1
             for chip in record.chips:
                 chips[chip.health] += 1
+                labels = (record.node, str(chip.index))
+                if chip.power_w is not None:
+                    self.chip_power.labels(*labels).set(chip.power_w)
+                if chip.utilisation_pct is not None:
+                    self.chip_utilisation.labels(*labels).set(chip.utilisation_pct / 100.0)
+                if chip.temperature_c is not None:
+                    self.chip_temperature.labels(*labels).set(chip.temperature_c)
+                for kind, used in (("hbm", chip.hbm_used_mb), ("ddr", chip.ddr_used_mb)):
+                    if used is not None:
+                        self.chip_memory_used.labels(*labels, kind).set(used * 2**20)
         for state, n in states.items():
             self.nodes.labels(state.value).set(n)
         self.agent_handler_failures.set(sum(r.handler_failures for r in table.records()))

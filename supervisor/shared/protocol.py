@@ -77,6 +77,16 @@ class ChipStatus(msgspec.Struct, frozen=True, kw_only=True):
     ecc_correctable: Count = 0
     error_codes: Annotated[tuple[ShortText, ...], msgspec.Meta(max_length=64)] = ()
     reason: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+    # Readings an operator expects beside health (None: the probe cannot read it).
+    # `memory_*` above is the memory training uses (HBM when the card has it); cards with
+    # both report the on-chip HBM and the card's DDR separately here.
+    power_w: Reading | None = None
+    utilisation_pct: Reading | None = None  # AI Core % on Ascend, GPU % on Nvidia
+    hbm_used_mb: Count | None = None
+    hbm_total_mb: Count | None = None
+    ddr_used_mb: Count | None = None
+    ddr_total_mb: Count | None = None
+    link: ShortText | None = None  # the chip's own network link (Ascend RoCE via hccn_tool): "up" / "down"
 
 
 class HostStatus(msgspec.Struct, frozen=True, kw_only=True):
