@@ -228,9 +228,9 @@ class Daemon:
                 now = system_now()
                 self._apply(self.cluster.tick(now), now)
                 if self.watcher is not None and self.cluster.policies is not None:
-                    for path in self.watcher.due(now.mono):
+                    for path, outcome in self.watcher.loaded(now.mono):  # read off the loop
                         try:
-                            self._policy_changes(self.cluster.policies.reload(path, now.wall), now)
+                            self._policy_changes(self.cluster.policies.apply(path, outcome(), now.wall), now)
                         except Exception:  # a loader bug must not take the daemon down
                             log.exception("policy.reload_failed", file=str(path), action="the policy in force is unchanged")
                 if now.mono >= next_flush:
