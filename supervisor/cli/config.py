@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from supervisor.shared.durations import parse_duration
 from supervisor.shared.protocol import DEFAULT_AGENT_ENDPOINT, DEFAULT_CTL_ENDPOINT, NODE_ID_PATTERN
+from supervisor.shared.safefile import CONFIG_LIMIT, FileRefused, read_bounded_text
 
 DEFAULT_PATH = Path("/etc/trainguard/trainguard.toml")
 ACCELERATORS = ("ascend", "nvidia", "cpu", "sim-ascend", "sim-nvidia")
@@ -152,7 +153,9 @@ def load(path: Path | None, explicit: bool) -> Config:
     if path is None or (not explicit and not path.exists()):
         return Config(None, {}, {})
     try:
-        text = path.read_text()
+        text = read_bounded_text(path, CONFIG_LIMIT, "a configuration file")
+    except FileRefused as exc:
+        raise ConfigError(f"{path}:0: {exc.reason}") from None
     except OSError as exc:
         raise ConfigError(f"{path}:0: cannot read the configuration: {exc.strerror or exc}") from None
     try:
