@@ -111,6 +111,19 @@ def test_agent_rejects_a_node_id_the_protocol_would_refuse():
     assert "--node-id" in result.stderr
 
 
+@pytest.mark.parametrize("option, value, bound", [
+    ("--count", str(10**23), "1<=x<=1000000"),
+    ("--count", "1000001", "1<=x<=1000000"),
+    ("--chip", "4096", "0<=x<=4095"),
+])
+def test_inject_numbers_beyond_their_bounds_are_usage_errors(option, value, bound):
+    # No daemon needed: click refuses them before any request is made.
+    result = trainguard("inject", "--ctl", "ipc:///nonexistent/ctl.sock", "--timeout", "1", "n1", "ecc", option, value)
+    assert result.returncode == 2, result.stderr
+    assert f"Invalid value for '{option}'" in result.stderr and bound in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_inject_errors_are_specific(make_cluster):

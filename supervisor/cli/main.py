@@ -19,7 +19,7 @@ import click
 from supervisor.shared import __version__
 from supervisor.shared.durations import parse_duration
 from supervisor.shared.protocol import DEFAULT_AGENT_ENDPOINT, DEFAULT_CTL_ENDPOINT
-from supervisor.shared.vocab import Fault
+from supervisor.shared.vocab import MAX_CHIP_INDEX, MAX_INJECT_COUNT, Fault
 
 
 class Duration(click.ParamType):
@@ -287,8 +287,9 @@ def status(ctl: str, timeout: float, as_json: bool) -> None:
 @timeout_option
 @click.argument("node")
 @click.argument("fault", type=click.Choice([f.value for f in Fault]))
-@click.option("--chip", type=click.IntRange(min=0), default=0, show_default=True, help="Which chip of the node.")
-@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True, help="ECC errors to add (fault ecc).")
+@click.option("--chip", type=click.IntRange(0, MAX_CHIP_INDEX), default=0, show_default=True, help="Which chip of the node.")
+@click.option("--count", type=click.IntRange(1, MAX_INJECT_COUNT), default=1, show_default=True,
+              help="ECC errors to add (fault ecc).")
 def inject(ctl: str, timeout: float, node: str, fault: str, chip: int, count: int) -> None:
     """Inject FAULT into a simulated NODE's chip, through the daemon.
 

@@ -11,7 +11,7 @@ agent's Result arrives (or the command times out).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 import msgspec
 
@@ -21,7 +21,7 @@ from supervisor.policy.directory import PolicyDirectory
 from supervisor.shared import __version__
 from supervisor.shared.clock import Instant
 from supervisor.shared.protocol import CommandKind, CtlRequest
-from supervisor.shared.vocab import Fault, Health, NodeState
+from supervisor.shared.vocab import MAX_CHIP_INDEX, MAX_INJECT_COUNT, Fault, Health, NodeState
 
 
 class ClusterView(Protocol):
@@ -240,8 +240,10 @@ class Stop(Verb):
 class _InjectParams(msgspec.Struct, forbid_unknown_fields=True):
     node: str
     fault: Fault
-    chip: int = 0
-    count: int = 1
+    # Bounded here, not only in the CLI: a hand-written request with a count of 10**23
+    # would otherwise reach the agent's command encoder (msgpack stops at 2**64).
+    chip: Annotated[int, msgspec.Meta(ge=0, le=MAX_CHIP_INDEX)] = 0
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_INJECT_COUNT)] = 1
 
 
 @_register
