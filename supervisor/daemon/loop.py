@@ -74,6 +74,7 @@ class Daemon:
         self._lock_file = self._take_lock(config.state_dir)
         try:
             self.store = Store(config.state_dir / "state.db")
+            restored = self.store.load_nodes()  # an unreadable row is logged, not dropped in silence
         except StoreError as exc:
             raise DaemonError(str(exc)) from exc
         now = system_now()
@@ -82,7 +83,7 @@ class Daemon:
             instance=new_id(),
             started=now,
         )
-        self._record(self.cluster.nodes.restore(self.store.load_nodes(), now), now)
+        self._record(self.cluster.nodes.restore(restored, now), now)
         self.watcher: DirectoryWatcher | None = None
         if config.policy_dir is not None:
             directory = config.policy_dir.resolve()
