@@ -232,3 +232,23 @@ def test_the_daemon_reads_changed_policy_files_off_its_loop(tmp_path, monkeypatc
         assert [(path.name, outcome()) for path, outcome in done] == [("a.yaml", None), ("b.yaml", None)]
     finally:
         watcher.stop()
+
+
+def test_a_fifo_or_device_in_an_allow_list_directory_is_refused_not_read(tmp_path):
+    from supervisor.daemon.zap import AllowList
+
+    agents = tmp_path / "agents"
+    public, _ = keys.generate(tmp_path / "k", "n1")
+    agents.mkdir()
+    (agents / "n1.key").write_bytes(public.read_bytes())
+    os.mkfifo(agents / "n2.key")
+    (agents / "n3.key").symlink_to("/dev/zero")
+    allow = AllowList(agents)
+    started = time.monotonic()
+    assert allow.refresh()
+    assert time.monotonic() - started < 2
+    assert sorted(allow.keys.values()) == ["n1.key"]
+    assert allow.problems == [
+        f"cannot read public key {agents / 'n2.key'}: refused: it is a FIFO (named pipe); a public key file must be a regular file (or a symlink to one)",
+        f"cannot read public key {agents / 'n3.key'}: refused: it is a character device; a public key file must be a regular file (or a symlink to one)",
+    ]
