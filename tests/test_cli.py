@@ -114,6 +114,20 @@ def test_agent_rejects_a_node_id_the_protocol_would_refuse():
     assert "--node-id" in result.stderr
 
 
+@pytest.mark.parametrize("option, value, bound", [
+    ("--count", str(10**23), "1<=x<=1000000"),
+    ("--count", "1000001", "1<=x<=1000000"),
+    ("--chip", "4096", "0<=x<=4095"),
+])
+def test_inject_numbers_beyond_their_bounds_are_usage_errors(option, value, bound):
+    # No daemon needed: click refuses them before any request is made.
+    result = trainguard("inject", "--ctl", "ipc:///nonexistent/ctl.sock", "--timeout", "1", "n1", "ecc", option, value)
+    assert result.returncode == 2, result.stderr
+    assert f"Invalid value for '{option}'" in result.stderr and bound in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_inject_errors_are_specific(make_cluster):
     cluster = make_cluster()
@@ -191,3 +205,17 @@ def test_parse_says_why_it_cannot_read_an_output(tmp_path):
     bad.write_text("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n")
     result = trainguard("parse", "--format", "nvidia-smi", str(bad))
     assert result.returncode == 1 and str(bad) in result.stderr
+
+
+def test_the_daemon_refuses_a_garbage_state_db_naming_the_file_and_what_to_do(tmp_path):
+    from supervisor.cli.localcluster import free_tcp_endpoint
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state.db").write_bytes(b"garbage, not SQLite\n" * 300)
+    result = trainguard("daemon", "--state-dir", str(state), "--insecure",
+                        "--bind", free_tcp_endpoint(), "--ctl", free_tcp_endpoint())
+    assert result.returncode == 1, result.stderr
+    assert f"Error: the state database {state / 'state.db'} is damaged or not an SQLite database" in result.stderr
+    assert "Move it aside" in result.stderr and "rebuilds its node table as agents re-register" in result.stderr
+    assert "Traceback" not in result.stderr

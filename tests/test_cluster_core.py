@@ -383,12 +383,23 @@ def test_inject_into_a_real_accelerator_is_not_simulated(cluster: Cluster) -> No
         {"fault": "meltdown"},
         {"chip": "one"},
         {"colour": "red"},
+        {"count": 10**23},
+        {"count": 1_000_001},
+        {"chip": 4096},
+        {"chip": -(10**30)},
     ],
 )
 def test_inject_with_bad_arguments_is_a_bad_request(cluster: Cluster, args: dict) -> None:
     deliver(cluster, register("n1", chips=2), at(0))
     request = {"node": "n1", "fault": "critical", **args}
     assert error_code(cluster, ctl("inject", **request)) == "bad_request"
+
+
+def test_inject_numbers_beyond_their_bounds_are_refused_before_anything_is_sent(cluster: Cluster) -> None:
+    deliver(cluster, register("n1", chips=2), at(0))
+    reply = only_reply(cluster.on_ctl_request(CLIENT, ctl("inject", node="n1", fault="ecc", count=10**23), at(1)))
+    assert reply.code == "bad_request"
+    assert reply.error == "inject: Expected `int` <= 1000000 - at `$.count`"
 
 
 def test_inject_into_a_lost_node_is_node_not_up(cluster: Cluster) -> None:

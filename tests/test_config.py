@@ -59,6 +59,29 @@ def test_a_missing_default_file_is_no_configuration_but_a_missing_named_one_is_a
         load(tmp_path / "absent.toml", explicit=True)
 
 
+def test_a_config_path_that_is_a_fifo_a_device_or_huge_is_refused_at_once(tmp_path):
+    os.mkfifo(tmp_path / "fifo.toml")
+    (tmp_path / "zero.toml").symlink_to("/dev/zero")
+    with open(tmp_path / "big.toml", "wb") as f:
+        f.truncate(20 * 1024 * 1024)
+    for name, reason in [
+        ("fifo.toml", "refused: it is a FIFO (named pipe); a configuration file must be a regular file (or a symlink to one)"),
+        ("zero.toml", "refused: it is a character device; a configuration file must be a regular file (or a symlink to one)"),
+        ("big.toml", "refused: 20971520 bytes; a configuration file may hold at most 256 KiB"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            load(tmp_path / name, explicit=True)
+        assert str(info.value) == f"{tmp_path / name}:0: {reason}"
+
+
+def test_a_binary_config_file_is_refused_without_quoting_it(tmp_path):
+    path = tmp_path / "trainguard.toml"
+    path.write_bytes(b"[daemon]\nbind = \"\x00\x01secret\"\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, explicit=True)
+    assert str(info.value) == f"{path}:0: refused: not a configuration file: binary, not text (control character NUL at character 17)"
+
+
 @pytest.mark.slow
 def test_a_config_typo_refuses_to_start_the_daemon_with_the_line(tmp_path):
     path = write(tmp_path, '[daemon]\nheartbeat_timeout = "15s"\nsate_dir = "/tmp/x"\n')

@@ -500,6 +500,35 @@ def test_an_unreadable_catalog_is_a_catalog_error(tmp_path: Path) -> None:
     assert str(info.value) == f"{tmp_path / 'missing.yaml'}:0: cannot read: No such file or directory"
 
 
+@pytest.mark.timeout(10)
+def test_a_catalog_that_is_a_fifo_a_device_or_huge_is_refused_at_once(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "fifo.yaml")
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    with open(tmp_path / "big.yaml", "wb") as f:
+        f.truncate(20 * 1024 * 1024)
+    for name, reason in [
+        ("fifo.yaml", "refused: it is a FIFO (named pipe); a fault catalog must be a regular file (or a symlink to one)"),
+        ("zero.yaml", "refused: it is a character device; a fault catalog must be a regular file (or a symlink to one)"),
+        ("big.yaml", "refused: 20971520 bytes; a fault catalog may hold at most 1 MiB"),
+    ]:
+        with pytest.raises(CatalogError) as info:
+            load_catalog(tmp_path / name)
+        assert str(info.value) == f"{tmp_path / name}:0: {reason}"
+
+
+def test_a_catalog_symlinked_to_a_secret_key_is_refused_without_quoting_it(tmp_path: Path) -> None:
+    from supervisor.shared import keys
+
+    _, secret = keys.generate(tmp_path / "keys", "agent")
+    (tmp_path / "catalog.yaml").symlink_to(secret)
+    with pytest.raises(CatalogError) as info:
+        load_catalog(tmp_path / "catalog.yaml")
+    assert "looks like a secret key file" in str(info.value)
+    assert "secret-key" not in str(info.value) and secret.read_text().split('"')[-2] not in str(info.value)
+
+
 # --- invariants --------------------------------------------------------------------
 
 _PIECES = st.sampled_from([

@@ -70,3 +70,46 @@ def test_policy_edits_apply_without_restart_and_broken_ones_are_refused(make_clu
     # The broken file was refused once, not again each time the daemon read it.
     assert len(cluster.find_events("daemon", "policy.rejected")) == 1
     assert daemon.alive()
+
+
+def test_hostile_files_dropped_into_the_policy_dir_are_refused_and_the_daemon_keeps_serving(make_cluster, tmp_path):
+    import signal
+    import time
+
+    from supervisor.shared import keys
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    shutil.copy(DEFAULT, policies / "default.yaml")
+    _, secret = keys.generate(tmp_path / "keys", "daemon")
+    secret_text = next(line for line in secret.read_text().splitlines() if "secret-key" in line).split('"')[1]
+
+    cluster = make_cluster()
+    daemon = cluster.start_daemon("--policy-dir", str(policies))
+    wait_for(lambda: request(cluster.ctl, "policies", timeout=1), 20, "the daemon to serve policies")
+
+    os.mkfifo(policies / "fifo.yaml")
+    (policies / "zero.yaml").symlink_to("/dev/zero")
+    (policies / "key.yaml").symlink_to(secret)
+    with open(policies / "big.yaml", "wb") as f:
+        f.truncate(20 * 1024 * 1024)
+    rejected = wait_for(
+        lambda: (lambda found: found if len(found) == 4 else None)(cluster.find_events("daemon", "policy.rejected")),
+        10, "the four files to be refused",
+    )
+    reasons = {Path(e["file"]).name: e["errors"] for e in rejected}
+    assert "a FIFO (named pipe)" in reasons["fifo.yaml"][0]
+    assert "a character device" in reasons["zero.yaml"][0]
+    assert "may hold at most 1 MiB" in reasons["big.yaml"][0]
+    assert "looks like a secret key file" in reasons["key.yaml"][0]
+    for _ in range(5):  # the loop is not stuck: status answers promptly
+        started = time.monotonic()
+        cluster.status(timeout=1.0)
+        assert time.monotonic() - started < 0.5
+    shown = request(cluster.ctl, "policies", timeout=1)
+    assert [p["name"] for p in shown["policies"]] == ["default"]
+    assert secret_text not in json.dumps(shown)
+    assert secret_text not in (cluster.root / "logs" / "daemon.log").read_text()
+    # SIGTERM still stops it (a FIFO once blocked the loop for good).
+    os.kill(daemon.pid, signal.SIGTERM)
+    wait_for(lambda: not daemon.alive(), 10, "the daemon to exit on SIGTERM")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 
+import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from supervisor.core.nodes import NodeRecord
 from supervisor.daemon.store import SCHEMA_VERSION, Store, StoreError
@@ -71,16 +73,41 @@ def test_a_database_from_a_newer_trainguard_is_refused(tmp_path):
         Store(tmp_path / "state.db")
 
 
-def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
+def test_a_file_that_is_not_a_database_names_the_file_and_what_to_do(tmp_path):
     (tmp_path / "state.db").write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StoreError, match="cannot open state database"):
+    with pytest.raises(StoreError) as info:
         Store(tmp_path / "state.db")
+    message = str(info.value)
+    assert f"the state database {tmp_path / 'state.db'} is damaged or not an SQLite database" in message
+    assert f"mv {tmp_path / 'state.db'} {tmp_path / 'state.db'}.broken" in message
+    assert "rebuilds its node table as agents re-register; the events stored in it are lost" in message
 
 
-def test_an_unreadable_row_is_skipped_not_fatal(tmp_path):
+def test_a_database_damaged_inside_is_reported_when_read_with_what_to_do(tmp_path):
     store = Store(tmp_path / "state.db")
-    store.save([record("n1")], [])
-    with sqlite3.connect(tmp_path / "state.db") as other:  # another writer of the same file
-        other.execute("INSERT INTO nodes VALUES ('n2', 'up', 'sim-ascend', 1.0, '{\"garbage\": true}')")
-    other.close()
-    assert [r.node for r in store.load_nodes()] == ["n1"]
+    store.save([record(f"n{i}") for i in range(200)], [])
+    store.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    with open(tmp_path / "state.db", "r+b") as f:  # keep the header page, break the rest
+        f.seek(4096)
+        f.write(b"\xde\xad" * 20000)
+    with pytest.raises(StoreError, match="is damaged or not an SQLite database.*Move it aside"):
+        Store(tmp_path / "state.db").load_nodes()
+
+
+def test_an_unreadable_row_is_left_out_and_reported_with_its_node(tmp_path):
+    store = Store(tmp_path / "state.db")
+    store.save([record("n1"), record("n4")], [])
+    store.connection.execute("INSERT INTO nodes VALUES ('n2', 'up', 'sim-ascend', 1.0, '{\"garbage\": true}')")
+    store.connection.execute("INSERT INTO nodes VALUES ('n3', 'up', 'sim-ascend', 'later', ?)",
+                      (msgspec.json.encode(record("n3")).decode(),))
+    store.connection.execute("UPDATE nodes SET record=? WHERE node='n4'", (msgspec.json.encode(record("n1")).decode(),))
+    with capture_logs() as logs:
+        assert [r.node for r in store.load_nodes()] == ["n1"]
+    unreadable = [(e["node"], e["error"]) for e in logs if e["event"] == "store.row_unreadable"]
+    assert unreadable == [
+        ("n2", "Object missing required field `node`"),
+        ("n3", "last_seen is str, not a time"),
+        ("n4", "the row for 'n4' holds the record of 'n1'"),
+    ]
+    assert all(e["log_level"] == "warning" and "registers again" in e["action"] for e in logs)

@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 import yaml
 
 from supervisor.shared.fingerprint import failure_fingerprint
+from supervisor.shared.safefile import CATALOG_LIMIT, FileRefused, read_bounded
 from supervisor.shared.vocab import Severity, Signal, default_severity
 from supervisor.shared.yamlcheck import Checker, Problem, YamlProblems, compose
 from supervisor.shared.yamlcheck import kind as _kind
@@ -152,7 +153,9 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     """Load and check a catalog file (the shipped one by default)."""
     path = Path(path) if path is not None else default_catalog_path()
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, CATALOG_LIMIT, "a fault catalog")
+    except FileRefused as exc:
+        raise CatalogError([Problem(str(path), 0, exc.reason)]) from None
     except OSError as exc:
         raise CatalogError([Problem(str(path), 0, f"cannot read: {exc.strerror or exc}")]) from None
     return load_catalog_bytes(data, str(path))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.shared.defaults import DEFAULT_CONFIG_PATH
+from supervisor.shared.safefile import CONFIG_LIMIT, FileRefused, read_bounded_text
 from supervisor.shared.settings import SETTINGS
 
 DEFAULT_PATH = Path(DEFAULT_CONFIG_PATH)
@@ -84,7 +85,9 @@ def load(path: Path | None, explicit: bool) -> Config:
     if path is None or (not explicit and not path.exists()):
         return Config(None, {}, {})
     try:
-        text = path.read_text()
+        text = read_bounded_text(path, CONFIG_LIMIT, "a configuration file")
+    except FileRefused as exc:
+        raise ConfigError(f"{path}:0: {exc.reason}") from None
     except OSError as exc:
         raise ConfigError(f"{path}:0: cannot read the configuration: {exc.strerror or exc}") from None
     try:

@@ -288,6 +288,8 @@ class Stop(Verb):
 class _InjectParams(msgspec.Struct, forbid_unknown_fields=True):
     node: NodeId
     fault: Fault
+    # Bounded here, not only in the CLI: a hand-written request with a count of 10**23
+    # would otherwise reach the agent's command encoder (msgpack stops at 2**64).
     chip: ChipIndex = 0
     count: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
 

@@ -94,6 +94,7 @@ class Daemon:
             self._open_endpoints(config)
             try:
                 self.store = Store(config.state_dir / "state.db")
+                restored = self.store.load_nodes()  # an unreadable row is logged, not dropped in silence
             except StoreError as exc:
                 raise DaemonError(str(exc)) from exc
         except BaseException:
@@ -105,7 +106,7 @@ class Daemon:
             instance=new_id(),
             started=now,
         )
-        self._record(self.cluster.nodes.restore(self.store.load_nodes(), now), now)
+        self._record(self.cluster.nodes.restore(restored, now), now)
         self.watcher: DirectoryWatcher | None = None
         if config.policy_dir is not None:
             directory = config.policy_dir.resolve()
@@ -331,9 +332,9 @@ class Daemon:
 
     def _reload_policies(self, now: Instant) -> None:
         assert self.watcher is not None and self.cluster.policies is not None
-        for path in self.watcher.due(now.mono):
+        for path, outcome in self.watcher.loaded(now.mono):  # read off the loop
             try:
-                self._policy_changes(self.cluster.policies.reload(path, now.wall), now)
+                self._policy_changes(self.cluster.policies.apply(path, outcome(), now.wall), now)
             except Exception:  # a loader bug must not take the daemon down
                 log.exception("policy.reload_failed", file=str(path), action="the policy in force is unchanged")
 

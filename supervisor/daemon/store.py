@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import msgspec
+import structlog
 
 from supervisor.core.nodes import NodeRecord
+
+log = structlog.get_logger()
 
 SCHEMA_VERSION = 1
 
@@ -52,6 +55,22 @@ class StoreError(Exception):
     pass
 
 
+def _corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """SQLITE_NOTADB or SQLITE_CORRUPT: the file is not (or no longer) a database."""
+    text = str(exc)
+    return "not a database" in text or "malformed" in text or getattr(exc, "sqlite_errorname", "") in (
+        "SQLITE_NOTADB", "SQLITE_CORRUPT")
+
+
+def _corrupt_message(path: Path, exc: sqlite3.DatabaseError) -> str:
+    return (
+        f"the state database {path} is damaged or not an SQLite database ({exc}). Move it aside "
+        f"with its -wal and -shm files (mv {path} {path}.broken) and start the daemon again: it "
+        "rebuilds its node table as agents re-register; the events stored in it are lost "
+        "(keep the moved file for a post-mortem)"
+    )
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -69,16 +88,33 @@ class Store:
                 )
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            if _corrupt(exc):
+                raise StoreError(_corrupt_message(path, exc)) from exc
+            raise StoreError(f"cannot open state database {path}: {exc}") from exc
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open state database {path}: {exc}") from exc
 
     def load_nodes(self) -> list[NodeRecord]:
+        """The nodes last saved. A row that cannot be read (written by another version,
+        or damaged) is left out and logged as `store.row_unreadable`, never skipped in
+        silence: that node is unknown until its agent registers again."""
         records = []
-        for text, last_seen in self._db.execute("SELECT record, last_seen FROM nodes ORDER BY node"):
+        try:
+            rows = self._db.execute("SELECT node, record, last_seen FROM nodes ORDER BY node").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(_corrupt_message(self.path, exc) if _corrupt(exc) else f"cannot read {self.path}: {exc}") from exc
+        for node, text, last_seen in rows:
             try:
                 record = msgspec.json.decode(text, type=NodeRecord)
-            except msgspec.MsgspecError:
-                continue  # a row from an incompatible version; the agent re-registers
+                if record.node != node:
+                    raise ValueError(f"the row for {node!r} holds the record of {record.node!r}")
+                if not isinstance(last_seen, (int, float)):
+                    raise ValueError(f"last_seen is {type(last_seen).__name__}, not a time")
+            except (msgspec.MsgspecError, ValueError, TypeError) as exc:
+                log.warning("store.row_unreadable", file=str(self.path), node=str(node), error=str(exc),
+                            action="the node is left out until its agent registers again, which rewrites the row")
+                continue
             record.last_seen = max(record.last_seen, last_seen)
             records.append(record)
         return records

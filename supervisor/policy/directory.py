@@ -5,7 +5,9 @@ A changed file is loaded into a new `Policy` first and swapped in only if it is 
 so a broken edit leaves the running policy in force. Jobs hold the `Policy` object they
 started with; a reload changes what new decisions use, never half of one.
 
-Noticing that a file changed is the daemon's job (`supervisor.daemon.policywatch`).
+Noticing that a file changed is the daemon's job (`supervisor.daemon.policywatch`), and
+so is reading it off the daemon loop: `load_outcome` reads and checks a file (anywhere),
+`apply` swaps the outcome in (on the loop). `reload` is both, for the CLI and start-up.
 """
 
 from __future__ import annotations
@@ -23,6 +25,21 @@ SUFFIXES = (".yaml", ".yml")
 def is_policy_file(path: Path) -> bool:
     """Top-level *.yaml / *.yml, not hidden (editor swap and temp files are)."""
     return path.suffix.lower() in SUFFIXES and not path.name.startswith(".")
+
+
+#: What reading a policy file gave: the policy, why it was refused, or None (it is gone).
+Outcome = Policy | PolicyError | None
+
+
+def load_outcome(path: Path) -> Outcome:
+    """Read and check one file. Bounded (supervisor.shared.safefile): a regular file of
+    at most POLICY_LIMIT bytes, never a FIFO or device; safe to run off the daemon loop."""
+    if not path.exists():
+        return None
+    try:
+        return load_file(path)
+    except PolicyError as exc:
+        return exc
 
 
 @dataclass(frozen=True)
@@ -49,7 +66,9 @@ class PolicyDirectory:
     def load_all(self, now: float) -> list[Change]:
         changes = []
         for path in sorted(self.directory.iterdir()):
-            if path.is_file() and is_policy_file(path):
+            # Not only regular files: a FIFO, device or socket named *.yaml is refused
+            # (never opened for a blocking read) and reported, not skipped in silence.
+            if is_policy_file(path) and not path.is_dir():
                 changes.extend(self.reload(path, now))
         return changes
 
@@ -60,12 +79,16 @@ class PolicyDirectory:
     def reload(self, path: Path, now: float) -> list[Change]:
         """Load `path` again; swap it in if valid, keep the old one if not."""
         path = Path(path)
-        if not path.exists():
+        return self.apply(path, load_outcome(path), now)
+
+    def apply(self, path: Path, outcome: Outcome, now: float) -> list[Change]:
+        """Swap in what `load_outcome(path)` gave (perhaps on another thread: it touches
+        nothing of ours), or record the refusal, or the file's removal."""
+        if outcome is None:
             return self._removed(path)
-        try:
-            policy = load_file(path)
-        except PolicyError as exc:
-            return [self._reject(path, [str(p) for p in exc.problems])]
+        if isinstance(outcome, PolicyError):
+            return [self._reject(path, [str(p) for p in outcome.problems])]
+        policy = outcome
         owner = next((f for f, n in self._name_of_file.items() if n == policy.name and f != path), None)
         changes: list[Change] = []
         if owner is not None and not owner.exists():

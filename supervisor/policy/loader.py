@@ -33,6 +33,7 @@ from supervisor.policy.schema import (
     Rule,
     Then,
 )
+from supervisor.shared.safefile import POLICY_LIMIT, FileRefused, read_bounded
 from supervisor.shared.vocab import Accelerator, Action, Severity, Signal
 from supervisor.shared.yamlcheck import Checker, Problem, YamlProblems, compose
 from supervisor.shared.yamlcheck import kind as _kind
@@ -59,7 +60,9 @@ __all__ = ["PolicyError", "Problem", "load_bytes", "load_file"]
 def load_file(path: str | Path) -> Policy:
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, POLICY_LIMIT, "a policy file")
+    except FileRefused as exc:
+        raise PolicyError([Problem(str(path), 0, exc.reason)]) from None
     except OSError as exc:
         raise PolicyError([Problem(str(path), 0, f"cannot read: {exc.strerror or exc}")]) from None
     return load_bytes(data, str(path), default_name=path.stem)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import zmq.auth
 
+from supervisor.shared.safefile import FileRefused, read_bounded
+
 
 class KeyError_(Exception):
 
@@ -43,9 +45,18 @@ def generate(directory: Path, name: str) -> tuple[Path, Path]:
     return Path(public_path), Path(secret_path)
 
 
+#: A key file is a few hundred bytes; a larger one is not a key file.
+KEY_FILE_LIMIT = 64 * 1024
+
+
 def load_public(path: Path) -> bytes:
     try:
+        # The daemon reads allow-lists on its loop: a FIFO or device named *.key must be
+        # refused without a blocking read (zmq's loader would just open it).
+        read_bounded(path, KEY_FILE_LIMIT, "a public key file")
         public, _ = zmq.auth.load_certificate(str(path))
+    except FileRefused as exc:
+        raise KeyError_(f"cannot read public key {path}: {exc.reason}") from None
     except (OSError, ValueError) as exc:
         raise KeyError_(f"cannot read public key {path}: {exc}") from None
     return public

@@ -98,6 +98,13 @@ class Signal(str, enum.Enum):
     USER_ERROR = "user_error"
 
 
+#: Bounds of `trainguard inject`'s numbers, checked by the CLI and again by the daemon's
+#: inject verb: a chip index (a node has at most 4096 chips, as the agent's `chips`
+#: setting allows) and a count of ECC errors to add.
+MAX_CHIP_INDEX = 4095
+MAX_INJECT_COUNT = 1_000_000
+
+
 class Fault(str, enum.Enum):
     """What `trainguard inject` can do to a simulated node.
 

@@ -4,8 +4,10 @@ policy loader and the log-pattern catalog loader.
 A file is composed into YAML nodes (which know their lines) and checked node by node,
 collecting every problem instead of stopping at the first, each as `path:line: what is
 wrong and what is allowed`. Unknown keys are errors with a did-you-mean, duplicate keys
-are errors (YAML would silently keep the last one). Imports nothing of ours but
-durations, so both the daemon and the agents can use it.
+are errors (YAML would silently keep the last one). A file that is not text is refused
+without being quoted, and what a document may cost to walk is bounded (aliases expanded).
+Imports nothing of ours but durations and safefile, so both the daemon and the agents
+can use it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 import yaml
 
 from supervisor.shared.durations import parse_duration
+from supervisor.shared.safefile import text_problem
 
 T = TypeVar("T")
 
@@ -39,23 +42,106 @@ class YamlProblems(Exception):
         self.problems = problems
 
 
+#: Bounds on what a document may make its checker walk: nodes counted as if every alias
+#: were expanded ("billion laughs" is a few lines of anchors and aliases), and nesting.
+MAX_NODES = 20_000
+MAX_DEPTH = 64
+#: At most this many problems are listed; the rest are counted.
+MAX_PROBLEMS = 50
+
+
 def compose(data: bytes, path: str, what: str) -> yaml.Node:
-    """The YAML node tree of `data`; raises YamlProblems for text that is not UTF-8,
-    not YAML, or empty (`what` says what the file should have held)."""
+    """The YAML node tree of `data`; raises YamlProblems for text that is not UTF-8
+    (or holds control characters or key material), not YAML, empty, a single plain value,
+    or larger or deeper than MAX_NODES / MAX_DEPTH once aliases are expanded (`what` says
+    what the file should have held). A file that is not text is never quoted."""
+    problem = text_problem(data)
+    if problem is not None:
+        raise YamlProblems([Problem(path, 0, problem)])
+    text = data.decode("utf-8")
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise YamlProblems([Problem(path, 0, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_BoundedLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise YamlProblems([Problem(path, mark.line + 1 if mark else 0, f"not valid YAML: {exc.problem or exc}")]) from None
     except yaml.YAMLError as exc:
         raise YamlProblems([Problem(path, 0, f"not valid YAML: {exc}")]) from None
+    except _TooManyNodes as exc:
+        raise _too_many(path, exc.line) from None
+    except RecursionError:
+        raise YamlProblems([Problem(path, 0, f"nested more than {MAX_DEPTH} levels deep; {what}")]) from None
     if root is None:
         raise YamlProblems([Problem(path, 1, f"the file is empty; {what}")])
+    if isinstance(root, yaml.ScalarNode):
+        # Not quoted: a file that is one plain value is not what was asked for (a key
+        # file, a README, a symlink to the wrong place), and its text is nobody's business.
+        raise YamlProblems([Problem(path, 1, f"the file holds a single value, not a mapping of keys; {what}")])
+    _check_size(root, path)
     return root
+
+
+class _TooManyNodes(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader's composer, stopped once MAX_NODES nodes (aliases included) are
+    composed: a document of a million tiny values is refused in a fraction of the time
+    composing it would take."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.composed = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self.composed += 1
+        if self.composed > MAX_NODES:
+            raise _TooManyNodes(self.peek_event().start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+def _too_many(path: str, line: int) -> YamlProblems:
+    return YamlProblems([Problem(path, line, (
+        f"more than {MAX_NODES} values (aliases counted as the values they repeat); refused: "
+        "no policy or catalog is that large, and anchors that multiply are a way to exhaust memory"))])
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_size(root: yaml.Node, path: str) -> None:
+    """Refuse a node graph that is recursive, or too large or too deep once aliases are
+    expanded. Iterative, and each distinct node is visited once: cheap on any input."""
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    ancestors: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            ancestors.discard(key)
+            children = _children(node)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            height[key] = 1 + max((height[id(c)] for c in children), default=0)
+            if size[key] > MAX_NODES:
+                raise _too_many(path, node.start_mark.line + 1)
+            if height[key] > MAX_DEPTH:
+                raise YamlProblems([Problem(path, node.start_mark.line + 1, f"nested more than {MAX_DEPTH} levels deep")])
+            continue
+        if key in size:
+            continue
+        if key in ancestors:
+            raise YamlProblems([Problem(path, node.start_mark.line + 1, "an alias refers to a value that contains it (a loop)")])
+        ancestors.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in size)
 
 
 class Unusable:
@@ -69,16 +155,25 @@ class Unusable:
         return self.kind
 
 
+#: A quoted value is cut to this many characters: a problem is a line, not a copy of the file.
+QUOTE_LIMIT = 80
+
+
+def quote(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= QUOTE_LIMIT else f"{text[:QUOTE_LIMIT]}... ({len(text)} characters)"
+
+
 def kind(node: yaml.Node) -> str:
     if isinstance(node, yaml.MappingNode):
         return "a mapping"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
-    return repr(node.value)
+    return quote(node.value)
 
 
 def show(value: Any) -> str:
-    return value.kind if isinstance(value, Unusable) else repr(value)
+    return value.kind if isinstance(value, Unusable) else quote(value)
 
 
 class Checker:
@@ -94,7 +189,12 @@ class Checker:
         self.problems.append(Problem(self.path, node.start_mark.line + 1, message))
 
     def sorted_problems(self) -> list[Problem]:
-        return sorted(self.problems, key=lambda p: p.line)
+        """The problems by line; past MAX_PROBLEMS, one more line counts the rest."""
+        ordered = sorted(self.problems, key=lambda p: p.line)
+        if len(ordered) <= MAX_PROBLEMS:
+            return ordered
+        rest = len(ordered) - MAX_PROBLEMS
+        return [*ordered[:MAX_PROBLEMS], Problem(self.path, ordered[MAX_PROBLEMS].line, f"... and {rest} more problems")]
 
     def mapping(
         self, node: yaml.Node, where: str, allowed: Sequence[str], required: Sequence[str] = ()
@@ -129,7 +229,7 @@ class Checker:
                 return self._constructor.construct_object(node)
             except (yaml.YAMLError, ValueError, TypeError):
                 # An explicit tag that does not construct (`!three 3`, `!!int abc`).
-                return Unusable(f"{node.value!r} tagged {node.tag}")
+                return Unusable(f"{quote(node.value)} tagged {node.tag[:QUOTE_LIMIT]}")
         return Unusable(kind(node))
 
     def int_(self, node: yaml.Node, where: str, minimum: int) -> int | None:
