@@ -15,6 +15,7 @@ from supervisor.shared.protocol import (
     PROTOCOL_VERSION,
     Ack,
     AnyMessage,
+    CheckpointArgs,
     ChipStatus,
     Command,
     CtlReply,
@@ -26,10 +27,13 @@ from supervisor.shared.protocol import (
     InjectArgs,
     LaunchArgs,
     ProtocolError,
+    RankAssignment,
     Register,
     Result,
     RunningRank,
+    StartRanksArgs,
     StopArgs,
+    StopRanksArgs,
     command_ref,
     decode,
     encode,
@@ -159,7 +163,11 @@ def test_decode_accepts_a_memoryview(message: AnyMessage) -> None:
 
 
 COMMANDS = [InjectArgs(fault=Fault.HANG), StopArgs(job="gpt", grace=5.0),
-            LaunchArgs(job="gpt", argv=("python", "-m", "x"), nproc=2, env={"A": "1"}, master_port=29500)]
+            LaunchArgs(job="gpt", argv=("python", "-m", "x"), nproc=2, env={"A": "1"}, master_port=29500),
+            StartRanksArgs(job="gpt", attempt=3, argv=("python",), ranks=(RankAssignment(rank=2, local_rank=0, chips=(1,)),),
+                           world_size=4, local_world_size=1, master_addr="10.0.0.1", ckpt_dir="/ckpt/gpt",
+                           master_port=29511, hang_timeout=30.0),
+            StopRanksArgs(job="gpt", attempt=3, grace=60.0), CheckpointArgs(job="gpt", attempt=3)]
 
 
 def test_every_command_kind_round_trips() -> None:
@@ -429,7 +437,7 @@ def test_unknown_fields_in_nested_structs_are_ignored() -> None:
     fields = heartbeat_fields()
     fields["chips"][1]["hbm_bandwidth_gbs"] = 1600
     fields["host"]["numa_nodes"] = 2
-    fields["running"][0]["loss"] = 2.31
+    fields["running"][0]["phase_detail"] = "allreduce"
     assert decode(raw(fields)) == EXAMPLES[1]
 
 

@@ -107,6 +107,8 @@ class RunningRank(msgspec.Struct, frozen=True, kw_only=True):
     rank: Rank
     pid: Pid
     step: Count | None = None
+    attempt: Annotated[int, msgspec.Meta(ge=0, lt=1 << 31)] = 0  # 0: not started by the daemon (launch)
+    loss: Reading | None = None
 
 
 # --- messages -------------------------------------------------------------------------
@@ -131,6 +133,9 @@ class Register(Message, tag="register"):
     hostname: ShortText
     pid: Pid
     running: Annotated[tuple[RunningRank, ...], msgspec.Meta(max_length=4096)] = ()
+    #: Where this node's ranks can be reached by the others (MASTER_ADDR when it hosts
+    #: rank 0); the hostname when the agent was not told.
+    address: ShortText | None = None
 
 
 class Heartbeat(Message, tag="heartbeat"):
@@ -150,7 +155,7 @@ class Heartbeat(Message, tag="heartbeat"):
 #: The events an agent may report. Anything else (a `node.lost` for another node, say)
 #: is refused at decode: a node speaks about itself, in its own words.
 AGENT_EVENTS = frozenset(
-    {"chip.health_changed", "host.health_changed", "rank.started", "rank.exited"}
+    {"chip.health_changed", "host.health_changed", "rank.started", "rank.exited", "rank.checkpoint_saved"}
     | {f"signal.{s.value}" for s in Signal}
 )
 
@@ -171,6 +176,8 @@ class Event(Message, tag="event"):
     rank: Rank | None = None
     evidence: Evidence = ""
     fields: dict[str, Any] = {}
+    #: The job's attempt the rank belongs to (None: not a job's rank, or a launch).
+    attempt: Annotated[int, msgspec.Meta(ge=0, lt=1 << 31)] | None = None
 
 
 class Goodbye(Message, tag="goodbye"):
@@ -226,7 +233,61 @@ class StopArgs(CommandArgs, tag="stop"):
     grace: Seconds = 30.0
 
 
-AnyCommandArgs = Union[InjectArgs, LaunchArgs, StopArgs]
+Attempt = Annotated[int, msgspec.Meta(ge=1, lt=1 << 31)]
+
+
+class RankAssignment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One rank a node is to run: its global and local rank and the chips it may see."""
+
+    rank: Rank
+    local_rank: Annotated[int, msgspec.Meta(ge=0, lt=MAX_RANKS_PER_NODE)]
+    chips: Annotated[tuple[ChipIndex, ...], msgspec.Meta(max_length=64)] = ()
+
+
+class StartRanksArgs(CommandArgs, tag="start_ranks"):
+    """Start this node's ranks of one attempt of a job. Idempotent by (job, attempt): a
+    repeated command never starts a rank twice, it answers with what runs. Ranks of an
+    older attempt of the job still running on the node are killed first, never adopted.
+    `master_port` 0 means this node hosts rank 0: pick a port free here and report it
+    (Result detail `master_port`); the daemon then starts the other nodes with it."""
+
+    job: JobName
+    attempt: Attempt
+    argv: Annotated[tuple[Arg, ...], msgspec.Meta(min_length=1, max_length=4096)]
+    ranks: Annotated[tuple[RankAssignment, ...], msgspec.Meta(min_length=1, max_length=MAX_RANKS_PER_NODE)]
+    world_size: Annotated[int, msgspec.Meta(ge=1, lt=1 << 24)]
+    local_world_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_RANKS_PER_NODE)]
+    master_addr: ShortText
+    ckpt_dir: PathText
+    master_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    cwd: PathText | None = None
+    env: Annotated[dict[EnvName, EnvValue], msgspec.Meta(max_length=1024)] = {}
+    #: The job's policy's detect section, applied to these ranks (None: the agent's own).
+    hang_timeout: Seconds | None = None
+    checkpoint_hang_timeout: Seconds | None = None
+    eval_hang_timeout: Seconds | None = None
+    probe_interval: Seconds | None = None
+
+
+class StopRanksArgs(CommandArgs, tag="stop_ranks"):
+    """Stop a job's ranks on this node (of one attempt, or all): SIGTERM, which the
+    runtime turns into a final checkpoint agreed by all ranks, then SIGKILL after
+    `grace`. Answers at once; the exits arrive as `rank.exited` events."""
+
+    job: JobName
+    attempt: Attempt | None = None
+    grace: Seconds = 30.0
+
+
+class CheckpointArgs(CommandArgs, tag="checkpoint"):
+    """Ask a job's ranks on this node for a checkpoint (SIGUSR1); the ranks agree on the
+    step among themselves, so all of them save the same one (`rank.checkpoint_saved`)."""
+
+    job: JobName
+    attempt: Attempt
+
+
+AnyCommandArgs = Union[InjectArgs, LaunchArgs, StopArgs, StartRanksArgs, StopRanksArgs, CheckpointArgs]
 
 
 class Command(Message, tag="command"):
