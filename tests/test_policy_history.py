@@ -17,7 +17,7 @@ from supervisor.shared.vocab import Action, Severity, Signal
 POLICIES = shipped_policy_dir()
 DEFAULT = load_file(POLICIES / "default.yaml")
 PATIENT = load_file(POLICIES / "patient-ascend.yaml")
-SIGNALS = "crash, hang, interconnect_timeout, chip_error, chip_degraded, oom, network, node_lost, straggler, user_error"
+SIGNALS = "crash, hang, interconnect_timeout, chip_error, chip_degraded, oom, network, node_lost, straggler, no_capacity, user_error"
 
 
 def lines(*records: Any) -> list[str]:

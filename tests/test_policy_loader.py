@@ -37,7 +37,7 @@ rules:
     then: {action: restart}
 """
 
-SIGNALS = "crash, hang, interconnect_timeout, chip_error, chip_degraded, oom, network, node_lost, straggler, user_error"
+SIGNALS = "crash, hang, interconnect_timeout, chip_error, chip_degraded, oom, network, node_lost, straggler, no_capacity, user_error"
 LEAF_KEYS = "signal, pool, node, severity, count, within, per"
 TOP_KEYS = "version, name, description, pools, preferred_pool, detect, checkpoint, rules, limits, failback"
 
@@ -73,9 +73,11 @@ def test_default_policy_loads_as_written() -> None:
     assert policy.preferred_pool == "ascend"
     assert [r.name for r in policy.rules] == [
         "user-error", "ascend-unstable", "bad-node", "chip-fault", "node-lost", "any-fault", "degraded",
+        "ascend-no-capacity",
     ]
     assert [r.then.action for r in policy.rules] == [
         Action.STOP, Action.FAILOVER, Action.EXCLUDE, Action.RESTART, Action.RESTART, Action.RESTART, Action.ALERT,
+        Action.FAILOVER,
     ]
     assert policy.limits == Limits(max_restarts=10, within=3600.0, failover_cooldown=3600.0)
     assert policy.failback == Failback(enabled=False, after=7200.0)
@@ -117,7 +119,8 @@ def test_patient_ascend_policy_loads_as_written() -> None:
         "nvidia": Pool("nvidia", "nvidia", 2),
     }
     assert policy.preferred_pool == "ascend"
-    assert [r.name for r in policy.rules] == ["user-error", "ascend-unstable", "chip-fault", "out-of-memory", "any-fault"]
+    assert [r.name for r in policy.rules] == ["user-error", "ascend-unstable", "chip-fault", "out-of-memory", "any-fault",
+                                                 "ascend-no-capacity"]
     assert policy.limits == Limits(max_restarts=20, within=7200.0, failover_cooldown=14_400.0)
     assert policy.failback == Failback(enabled=True, after=14_400.0)
     # Keys the file leaves out keep their defaults.

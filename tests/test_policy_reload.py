@@ -88,7 +88,7 @@ def test_load_all_loads_the_valid_files_and_records_the_refused_ones(tmp_path: P
     broken = tmp_path / "broken.yaml"
     assert directory.rejected == {
         broken: [f"{broken}:7: rule 'r' when signal: 'crsh' is not allowed; did you mean 'crash'? allowed: crash, hang, "
-                 "interconnect_timeout, chip_error, chip_degraded, oom, network, node_lost, straggler, user_error"],
+                 "interconnect_timeout, chip_error, chip_degraded, oom, network, node_lost, straggler, no_capacity, user_error"],
     }
     rejected = changes[0].fields
     assert rejected["errors"] == directory.rejected[broken]

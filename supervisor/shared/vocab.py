@@ -95,6 +95,8 @@ class Signal(str, enum.Enum):
     NETWORK = "network"
     NODE_LOST = "node_lost"
     STRAGGLER = "straggler"
+    #: A restart or failover that cannot be placed: too few healthy, undrained nodes.
+    NO_CAPACITY = "no_capacity"
     USER_ERROR = "user_error"
 
 
