@@ -97,7 +97,8 @@ def test_load_all_loads_the_valid_files_and_records_the_refused_ones(tmp_path: P
     loaded = changes[1].fields
     assert loaded["sha256"] == directory.get("default").sha256  # type: ignore[union-attr]
     assert loaded["previous_sha256"] is None
-    assert loaded["rules"] == ["user-error", "ascend-unstable", "bad-node", "chip-fault", "node-lost", "any-fault", "degraded"]
+    assert loaded["rules"] == ["user-error", "ascend-unstable", "bad-node", "chip-fault", "node-lost", "any-fault", "degraded",
+                              "ascend-no-capacity"]
 
 
 def test_describe_lists_policies_and_refused_files(tmp_path: Path) -> None:
