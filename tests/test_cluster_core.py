@@ -301,7 +301,7 @@ def test_status_has_the_documented_shape(cluster: Cluster) -> None:
             msgspec.to_builtins(ChipStatus(index=1, health=Health.OK)),
         ],
         "host": msgspec.to_builtins(HOST),
-        "running": [{"job": "j", "rank": 0, "pid": 900, "step": 3}],
+        "running": [{"job": "j", "rank": 0, "pid": 900, "step": 3, "attempt": 0, "loss": None}],
     }
     assert (n2["node"], n2["state"], n2["accelerator"], n2["last_heartbeat_age_s"]) == ("n2", "up", "sim-nvidia", 3.0)
 

@@ -17,7 +17,9 @@ import msgspec
 
 from supervisor.core import control
 from supervisor.core.badframes import BadFrameCounter
+from supervisor.core.jobs import JobRecord
 from supervisor.core.nodes import NodeChange, NodeTable, Unregistered
+from supervisor.core.scheduler import JobOutcome, Jobs
 from supervisor.policy.directory import PolicyDirectory
 from supervisor.shared.clock import Instant
 from supervisor.shared.defaults import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
@@ -65,10 +67,13 @@ class ToClient:
 class Outcome:
     sends: list[ToNode | ToPeer | ToClient] = field(default_factory=list)
     changes: list[NodeChange] = field(default_factory=list)
+    #: Job records changed: the daemon commits them before sending any job command.
+    jobs: dict[str, JobRecord] = field(default_factory=dict)
 
     def extend(self, other: "Outcome") -> None:
         self.sends.extend(other.sends)
         self.changes.extend(other.changes)
+        self.jobs.update(other.jobs)
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,12 @@ class Cluster:
         self.started = started
         self.nodes = NodeTable(config.heartbeat_timeout)
         self._waiting: dict[str, _Waiting] = {}
+        #: The jobs (pure; `scheduler.py`), with the policies as this daemon has them.
+        self.jobs = Jobs(lambda name: self.policies.get(name) if self.policies is not None else None)
+        #: Job commands in flight: command id -> (job, attempt, node, kind), for their Results.
+        self._job_commands: dict[str, tuple[str, int, str, str]] = {}
+        #: The store's event query, for the `events` verb (set by the daemon).
+        self.event_log: Any = None
         #: node -> the ROUTER routing id of the connection it registered from, and back.
         self.routes: dict[str, bytes] = {}
         self._route_nodes: dict[bytes, str] = {}
@@ -194,14 +205,21 @@ class Cluster:
             "heartbeat_interval": self.config.heartbeat_interval,
             "heartbeat_timeout": self.config.heartbeat_timeout,
         }
-        return Outcome([self._ack(route, msg.id, now, detail=detail)], changes)
+        out = Outcome([self._ack(route, msg.id, now, detail=detail)], changes)
+        # Ranks that kept training through a daemon or agent restart are adopted here.
+        out.extend(self._jobs_outcome(self.jobs.on_running(msg.node, _running(msg.running), now, self.nodes.by_name()), now))
+        return out
 
     def _on_heartbeat(self, msg: Heartbeat, route: bytes, now: Instant) -> Outcome:
         try:
             changes = self.nodes.heartbeat(msg, now)
         except Unregistered:
             return Outcome([self._ack(route, msg.id, now, ok=False, error="unregistered")])
-        return Outcome([self._ack(route, msg.id, now)], changes)
+        out = Outcome([self._ack(route, msg.id, now)], changes)
+        if msg.running:
+            out.extend(self._jobs_outcome(self.jobs.on_running(msg.node, _running(msg.running), now,
+                                                               self.nodes.by_name()), now))
+        return out
 
     def _on_goodbye(self, msg: Goodbye, now: Instant) -> Outcome:
         self._bind_route(msg.node, None)
@@ -238,11 +256,21 @@ class Cluster:
             detection_latency_s=round(max(0.0, now.wall - observed_at), 3),
             accelerator=self.nodes.get(msg.node).accelerator.value,  # type: ignore[union-attr]
             event_id=msg.id,
+            attempt=msg.attempt,
         )
         fields = {k: v for k, v in fields.items() if v is not None}
-        return Outcome([ack], [NodeChange(msg.name, msg.node, fields)])
+        out = Outcome([ack], [NodeChange(msg.name, msg.node, fields)])
+        out.extend(self._jobs_outcome(self.jobs.on_node_event(msg.node, msg.name, fields, now, self.nodes.by_name()), now))
+        return out
 
     def _on_result(self, msg: Result, now: Instant) -> Outcome:
+        tracked = self._job_commands.pop(msg.ref, None)
+        if tracked is not None:
+            job, attempt, node, kind = tracked
+            if kind != "start_ranks" or node != msg.node:
+                return Outcome()
+            return self._jobs_outcome(self.jobs.on_start_result(node, job, attempt, msg.ok, msg.error, msg.detail, now),
+                                      now)
         waiting = self._waiting.get(msg.ref)
         if waiting is None or waiting.node != msg.node:
             return Outcome()  # late, duplicate or misaddressed; the CLI already got its answer
@@ -277,7 +305,44 @@ class Cluster:
                 client, req.id, req.verb, answer.node, now.mono + self.config.command_timeout
             )
             return Outcome([ToNode(answer.node, command)])
+        if isinstance(answer, control.ActedCluster):
+            out = answer.outcome
+            out.sends.append(ToClient(client, CtlReply(id=new_id(), ts=now.wall, ref=req.id, ok=True,
+                                                       result=answer.result)))
+            return out
+        if isinstance(answer, control.Acted):
+            out = self._jobs_outcome(answer.outcome, now)
+            out.sends.append(ToClient(client, CtlReply(id=new_id(), ts=now.wall, ref=req.id, ok=True,
+                                                       result=answer.result)))
+            return out
         return Outcome([ToClient(client, CtlReply(id=new_id(), ts=now.wall, ref=req.id, ok=True, result=answer))])
+
+    # --- jobs --------------------------------------------------------------------------
+
+    def _jobs_outcome(self, job_out: JobOutcome, now: Instant) -> Outcome:
+        """A job outcome as the daemon acts on it: node drains applied, commands sent to
+        the nodes' connections and tracked for their results, records to commit."""
+        out = Outcome(changes=list(job_out.changes), jobs=dict(job_out.records))
+        for node, reason, chip in job_out.drains:
+            change = self.nodes.drain(node, reason, chip)
+            if change is not None:
+                out.changes.append(change)
+        for cmd in job_out.commands:
+            command = Command(id=new_id(), ts=now.wall, args=cmd.args)
+            self._job_commands[command.id] = (cmd.job, cmd.attempt, cmd.node, cmd.args.kind)
+            out.sends.append(ToNode(cmd.node, command))
+        while len(self._job_commands) > 10_000:  # results that never came (a lost node): forget the oldest
+            self._job_commands.pop(next(iter(self._job_commands)))
+        return out
+
+    def drain(self, node: str, reason: str | None, now: Instant) -> Outcome:
+        """An operator drains (reason) or undrains (None) a node; jobs on a drained node
+        are moved off it by a restart."""
+        change = self.nodes.drain(node, reason)
+        out = Outcome(changes=[change] if change is not None else [])
+        if reason is not None and change is not None:
+            out.extend(self._jobs_outcome(self.jobs.drained(node, reason, now), now))
+        return out
 
     def on_send_failed(self, send: ToNode, reason: str, now: Instant) -> Outcome:
         """The transport could not hand a message to a node (not connected, queue full)."""
@@ -307,6 +372,17 @@ class Cluster:
 
     def tick(self, now: Instant) -> Outcome:
         out = Outcome(changes=self.nodes.expire(now))
+        nodes = self.nodes.by_name()
+        for change in list(out.changes):
+            if change.event == "node.lost":
+                out.extend(self._jobs_outcome(self.jobs.on_node_lost(change.node, now), now))
+        if self.jobs.live():
+            if self.policies is not None:
+                health: dict[str, int] = {}
+                for loaded in self.policies.by_name.values():
+                    health.update(self.jobs.pool_health(nodes, loaded.policy))
+                self.jobs.set_pool_health(health)
+            out.extend(self._jobs_outcome(self.jobs.tick(now, nodes), now))
         for command_id, waiting in list(self._waiting.items()):
             if now.mono >= waiting.deadline:
                 del self._waiting[command_id]
@@ -319,6 +395,9 @@ class Cluster:
 
     def next_deadline(self) -> float | None:
         deadlines = [w.deadline for w in self._waiting.values()]
+        job_deadline = self.jobs.next_deadline()
+        if job_deadline is not None:
+            deadlines.append(job_deadline)
         node_deadline = self.nodes.next_deadline()
         if node_deadline is not None:
             deadlines.append(node_deadline)
@@ -327,3 +406,7 @@ class Cluster:
 
 def _error(ref: str, error: str, code: str, now: Instant) -> CtlReply:
     return CtlReply(id=new_id(), ts=now.wall, ref=ref, ok=False, error=error, code=code)
+
+
+def _running(ranks: Any) -> list[tuple[str, int, int, int | None, float | None]]:
+    return [(r.job, r.attempt, r.rank, r.step, r.loss) for r in ranks]

@@ -10,17 +10,22 @@ agent's Result arrives (or the command times out).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Protocol
 
 import msgspec
 
 from supervisor.core.badframes import BadFrameCounter
+from supervisor.core.jobs import job_view
+from supervisor.core.jobspec import JobSpec
 from supervisor.core.nodes import NodeTable
+from supervisor.core.scheduler import JobError, JobOutcome, Jobs
 from supervisor.policy.directory import PolicyDirectory
 from supervisor.shared import __version__
 from supervisor.shared.clock import Instant
 from supervisor.shared.protocol import (
+    JOB_NAME_PATTERN,
     MAX_RANKS_PER_NODE,
     AnyCommandArgs,
     ChipIndex,
@@ -51,7 +56,12 @@ class ClusterView(Protocol):
     @property
     def heartbeat_interval(self) -> float: ...
 
+    jobs: Jobs
+    event_log: Any
+
     def forget(self, node: str) -> bool: ...
+
+    def drain(self, node: str, reason: str | None, now: Instant) -> Any: ...
 
 STATUS_SCHEMA = 1
 
@@ -174,7 +184,7 @@ class Status(Verb):
             "nodes": [_node_view(cluster, record, now) for record in page],
             "page": {"offset": params.offset, "nodes_in_view": len(shown), "hidden_gone": len(records) - len(shown),
                      "next_offset": end if end < len(shown) else None},
-            "jobs": [],
+            "jobs": [job_view(r, now.wall) for r in cluster.jobs.live()],
         }
 
 
@@ -342,3 +352,177 @@ class NodeForget(Verb):
             raise CtlError(f"node {params.node!r} is up; stop its agent first (it would register again)", "node_up")
         cluster.forget(params.node)
         return {"node": params.node, "forgotten": True, "was": record.state.value}
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Acted:
+    """A verb that changed the daemon's state: its answer, and what the daemon must
+    commit and send (the job outcome) before the answer goes out."""
+
+    result: Any
+    outcome: JobOutcome
+
+
+def _jobs_call(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except JobError as exc:
+        raise CtlError(str(exc), exc.code) from None
+
+
+class _SubmitParams(msgspec.Struct, forbid_unknown_fields=True):
+    spec: JobSpec
+
+
+@_register
+class JobSubmit(Verb):
+    """Submit a job (the job file, parsed and with its paths resolved by the CLI). It
+    starts on its policy's preferred pool; answers with the job's id."""
+
+    name = "job_submit"
+    Params = _SubmitParams
+
+    def execute(self, cluster: "ClusterView", params: _SubmitParams, now: Instant) -> Any:
+        if cluster.policies is None:
+            raise CtlError("this daemon was started without --policy-dir: no policy to run a job under", "no_policies")
+        spec = params.spec
+        if not spec.command or not re.match(JOB_NAME_PATTERN, spec.name):
+            raise CtlError("a job needs a valid name and a command", "bad_request")
+        outcome = _jobs_call(cluster.jobs.submit, spec, now)
+        job = next(iter(outcome.records))
+        return Acted({"job": job}, outcome)
+
+
+class _JobParams(msgspec.Struct, forbid_unknown_fields=True):
+    job: Annotated[str, msgspec.Meta(max_length=128)]
+
+
+@_register
+class JobShow(Verb):
+    """One job in the stable form of `job show --json` (README)."""
+
+    name = "job_show"
+    Params = _JobParams
+
+    def execute(self, cluster: "ClusterView", params: _JobParams, now: Instant) -> Any:
+        return job_view(_jobs_call(cluster.jobs.get, params.job), now.wall)
+
+
+@_register
+class JobList(Verb):
+    """Every job the daemon knows, newest last, in the form of `job show`."""
+
+    name = "job_list"
+    Params = _NoParams
+
+    def execute(self, cluster: "ClusterView", params: _NoParams, now: Instant) -> Any:
+        records = sorted(cluster.jobs.records.values(), key=lambda r: r.submitted_at)
+        return {"jobs": [job_view(r, now.wall) for r in records[-1000:]]}
+
+
+class _JobStopParams(msgspec.Struct, forbid_unknown_fields=True):
+    job: Annotated[str, msgspec.Meta(max_length=128)]
+    grace: Seconds = 60.0
+
+
+@_register
+class JobStop(Verb):
+    """Stop a job: SIGTERM to its ranks (they agree on a final checkpoint), SIGKILL after
+    `grace`; the job ends `stopped`."""
+
+    name = "job_stop"
+    Params = _JobStopParams
+
+    def execute(self, cluster: "ClusterView", params: _JobStopParams, now: Instant) -> Any:
+        outcome = _jobs_call(cluster.jobs.stop, params.job, params.grace, now)
+        record = cluster.jobs.get(params.job)
+        return Acted({"job": record.id, "state": record.state.value}, outcome)
+
+
+class _JobFailoverParams(msgspec.Struct, forbid_unknown_fields=True):
+    job: Annotated[str, msgspec.Meta(max_length=128)]
+    to: Annotated[str, msgspec.Meta(max_length=64)]
+
+
+@_register
+class JobFailover(Verb):
+    """An operator's failover to another pool, through the same path as a policy's."""
+
+    name = "job_failover"
+    Params = _JobFailoverParams
+
+    def execute(self, cluster: "ClusterView", params: _JobFailoverParams, now: Instant) -> Any:
+        outcome = _jobs_call(cluster.jobs.failover, params.job, params.to, now)
+        record = cluster.jobs.get(params.job)
+        return Acted({"job": record.id, "state": record.state.value, "to": params.to}, outcome)
+
+
+class _DrainParams(msgspec.Struct, forbid_unknown_fields=True):
+    node: NodeId
+    reason: Annotated[str, msgspec.Meta(max_length=256)] = "drained by an operator"
+
+
+@_register
+class NodeDrain(Verb):
+    """Drain a node: it takes no new ranks; a job running on it is moved off by a restart."""
+
+    name = "node_drain"
+    Params = _DrainParams
+
+    def execute(self, cluster: "ClusterView", params: _DrainParams, now: Instant) -> Any:
+        _known_node(cluster, params.node)
+        out = cluster.drain(params.node, params.reason, now)
+        return ActedCluster({"node": params.node, "drained": params.reason}, out)
+
+
+@_register
+class NodeUndrain(Verb):
+    """Undrain a node (and its excluded chips): it takes ranks again."""
+
+    name = "node_undrain"
+    Params = _ForgetParams
+
+    def execute(self, cluster: "ClusterView", params: _ForgetParams, now: Instant) -> Any:
+        _known_node(cluster, params.node)
+        out = cluster.drain(params.node, None, now)
+        return ActedCluster({"node": params.node, "drained": None}, out)
+
+
+@dataclass(frozen=True)
+class ActedCluster:
+    """A verb whose effects are already a cluster Outcome (drains)."""
+
+    result: Any
+    outcome: Any
+
+
+class _EventsParams(msgspec.Struct, forbid_unknown_fields=True):
+    job: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    node: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    since: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    after: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 1000
+
+
+@_register
+class Events(Verb):
+    """Events from the daemon's store, oldest first, with the same names and fields as
+    its log; filter by job, node, time (`since`, Unix seconds) or sequence (`after`)."""
+
+    name = "events"
+    Params = _EventsParams
+
+    def execute(self, cluster: "ClusterView", params: _EventsParams, now: Instant) -> Any:
+        if cluster.event_log is None:
+            raise CtlError("this daemon keeps no event store", "no_store")
+        job = params.job
+        if job is not None:
+            try:
+                job = cluster.jobs.get(job).id
+            except JobError:
+                pass  # an ended job of another daemon's time: match the id as given
+        return {"events": cluster.event_log(job=job, node=params.node, since=params.since, after=params.after,
+                                            limit=params.limit)}

@@ -36,6 +36,12 @@ class NodeRecord(msgspec.Struct, kw_only=True):
     state_since: float = 0.0
     running: tuple[RunningRank, ...] = ()
     handler_failures: int = 0
+    #: Where the node's ranks can be reached (MASTER_ADDR when it hosts rank 0).
+    address: str = ""
+    #: Why the node takes no new ranks (an operator's drain, a policy's exclusion), if so.
+    drained: str | None = None
+    #: Chips excluded by a policy (`exclude: faulty_chip`).
+    drained_chips: tuple[int, ...] = ()
 
     @property
     def health(self) -> Health:
@@ -137,6 +143,10 @@ class NodeTable:
             last_seen=now.wall,
             state_since=now.wall if old is None or old.state is not NodeState.UP else old.state_since,
             running=msg.running,
+            address=msg.address or msg.hostname,
+            # An operator's drain outlives the agent: it is the node's, not the process's.
+            drained=old.drained if old is not None else None,
+            drained_chips=old.drained_chips if old is not None else (),
         )
         self._nodes[msg.node] = record
         self._session[msg.node] = msg.agent_instance
@@ -252,6 +262,32 @@ class NodeTable:
         self.dirty.add(node)
         return [NodeChange("node.left", node, {"previous_state": previous.value, "reason": reason,
                                                "hostname": record.hostname})]
+
+    def drain(self, node: str, reason: str | None, chip: int | None = None) -> NodeChange | None:
+        """Drain (reason) or undrain (None) a node, or exclude one of its chips."""
+        record = self._nodes.get(node)
+        if record is None:
+            return None
+        if chip is not None and reason is not None:
+            if chip in record.drained_chips:
+                return None
+            record.drained_chips = tuple(sorted({*record.drained_chips, chip}))
+            self.dirty.add(node)
+            return NodeChange("node.chip_excluded", node, {"chip": chip, "reason": reason})
+        if reason is None:
+            if record.drained is None and not record.drained_chips:
+                return None
+            was, record.drained, record.drained_chips = record.drained, None, ()
+            self.dirty.add(node)
+            return NodeChange("node.undrained", node, {"was": was})
+        if record.drained == reason:
+            return None
+        record.drained = reason
+        self.dirty.add(node)
+        return NodeChange("node.drained", node, {"reason": reason})
+
+    def by_name(self) -> dict[str, NodeRecord]:
+        return self._nodes
 
     def rearm(self, now: Instant) -> int:
         """Give every live node a full heartbeat_timeout from `now` (after the daemon's

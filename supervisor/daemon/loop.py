@@ -82,6 +82,7 @@ class Daemon:
         self._stop = False
         self._ctx = zmq.Context.instance()
         self._pending_events: list[tuple[float, str, dict[str, Any]]] = []
+        self._pending_jobs: dict[str, Any] = {}
         self._store_failing = False
         self._events_lost = 0
         self._fd_warned = False
@@ -107,12 +108,22 @@ class Daemon:
             started=now,
         )
         self._record(self.cluster.nodes.restore(restored, now), now)
+        self.cluster.event_log = self.store.query_events
         self.watcher: DirectoryWatcher | None = None
         if config.policy_dir is not None:
             directory = config.policy_dir.resolve()
             self.cluster.policies = PolicyDirectory(directory)
             self._policy_changes(self.cluster.policies.load_all(now.wall), now)
             self.watcher = DirectoryWatcher(directory)
+        # Jobs after the policies they run under; their ranks are adopted as the agents
+        # re-register with what they run.
+        try:
+            jobs = self.store.load_jobs()
+        except StoreError as exc:
+            self._abandon_after_store()
+            raise DaemonError(str(exc)) from exc
+        restored_jobs = self.cluster.jobs.restore(jobs, now)
+        self._record(restored_jobs.changes, now)
         self.metrics.observe_nodes(self.cluster.nodes)
 
     # --- setup ---------------------------------------------------------------------
@@ -160,6 +171,10 @@ class Daemon:
                 self.metrics.serve(host, port)
             except OSError as exc:
                 raise DaemonError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
+
+    def _abandon_after_store(self) -> None:
+        self.store.close()
+        self._abandon()
 
     def _abandon(self) -> None:
         """Undo a start that was refused: no socket file, lock or state directory left."""
@@ -315,6 +330,7 @@ class Daemon:
         self._next_flush = time.monotonic() + _FLUSH_EVERY
         self._flush()
         self.metrics.observe_nodes(self.cluster.nodes)
+        self.metrics.observe_jobs(self.cluster.jobs, time.time())
         self._refresh_allow_lists()
         self._check_descriptors()
         notify.status(self._status_line())
@@ -509,11 +525,23 @@ class Daemon:
 
     def _apply(self, outcome: Outcome, now: Instant) -> None:
         self._record(outcome.changes, now)
-        if outcome.changes:
+        self._pending_jobs.update(outcome.jobs)
+        committed = True
+        if outcome.changes or outcome.jobs:
             # A state change is saved before anyone is told of it, so a daemon killed
             # right after cannot have announced something it then forgets. Heartbeat-
             # only updates (last seen, readings) wait for the periodic flush.
-            self._flush()
+            committed = self._flush()
+        if outcome.jobs and not committed:
+            # A job transition that is not in the store must not be acted on: a daemon
+            # killed now would not know it had started (or stopped) those ranks. The
+            # job's tick sends the commands again once the store can be written.
+            held = [s for s in outcome.sends if isinstance(s, ToNode)]
+            if held:
+                log.error("job.not_acted", jobs=sorted(outcome.jobs), commands_held=len(held),
+                          reason="the state database cannot be written (store.write_failed); "
+                          "commands for these jobs are held until it can")
+            outcome.sends = [s for s in outcome.sends if not isinstance(s, ToNode)]
         for send in outcome.sends:
             if isinstance(send, ToPeer):
                 self._send_agent(send.route, send.message)
@@ -567,7 +595,7 @@ class Daemon:
         dirty = [r for n in table.dirty if (r := table.get(n)) is not None]
         seen = [(n, r.last_seen) for n in table.heard - table.dirty if (r := table.get(n)) is not None]
         try:
-            self.store.save(dirty, self._pending_events, seen, table.forgotten)
+            self.store.save(dirty, self._pending_events, seen, table.forgotten, self._pending_jobs.values())
         except StoreError as exc:
             if not self._store_failing:
                 log.error(
@@ -585,6 +613,7 @@ class Daemon:
         table.heard.clear()
         table.forgotten.clear()
         self._pending_events = []
+        self._pending_jobs = {}
         return True
 
     def _final_flush(self) -> None:
@@ -602,7 +631,8 @@ class Daemon:
                       effect="these events are in this log only; the node table is rebuilt when agents re-register")
 
 
-_WARN_EVENTS = {"node.lost", "chip.health_changed", "daemon.stalled"}
+_WARN_EVENTS = {"node.lost", "chip.health_changed", "daemon.stalled", "job.incident", "job.failover_started",
+                "job.failed", "job.waiting", "job.ranks_unaccounted", "job.checkpoint_timeout", "node.drained"}
 
 
 def _pool_of(accelerator: Any) -> str:

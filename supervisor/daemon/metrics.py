@@ -2,15 +2,16 @@
 
 The daemon's loop updates them (gauges once a second from the node table, counters as
 things happen); prometheus-client's HTTP thread only reads them, so no cluster state is
-touched from another thread. Job metrics are declared now, under the names they will
-keep, and stay empty until the job lifecycle exists.
+touched from another thread.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from supervisor.core.jobs import JobState, ettr
 from supervisor.core.nodes import NodeTable
+from supervisor.core.scheduler import Jobs
 from supervisor.shared.vocab import Health, NodeState
 
 _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
@@ -51,7 +52,7 @@ class DaemonMetrics:
                                             "over the nodes' latest heartbeats.", registry=r)
         self.policy_reloads = Counter("trainguard_policy_reloads_total",
                                       "Policy file (re)loads, by result (loaded, rejected, removed).", ["result"], registry=r)
-        # Job metrics: declared under their final names; filled once jobs exist.
+        # Jobs: by state, restarts and failovers, recovery time, effective training ratio.
         self.jobs = Gauge("trainguard_jobs", "Jobs by state.", ["state"], registry=r)
         self.restarts = Counter("trainguard_job_restarts_total", "Job restarts, by pool.", ["pool"], registry=r)
         self.failovers = Counter("trainguard_job_failovers_total", "Job failovers, by source and target pool.",
@@ -62,6 +63,8 @@ class DaemonMetrics:
         self.effective_training_ratio = Gauge("trainguard_job_effective_training_ratio",
                                               "Share of wall time spent training (not recovering), by job.",
                                               ["job"], registry=r)
+        self._failovers_seen: dict[str, int] = {}
+        self._restarts_seen: dict[str, int] = {}
         for state in NodeState:
             self.nodes.labels(state.value).set(0)
         for health in Health:
@@ -69,6 +72,28 @@ class DaemonMetrics:
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
+
+    def observe_jobs(self, jobs: Jobs, now: float) -> None:
+        states = {s: 0 for s in JobState}
+        for record in jobs.records.values():
+            states[record.state] += 1
+        for state, n in states.items():
+            self.jobs.labels(state.value).set(n)
+        for record in jobs.live():
+            value = ettr(record, now)
+            if value is not None:
+                self.effective_training_ratio.labels(record.id).set(value)
+        while jobs.recoveries:
+            _, seconds = jobs.recoveries.pop(0)
+            self.recovery_latency.observe(seconds)
+        for record in jobs.records.values():
+            for failover in record.failovers[self._failovers_seen.get(record.id, 0):]:
+                self.failovers.labels(failover.from_pool, failover.to_pool).inc()
+            self._failovers_seen[record.id] = len(record.failovers)
+            new_restarts = record.restarts - self._restarts_seen.get(record.id, 0)
+            if new_restarts > 0:
+                self.restarts.labels(record.pool).inc(new_restarts)
+            self._restarts_seen[record.id] = record.restarts
 
     def observe_nodes(self, table: NodeTable) -> None:
         states = {s: 0 for s in NodeState}

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import msgspec
 import structlog
 
+from supervisor.core.jobs import JobRecord
 from supervisor.core.nodes import NodeRecord
 
 log = structlog.get_logger()
@@ -48,6 +49,8 @@ CREATE TABLE IF NOT EXISTS events (
     fields      TEXT NOT NULL          -- JSON object
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events (ts);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job, seq);
+CREATE INDEX IF NOT EXISTS events_by_node ON events (node, seq);
 """
 
 
@@ -119,12 +122,54 @@ class Store:
             records.append(record)
         return records
 
+    def load_jobs(self) -> list[JobRecord]:
+        """The jobs last saved; an unreadable row is logged (`store.row_unreadable`)."""
+        try:
+            rows = self._db.execute("SELECT job, record FROM jobs ORDER BY created_at").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(_corrupt_message(self.path, exc) if _corrupt(exc) else f"cannot read {self.path}: {exc}") from exc
+        records = []
+        for job, text in rows:
+            try:
+                records.append(msgspec.json.decode(text, type=JobRecord))
+            except (msgspec.MsgspecError, ValueError, TypeError) as exc:
+                log.warning("store.row_unreadable", file=str(self.path), job=str(job), error=str(exc),
+                            action="the job is left out: its ranks, if any, are not adopted; resubmit it")
+        return records
+
+    def query_events(self, job: str | None = None, node: str | None = None, since: float | None = None,
+                     after: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Stored events, oldest first, each with its `seq` (for following)."""
+        clauses, args = [], []
+        for column, value, op in (("job", job, "="), ("node", node, "="), ("ts", since, ">="), ("seq", after, ">")):
+            if value is not None:
+                clauses.append(f"{column} {op} ?")
+                args.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = "ASC" if after is not None else "DESC"
+        try:
+            rows = self._db.execute(f"SELECT seq, ts, event, fields FROM events {where} ORDER BY seq {order} LIMIT ?",
+                                    (*args, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read events from {self.path}: {exc}") from exc
+        if order == "DESC":
+            rows.reverse()
+        out = []
+        for seq, ts, name, fields in rows:
+            try:
+                data = json.loads(fields)
+            except ValueError:
+                data = {"unreadable": True}
+            out.append({"seq": seq, "ts": ts, "event": name, **(data if isinstance(data, dict) else {})})
+        return out
+
     def save(
         self,
         nodes: Iterable[NodeRecord],
         events: Iterable[tuple[float, str, dict[str, Any]]],
         seen: Iterable[tuple[str, float]] = (),
         deleted: Iterable[str] = (),
+        jobs: Iterable[JobRecord] = (),
     ) -> None:
         """One transaction: upsert `nodes`, append `events` (ts, name, fields), bump the
         last_seen time of the (node, time) pairs in `seen` (heartbeats: no rewrite of the
@@ -139,7 +184,11 @@ class Store:
             (ts, name, _text(fields.get("node")), _text(fields.get("job")), _event_json(name, fields))
             for ts, name, fields in events
         ]
-        if not node_rows and not event_rows and not seen_rows and not delete_rows:
+        job_rows = [
+            (r.id, r.state.value, r.spec.policy, r.submitted_at, r.state_since, msgspec.json.encode(r).decode())
+            for r in jobs
+        ]
+        if not node_rows and not event_rows and not seen_rows and not delete_rows and not job_rows:
             return
         try:
             with self._db:
@@ -152,6 +201,12 @@ class Store:
                 )
                 self._db.executemany("UPDATE nodes SET last_seen=? WHERE node=?", seen_rows)
                 self._db.executemany("DELETE FROM nodes WHERE node=?", delete_rows)
+                self._db.executemany(
+                    "INSERT INTO jobs (job, state, policy, created_at, updated_at, record) VALUES (?,?,?,?,?,?) "
+                    "ON CONFLICT(job) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at, "
+                    "record=excluded.record",
+                    job_rows,
+                )
                 self._db.executemany(
                     "INSERT INTO events (ts, event, node, job, fields) VALUES (?,?,?,?,?)", event_rows
                 )

@@ -1,0 +1,89 @@
+"""One fault, one incident. Pure.
+
+When one rank dies its peers fail moments later with collective errors, and a chip error
+kills the rank on it: a single fault arrives as a burst of signals. The signals of one
+attempt of a job within `window` seconds of the first form one incident whose root cause
+is the most specific of them (hardware over its consequences, the dead rank over its
+peers' network errors), earliest first among equals. The policy counts the incident
+once, by its root; the others stay in the events as its consequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from supervisor.policy.engine import SignalEvent
+from supervisor.shared.vocab import Signal
+
+#: Most specific first: what a fault IS before what it CAUSED.
+SPECIFICITY = {
+    Signal.CHIP_ERROR: 0,
+    Signal.NODE_LOST: 1,
+    Signal.INTERCONNECT_TIMEOUT: 2,
+    Signal.OOM: 3,
+    Signal.HANG: 4,
+    Signal.USER_ERROR: 5,
+    Signal.CRASH: 6,
+    Signal.NETWORK: 7,
+    Signal.NO_CAPACITY: 8,
+    Signal.CHIP_DEGRADED: 9,
+    Signal.STRAGGLER: 10,
+}
+DEFAULT_WINDOW = 3.0
+
+
+def rank_of(event: SignalEvent, killed_by_signal: bool = False) -> tuple[int, int, float]:
+    """The sort key of a signal for root cause: its kind's specificity; among crashes, a
+    rank killed by a signal before one that exited with an error (the peers of a killed
+    rank exit with errors); then time."""
+    return (SPECIFICITY.get(event.signal, 99), 0 if killed_by_signal else 1, event.at)
+
+
+@dataclass
+class Incident:
+    attempt: int
+    opened_at: float  # monotonic
+    signals: list[tuple[SignalEvent, bool]] = field(default_factory=list)  # (signal, killed by a signal)
+
+    @property
+    def root(self) -> SignalEvent:
+        return min(self.signals, key=lambda s: rank_of(*s))[0]
+
+    @property
+    def consequences(self) -> list[SignalEvent]:
+        root = self.root
+        return [s for s, _ in self.signals if s is not root]
+
+    def summary(self) -> str:
+        root = self.root
+        where = f" on {root.node}" + (f" chip {root.chip}" if root.chip is not None else "") if root.node else ""
+        rank = f" rank {root.rank}" if root.rank is not None else ""
+        rest = len(self.signals) - 1
+        return (f"{root.signal.value}{where}{rank}" + (f" (and {rest} consequence{'s' if rest != 1 else ''}: "
+                f"{', '.join(sorted({s.signal.value for s in self.consequences}))})" if rest else ""))
+
+
+class IncidentTracker:
+    """The open incident of one job, if any."""
+
+    def __init__(self, window: float = DEFAULT_WINDOW) -> None:
+        self.window = window
+        self.open: Incident | None = None
+
+    def add(self, signal: SignalEvent, attempt: int, now: float, killed_by_signal: bool = False) -> None:
+        if self.open is None or self.open.attempt != attempt:
+            self.open = Incident(attempt, now)
+        self.open.signals.append((signal, killed_by_signal))
+
+    def due(self, now: float) -> Incident | None:
+        """The incident, once its window has passed since its first signal."""
+        if self.open is not None and now >= self.open.opened_at + self.window:
+            incident, self.open = self.open, None
+            return incident
+        return None
+
+    def next_deadline(self) -> float | None:
+        return None if self.open is None else self.open.opened_at + self.window
+
+    def drop(self) -> None:
+        self.open = None

@@ -1,0 +1,757 @@
+"""The jobs the daemon runs, carried through faults. Pure: what the daemon observed in,
+commands for the nodes and events out; times passed in.
+
+Level-triggered, like a controller: every `tick` compares what each job should have
+(its state, its current attempt) with what the nodes report (their running ranks), and
+(re)sends what is missing — a start, a stop, a checkpoint — so that a lost command, a
+restarted agent or a restarted daemon only delays things. Commands are idempotent on the
+nodes by (job, attempt), so sending one twice never starts a rank twice.
+
+Faults reach a job as signals; the signals of one attempt within a short window form one
+incident (`incidents.py`) whose root cause goes to the job's policy (`policy/engine.py`),
+once. Its decision is carried out here: restart (stop the attempt, start a new one on the
+same pool from the latest checkpoint), exclude (drain the node, then restart), failover
+(checkpoint if the ranks still answer, stop, start on the target pool), stop, fail. A
+restart or failover that cannot be placed is itself a signal, `no_capacity`.
+
+Every change to a record is returned in `JobOutcome.records`; the daemon commits them to
+the store before it sends any command of the same outcome.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from supervisor.core.incidents import DEFAULT_WINDOW, Incident, IncidentTracker
+from supervisor.core.jobs import Attempt, Failover, JobRecord, JobState, NodeAttempt, ettr
+from supervisor.core.jobspec import JobSpec
+from supervisor.core.nodes import NodeChange, NodeRecord
+from supervisor.core.placement import NoCapacity, NodeView, Placement, place
+from supervisor.policy.engine import Decision, JobPolicy, SignalEvent
+from supervisor.policy.schema import ExcludeTarget, Policy
+from supervisor.shared.clock import Instant
+from supervisor.shared.protocol import AnyCommandArgs, CheckpointArgs, StartRanksArgs, StopRanksArgs
+from supervisor.shared.vocab import Action, Health, NodeState, Signal
+
+#: A command not confirmed within this is sent again (idempotent on the node).
+RESEND_AFTER = 5.0
+#: Extra time after a stop's grace before ranks on an unreachable node are given up on.
+STOP_SLACK = 10.0
+#: SIGTERM → SIGKILL grace of a stop the policy asks for (the final checkpoint's time).
+DEFAULT_STOP_GRACE = 30.0
+#: Chip healths that may take ranks.
+_USABLE = (Health.OK, Health.WARNING)
+
+
+@dataclass(frozen=True)
+class JobCommand:
+    """A command for one node on behalf of a job."""
+
+    node: str
+    job: str
+    attempt: int
+    args: AnyCommandArgs
+
+
+@dataclass
+class JobOutcome:
+    commands: list[JobCommand] = field(default_factory=list)
+    changes: list[NodeChange] = field(default_factory=list)
+    records: dict[str, JobRecord] = field(default_factory=dict)
+    #: node -> (drained reason or None to undrain, chips to exclude)
+    drains: list[tuple[str, str | None, int | None]] = field(default_factory=list)
+
+    def event(self, name: str, **fields: Any) -> None:
+        self.changes.append(NodeChange(name, "*", {k: v for k, v in fields.items() if v is not None}))
+
+    def extend(self, other: "JobOutcome") -> None:
+        self.commands += other.commands
+        self.changes += other.changes
+        self.records.update(other.records)
+        self.drains += other.drains
+
+
+class JobError(Exception):
+    """A job request that cannot be honoured; `code` is the control reply's code."""
+
+    def __init__(self, message: str, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class _Live:
+    """What the daemon keeps of a job in memory only (rebuilt after a restart)."""
+
+    policy: JobPolicy
+    incidents: IncidentTracker
+    sent: dict[tuple[str, str], float] = field(default_factory=dict)  # (node, kind) -> mono time sent
+    next_checkpoint: float | None = None  # mono
+    incident_started: float | None = None  # wall time of the last incident's root, for recovery time
+
+
+class Jobs:
+    def __init__(self, policies: Callable[[str], Policy | None], incident_window: float = DEFAULT_WINDOW) -> None:
+        self._policies = policies
+        self.incident_window = incident_window
+        self.records: dict[str, JobRecord] = {}
+        self._live: dict[str, _Live] = {}
+        #: Recovery times (seconds from an incident to the job running again), for metrics.
+        self.recoveries: list[tuple[str, float]] = []
+
+    # --- queries ---------------------------------------------------------------------
+
+    def get(self, job: str) -> JobRecord:
+        record = self.records.get(job)
+        if record is None:
+            record = next((r for r in self.records.values() if r.spec.name == job and not r.state.ended), None)
+        if record is None:
+            known = ", ".join(sorted(self.records)[-20:]) or "none"
+            raise JobError(f"unknown job {job!r}; known jobs: {known}", "unknown_job")
+        return record
+
+    def live(self) -> list[JobRecord]:
+        return [r for r in self.records.values() if not r.state.ended]
+
+    def next_deadline(self) -> float | None:
+        times = [d for live in self._live.values() if (d := live.incidents.next_deadline()) is not None]
+        return min(times, default=None)
+
+    # --- restore ---------------------------------------------------------------------
+
+    def restore(self, records: list[JobRecord], now: Instant) -> JobOutcome:
+        out = JobOutcome()
+        for record in records:
+            self.records[record.id] = record
+            if record.state.ended:
+                continue
+            policy = self._policies(record.spec.policy)
+            if policy is None:
+                out.event("job.policy_missing", job=record.id, policy=record.spec.policy,
+                          effect="the job keeps running but no fault is acted on until the policy is loaded")
+                continue
+            self._live[record.id] = self._new_live(record, policy)
+        if records:
+            out.event("job.restored", jobs=len(records), live=len(self.live()))
+        return out
+
+    def _new_live(self, record: JobRecord, policy: Policy) -> _Live:
+        engine = JobPolicy(policy, record.id, record.pool or policy.preferred_pool)
+        # What the engine must remember across a daemon restart: restarts in the window
+        # and the last failover (their times are in the record, wall clock).
+        for decision in record.decisions:
+            if decision.get("action") in ("restart", "exclude") and not decision.get("blocked"):
+                engine.restarts.append(float(decision["at"]))
+        if record.failovers:
+            engine.last_failover = record.failovers[-1].at
+        return _Live(engine, IncidentTracker(self.incident_window))
+
+    # --- requests ----------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec, now: Instant) -> JobOutcome:
+        if any(r.spec.name == spec.name for r in self.live()):
+            raise JobError(f"a job named {spec.name!r} is already live; stop it or choose another name", "busy")
+        policy = self._policies(spec.policy)
+        if policy is None:
+            raise JobError(f"policy {spec.policy!r} is not loaded by this daemon (see `trainguard policy show`)",
+                           "unknown_policy")
+        missing = [p for p in policy.pools if p not in spec.pools]
+        unknown = [p for p in spec.pools if p not in policy.pools]
+        if unknown:
+            raise JobError(f"pools {', '.join(unknown)} are not pools of policy {policy.name} "
+                           f"({', '.join(policy.pools)})")
+        if policy.preferred_pool not in spec.pools:
+            raise JobError(f"the job has no shape for {policy.preferred_pool}, policy {policy.name}'s preferred pool")
+        job_id = f"{spec.name}-{secrets.token_hex(3)}"
+        record = JobRecord(id=job_id, spec=spec, pool=policy.preferred_pool, submitted_at=now.wall, state_since=now.wall)
+        self.records[job_id] = record
+        self._live[job_id] = self._new_live(record, policy)
+        out = JobOutcome(records={job_id: record})
+        out.event("job.submitted", job=job_id, name=spec.name, policy=policy.name, pool=record.pool,
+                  pools={p: s.world_size for p, s in spec.pools.items()}, command=list(spec.command),
+                  no_shape_for=missing or None)
+        return out
+
+    def stop(self, job: str, grace: float, now: Instant) -> JobOutcome:
+        record = self.get(job)
+        if record.state.ended:
+            raise JobError(f"job {record.id} has already ended ({record.state.value})", "ended")
+        out = JobOutcome()
+        self._begin_end(record, "stop", "stopped by the operator", now, out, grace=grace)
+        return out
+
+    def failover(self, job: str, to_pool: str, now: Instant) -> JobOutcome:
+        record = self.get(job)
+        live = self._live.get(record.id)
+        if record.state.ended or live is None:
+            raise JobError(f"job {record.id} is {record.state.value}; nothing to fail over", "ended")
+        if to_pool not in record.spec.pools:
+            raise JobError(f"job {record.id} has no shape for pool {to_pool!r} (it has: {', '.join(record.spec.pools)})")
+        if to_pool == record.pool:
+            raise JobError(f"job {record.id} already runs on {to_pool}", "busy")
+        decision = Decision(job=record.id, at=now.wall, action=Action.FAILOVER, rule="operator", policy=live.policy.policy.name,
+                            reason=f"an operator asked for a failover from {record.pool} to {to_pool}",
+                            from_pool=record.pool, to_pool=to_pool,
+                            checkpoint_first=live.policy.policy.checkpoint.before_failover)
+        live.policy.pool, live.policy.last_failover = to_pool, now.wall
+        out = JobOutcome()
+        self._carry_out(record, decision, now, out)
+        return out
+
+    def drained(self, node: str, reason: str, now: Instant) -> JobOutcome:
+        """A node was drained: jobs with ranks on it are moved off by a restart."""
+        out = JobOutcome()
+        for record in self.live():
+            if node in record.nodes() and record.state in (JobState.STARTING, JobState.RUNNING):
+                decision = Decision(job=record.id, at=now.wall, action=Action.RESTART, rule="operator-drain",
+                                    policy=record.spec.policy, reason=f"node {node} was drained ({reason}): "
+                                    f"restart without it", from_pool=record.pool)
+                self._carry_out(record, decision, now, out)
+        return out
+
+    # --- what the nodes report ---------------------------------------------------------
+
+    def on_node_event(self, node: str, name: str, fields: Mapping[str, Any], now: Instant,
+                      nodes: Mapping[str, NodeRecord]) -> JobOutcome:
+        """An event from an agent (already logged by the daemon) that may concern a job."""
+        out = JobOutcome()
+        job = fields.get("job")
+        attempt = fields.get("attempt")
+        if name == "chip.health_changed":
+            signal = fields.get("signal")
+            if signal in (Signal.CHIP_ERROR.value,) and fields.get("chip") is not None:
+                for record in self.live():
+                    current = record.current
+                    if current is None or not record.state.has_ranks:
+                        continue
+                    rank = current.chip_of(node, int(fields["chip"]))
+                    if rank is not None:
+                        self._signal(record, Signal.CHIP_ERROR, node, fields, now, out, rank=rank)
+            return out
+        record = self.records.get(job) if isinstance(job, str) else None
+        if record is None or record.state.ended or not isinstance(attempt, int) or attempt != record.attempt:
+            return out  # another job's, a launch's, or an older attempt's: recorded, not acted on
+        current = record.current
+        if current is None:
+            return out
+        key = f"{node}/{fields.get('rank')}"
+        if name == "rank.started":
+            if key not in current.alive:
+                current.alive.append(key)
+            share = current.node(node)
+            if share is not None:
+                share.started = True
+            self._maybe_running(record, now, nodes, out)
+            out.records[record.id] = record
+        elif name == "rank.exited":
+            if key in current.alive:
+                current.alive.remove(key)
+            code = fields.get("exit_code")
+            current.exited[key] = int(code) if isinstance(code, int) else -9
+            self._maybe_succeeded(record, now, out)
+            out.records[record.id] = record
+        elif name == "rank.checkpoint_saved":
+            step = fields.get("step")
+            if isinstance(step, int):
+                record.last_checkpoint_step = step
+                out.event("job.checkpoint_saved", job=record.id, attempt=attempt, step=step, node=node)
+                if record.checkpoint_wanted and (record.step is None or step >= (record.step or 0) - 1):
+                    record.checkpoint_wanted = False
+                out.records[record.id] = record
+        elif name.startswith("signal."):
+            try:
+                signal = Signal(name.removeprefix("signal."))
+            except ValueError:
+                return out
+            if record.state in (JobState.STARTING, JobState.RUNNING):
+                rank = fields.get("rank")
+                self._signal(record, signal, node, fields, now, out, rank=rank if isinstance(rank, int) else None)
+        return out
+
+    def on_node_lost(self, node: str, now: Instant) -> JobOutcome:
+        out = JobOutcome()
+        for record in self.live():
+            if node in record.nodes() and record.state in (JobState.STARTING, JobState.RUNNING):
+                self._signal(record, Signal.NODE_LOST, node, {"evidence": f"node {node} sent no heartbeat"}, now, out)
+        return out
+
+    def on_start_result(self, node: str, job: str, attempt: int, ok: bool, error: str | None,
+                        detail: Mapping[str, Any], now: Instant) -> JobOutcome:
+        out = JobOutcome()
+        record = self.records.get(job)
+        if record is None or record.attempt != attempt or record.state is not JobState.STARTING:
+            return out
+        current = record.current
+        assert current is not None
+        share = current.node(node)
+        if share is None:
+            return out
+        if not ok:
+            # The node refused to start the ranks (a missing working directory, a
+            # command that does not exist): the same on any node, so not worth a restart.
+            self._begin_end(record, "fail", f"node {node} could not start the ranks: {error}", now, out)
+            return out
+        share.started = True
+        port = detail.get("master_port")
+        if node == current.nodes[0].node and isinstance(port, int) and port > 0 and not current.master_port:
+            current.master_port = port
+            out.event("job.rendezvous", job=record.id, attempt=attempt, master=f"{current.master_addr}:{port}")
+        out.records[record.id] = record
+        return out
+
+    def on_running(self, node: str, running: list[tuple[str, int, int, int | None, float | None]],
+                   now: Instant, nodes: Mapping[str, NodeRecord]) -> JobOutcome:
+        """A heartbeat's running ranks (job, attempt, rank, step, loss): progress."""
+        out = JobOutcome()
+        for job, attempt, rank, step, loss in running:
+            record = self.records.get(job)
+            if record is None or record.attempt != attempt or record.current is None:
+                continue
+            current = record.current
+            key = f"{node}/{rank}"
+            if key not in current.alive and key not in current.exited:
+                current.alive.append(key)
+            if rank == 0 and step is not None:
+                if record.step != step:
+                    record.step = step
+                    if loss is not None:
+                        record.loss = loss
+                    if current.resumed_from is None:
+                        current.resumed_from = max(0, step - 1) if record.attempt > 1 else 0
+                    _sample(current, step, now.wall)
+                    out.records[record.id] = record
+            if record.state is JobState.STARTING:
+                self._maybe_running(record, now, nodes, out)
+        return out
+
+    # --- time ----------------------------------------------------------------------------
+
+    def tick(self, now: Instant, nodes: Mapping[str, NodeRecord]) -> JobOutcome:
+        out = JobOutcome()
+        for record in list(self.live()):
+            live = self._live.get(record.id)
+            if live is None:
+                continue
+            incident = live.incidents.due(now.mono)
+            if incident is not None:
+                self._decide(record, incident, now, out)
+            step = getattr(self, f"_tick_{record.state.value}", None)
+            if step is not None:
+                step(record, live, now, nodes, out)
+        return out
+
+    def _tick_pending(self, record: JobRecord, live: _Live, now: Instant, nodes: Mapping[str, NodeRecord],
+                      out: JobOutcome) -> None:
+        policy = live.policy.policy
+        shape = record.spec.pools.get(record.pool)
+        if shape is None:
+            self._begin_end(record, "fail", f"the job has no shape for pool {record.pool}", now, out)
+            return
+        family = policy.pools[record.pool].accelerator
+        placed = place(record.pool, family, shape.nodes, shape.ranks_per_node, self._views(nodes, record.id))
+        if isinstance(placed, NoCapacity):
+            if record.waiting_for != placed.reason:
+                record.waiting_for = placed.reason
+                out.records[record.id] = record
+                out.event("job.waiting", job=record.id, pool=record.pool, reason=placed.reason)
+            if not record.no_capacity_reported:
+                record.no_capacity_reported = True
+                out.records[record.id] = record
+                self._feed(record, SignalEvent(signal=Signal.NO_CAPACITY, at=now.wall, job=record.id, pool=record.pool,
+                                               evidence=placed.reason), now, out)
+            return
+        self._start_attempt(record, placed, now, out)
+        self._send_starts(record, live, now, out)
+
+    def _tick_starting(self, record: JobRecord, live: _Live, now: Instant, nodes: Mapping[str, NodeRecord],
+                       out: JobOutcome) -> None:
+        self._maybe_running(record, now, nodes, out)
+        if record.state is JobState.STARTING:
+            self._send_starts(record, live, now, out)
+
+    def _tick_running(self, record: JobRecord, live: _Live, now: Instant, nodes: Mapping[str, NodeRecord],
+                      out: JobOutcome) -> None:
+        every = live.policy.policy.checkpoint.every
+        if every is None:
+            return
+        if live.next_checkpoint is None:
+            live.next_checkpoint = now.mono + every
+        elif now.mono >= live.next_checkpoint:
+            live.next_checkpoint = now.mono + every
+            self._send_checkpoint(record, now, out, why="checkpoint.every")
+
+    def _tick_restarting(self, record: JobRecord, live: _Live, now: Instant, nodes: Mapping[str, NodeRecord],
+                         out: JobOutcome) -> None:
+        self._wind_down(record, live, now, nodes, out)
+
+    _tick_failing_over = _tick_restarting
+    _tick_stopping = _tick_restarting
+
+    # --- carrying out ------------------------------------------------------------------------
+
+    def _signal(self, record: JobRecord, signal: Signal, node: str, fields: Mapping[str, Any], now: Instant,
+                out: JobOutcome, rank: int | None = None) -> None:
+        live = self._live.get(record.id)
+        if live is None:
+            return
+        chip = fields.get("chip")
+        event = SignalEvent(signal=signal, at=float(fields.get("observed_at") or now.wall), job=record.id,
+                            pool=record.pool, node=node, chip=chip if isinstance(chip, int) else None, rank=rank,
+                            evidence=str(fields.get("evidence") or "")[:2000], id=str(fields.get("event_id") or ""))
+        killed = bool(fields.get("signal_name")) and signal is Signal.CRASH
+        live.incidents.add(event, record.attempt, now.mono, killed_by_signal=killed)
+
+    def _decide(self, record: JobRecord, incident: Incident, now: Instant, out: JobOutcome) -> None:
+        live = self._live[record.id]
+        root = incident.root
+        live.incident_started = root.at
+        out.event("job.incident", job=record.id, attempt=incident.attempt, signal=root.signal.value, node=root.node,
+                  chip=root.chip, rank=root.rank, summary=incident.summary(), evidence=root.evidence,
+                  consequences=[{"signal": s.signal.value, "node": s.node, "rank": s.rank} for s in incident.consequences])
+        if record.state not in (JobState.STARTING, JobState.RUNNING) or incident.attempt != record.attempt:
+            return  # the attempt is already being ended: the incident is recorded, nothing more
+        self._feed(record, root, now, out)
+
+    def _feed(self, record: JobRecord, event: SignalEvent, now: Instant, out: JobOutcome) -> None:
+        live = self._live[record.id]
+        health = self._pool_health_cache
+        for decision in live.policy.on_signal(event, health, now.wall):
+            self._record_decision(record, decision, out)
+            if not decision.blocked:
+                self._carry_out(record, decision, now, out)
+
+    _pool_health_cache: dict[str, int] | None = None
+
+    def set_pool_health(self, health: dict[str, int]) -> None:
+        """Healthy undrained nodes per pool, as the engine's failover guard wants them."""
+        self._pool_health_cache = health
+
+    def _record_decision(self, record: JobRecord, decision: Decision, out: JobOutcome) -> None:
+        data = decision.to_dict()
+        record.add_decision(data)
+        out.records[record.id] = record
+        fields = {k: v for k, v in data.items() if k not in ("job",)}
+        out.changes.append(NodeChange(decision.event_name, "*", {"job": record.id, **fields}))
+
+    def _carry_out(self, record: JobRecord, decision: Decision, now: Instant, out: JobOutcome) -> None:
+        action = decision.action
+        if action is Action.NONE:
+            return
+        if action is Action.ALERT:
+            out.event("policy.alert", job=record.id, rule=decision.rule, message=decision.message, reason=decision.reason)
+            return
+        if action is Action.CHECKPOINT:
+            self._send_checkpoint(record, now, out, why=f"rule {decision.rule}")
+            return
+        if decision.exclude_node is not None and (action is Action.EXCLUDE or action is Action.RESTART):
+            policy = self._live[record.id].policy.policy
+            rule = next((r for r in policy.rules if r.name == decision.rule), None)
+            chip = decision.exclude_chip if rule is not None and rule.then.exclude is ExcludeTarget.CHIP else None
+            out.drains.append((decision.exclude_node, f"excluded by rule {decision.rule} of job {record.id}", chip))
+        if action in (Action.RESTART, Action.EXCLUDE):
+            self._begin_end(record, "restart", decision.reason, now, out)
+        elif action is Action.FAILOVER:
+            assert decision.to_pool is not None
+            self._begin_end(record, "failover", decision.reason, now, out, to_pool=decision.to_pool,
+                            checkpoint_first=decision.checkpoint_first, rule=decision.rule or "")
+        elif action is Action.STOP:
+            self._begin_end(record, "stop", f"rule {decision.rule}: {decision.message or decision.reason}", now, out)
+        elif action is Action.FAIL:
+            self._begin_end(record, "fail", f"rule {decision.rule}: {decision.reason}", now, out)
+
+    def _begin_end(self, record: JobRecord, what: str, reason: str, now: Instant, out: JobOutcome,
+                   grace: float | None = None, to_pool: str | None = None, checkpoint_first: bool = False,
+                   rule: str = "") -> None:
+        """Begin ending the current attempt: restart, failover, stop or fail once its ranks are gone."""
+        live = self._live.get(record.id)
+        target = {"restart": JobState.RESTARTING, "failover": JobState.FAILING_OVER}.get(what, JobState.STOPPING)
+        if record.state is JobState.PENDING:
+            if what == "failover" and to_pool is not None:
+                self._switch_pool(record, to_pool, now, rule, out)
+                record.waiting_for = None
+                record.no_capacity_reported = False
+                out.records[record.id] = record
+                return
+            if what in ("stop", "fail"):
+                out.event("job.state_changed", **record.transition(JobState.STOPPED if what == "stop" else JobState.FAILED,
+                                                                   now.wall, reason))
+                self._ended(record, out)
+                return
+            return  # a restart of a job that is not running: placement goes on trying
+        if record.state is JobState.STOPPING and what != "fail":
+            return  # already ending for good
+        if record.state in (JobState.RESTARTING, JobState.FAILING_OVER) and what == "restart":
+            return  # one recovery at a time
+        policy = live.policy.policy if live else None
+        record.next_action = what
+        record.target_pool = to_pool
+        record.checkpoint_wanted = bool(checkpoint_first and record.state is JobState.RUNNING)
+        record.checkpoint_asked_at = None
+        record.stop_grace = grace if grace is not None else DEFAULT_STOP_GRACE
+        record.stop_sent = False
+        record.phase_deadline = None
+        if target is not record.state:
+            out.event("job.state_changed", **record.transition(target, now.wall, reason))
+        else:
+            record.reason = reason
+        if what == "failover":
+            out.event("job.failover_started", job=record.id, from_pool=record.pool, to_pool=to_pool, rule=rule,
+                      step=record.step, checkpoint_first=record.checkpoint_wanted, reason=reason)
+        out.records[record.id] = record
+        if policy is not None and record.checkpoint_wanted:
+            return  # the checkpoint is asked for on the next tick
+        self._stop_now(record, now, out)
+
+    def _stop_now(self, record: JobRecord, now: Instant, out: JobOutcome) -> None:
+        record.stop_sent = True
+        record.phase_deadline = now.wall + record.stop_grace + STOP_SLACK
+        self._send_stops(record, now, out, record.stop_grace)
+        out.records[record.id] = record
+
+    def _wind_down(self, record: JobRecord, live: _Live, now: Instant, nodes: Mapping[str, NodeRecord],
+                   out: JobOutcome) -> None:
+        policy = live.policy.policy
+        if record.checkpoint_wanted:
+            if record.checkpoint_asked_at is None:
+                record.checkpoint_asked_at = now.wall
+                record.phase_deadline = now.wall + policy.checkpoint.before_failover_timeout
+                self._send_checkpoint(record, now, out, why="before failover")
+                out.records[record.id] = record
+                return
+            if record.phase_deadline is not None and now.wall < record.phase_deadline:
+                return
+            out.event("job.checkpoint_timeout", job=record.id, waited_s=policy.checkpoint.before_failover_timeout,
+                      effect="failing over from the newest complete checkpoint")
+            record.checkpoint_wanted = False
+        if not record.stop_sent:
+            self._stop_now(record, now, out)
+            return
+        alive = self._alive_ranks(record, nodes)
+        if alive and now.wall < (record.phase_deadline or 0):
+            self._resend_stops(record, live, now, out, record.stop_grace)
+            return
+        self._attempt_over(record, now, out, gave_up=sorted(alive))
+
+    def _attempt_over(self, record: JobRecord, now: Instant, out: JobOutcome, gave_up: list[str]) -> None:
+        current = record.current
+        what = record.next_action or "stop"
+        if current is not None and current.ended_at is None:
+            current.ended_at = now.wall
+            current.outcome = f"{what}: {record.reason}"
+        if gave_up:
+            out.event("job.ranks_unaccounted", job=record.id, attempt=record.attempt, ranks=gave_up,
+                      effect="their nodes did not confirm the stop in time; they are presumed gone")
+        record.phase_deadline = None
+        record.checkpoint_asked_at = None
+        record.stop_sent = False
+        out.records[record.id] = record
+        if what == "restart":
+            record.restarts += 1
+            record.no_capacity_reported = False
+            out.event("job.state_changed", **record.transition(JobState.PENDING, now.wall, record.reason))
+        elif what == "failover":
+            assert record.target_pool is not None
+            self._switch_pool(record, record.target_pool, now, self._last_rule(record), out)
+            record.no_capacity_reported = False
+            out.event("job.state_changed", **record.transition(JobState.PENDING, now.wall, record.reason))
+        elif what == "stop":
+            out.event("job.state_changed", **record.transition(JobState.STOPPED, now.wall, record.reason))
+            self._ended(record, out)
+        else:
+            out.event("job.state_changed", **record.transition(JobState.FAILED, now.wall, record.reason))
+            self._ended(record, out)
+
+    def _switch_pool(self, record: JobRecord, to_pool: str, now: Instant, rule: str, out: JobOutcome) -> None:
+        failover = Failover(from_pool=record.pool, to_pool=to_pool, at=now.wall, step=record.last_checkpoint_step,
+                            rule=rule or "operator")
+        record.failovers.append(failover)
+        record.pool = to_pool
+        record.target_pool = None
+        live = self._live.get(record.id)
+        if live is not None:
+            live.policy.pool = to_pool
+        out.records[record.id] = record
+
+    def _last_rule(self, record: JobRecord) -> str:
+        for decision in reversed(record.decisions):
+            if decision.get("action") == "failover" and not decision.get("blocked"):
+                return str(decision.get("rule") or "")
+        return "operator"
+
+    def _ended(self, record: JobRecord, out: JobOutcome) -> None:
+        name = {JobState.SUCCEEDED: "job.succeeded", JobState.FAILED: "job.failed", JobState.STOPPED: "job.stopped"}
+        out.event(name[record.state], job=record.id, reason=record.reason, step=record.step, restarts=record.restarts,
+                  failovers=len(record.failovers), ettr=ettr(record, record.ended_at or 0.0))
+        self._live.pop(record.id, None)
+        out.records[record.id] = record
+
+    # --- attempts --------------------------------------------------------------------------
+
+    def _start_attempt(self, record: JobRecord, placed: Placement, now: Instant, out: JobOutcome) -> None:
+        record.attempt += 1
+        attempt = Attempt(
+            number=record.attempt, pool=placed.pool, world_size=placed.world_size, created_at=now.wall,
+            master_addr=placed.master.address,
+            nodes=[NodeAttempt(node=n.node, address=n.address, ranks=n.ranks) for n in placed.nodes],
+        )
+        record.attempts.append(attempt)
+        del record.attempts[:-50]  # keep the recent history bounded
+        record.waiting_for = None
+        record.next_action = None
+        out.event("job.state_changed", **record.transition(JobState.STARTING, now.wall, None))
+        out.event("job.placed", job=record.id, attempt=record.attempt, pool=placed.pool, nodes=placed.node_names(),
+                  world_size=placed.world_size, master_addr=attempt.master_addr)
+        out.records[record.id] = record
+
+    def _maybe_running(self, record: JobRecord, now: Instant, nodes: Mapping[str, NodeRecord], out: JobOutcome) -> None:
+        current = record.current
+        if record.state is not JobState.STARTING or current is None:
+            return
+        if len(current.alive) + len(current.exited) < current.rank_count():
+            return
+        current.running_at = now.wall
+        if record.first_started_at is None:
+            record.first_started_at = now.wall
+        out.event("job.state_changed", **record.transition(JobState.RUNNING, now.wall, None))
+        live = self._live.get(record.id)
+        if live is not None and live.incident_started is not None:
+            recovery = max(0.0, now.wall - live.incident_started)
+            self.recoveries.append((record.pool, recovery))
+            out.event("job.recovered", job=record.id, attempt=record.attempt, pool=record.pool,
+                      recovery_s=round(recovery, 3))
+            live.incident_started = None
+        if len(record.failovers) and record.attempt > 1 and record.attempts[-2].pool != record.pool:
+            out.event("job.failover_completed", job=record.id, pool=record.pool, attempt=record.attempt,
+                      world_size=current.world_size)
+        out.records[record.id] = record
+        self._maybe_succeeded(record, now, out)
+
+    def _maybe_succeeded(self, record: JobRecord, now: Instant, out: JobOutcome) -> None:
+        current = record.current
+        if current is None or record.state not in (JobState.STARTING, JobState.RUNNING):
+            return
+        if len(current.exited) == current.rank_count() and all(code == 0 for code in current.exited.values()):
+            current.ended_at = now.wall
+            current.outcome = "succeeded"
+            if record.first_started_at is None:
+                record.first_started_at = current.created_at
+            out.event("job.state_changed", **record.transition(JobState.SUCCEEDED, now.wall, "every rank exited 0"))
+            self._ended(record, out)
+
+    def _alive_ranks(self, record: JobRecord, nodes: Mapping[str, NodeRecord]) -> set[str]:
+        """Ranks of the current attempt still running on a node that is up (a lost
+        node's ranks are presumed dead; a left node's agent is gone, but its ranks are
+        not, so they count until the grace runs out)."""
+        current = record.current
+        if current is None:
+            return set()
+        alive = set()
+        for share in current.nodes:
+            node = nodes.get(share.node)
+            if node is None or node.state is NodeState.LOST:
+                continue
+            for r in node.running:
+                if r.job == record.id and r.attempt == record.attempt:
+                    alive.add(f"{share.node}/{r.rank}")
+        return alive
+
+    # --- commands --------------------------------------------------------------------------
+
+    def _due(self, live: _Live, node: str, kind: str, now: Instant) -> bool:
+        sent = live.sent.get((node, kind))
+        if sent is not None and now.mono - sent < RESEND_AFTER:
+            return False
+        live.sent[(node, kind)] = now.mono
+        return True
+
+    def _send_starts(self, record: JobRecord, live: _Live, now: Instant, out: JobOutcome) -> None:
+        current = record.current
+        if current is None:
+            return
+        policy = live.policy.policy
+        spec = record.spec
+        env = dict(spec.env.get(record.pool, {}))
+        shares = current.nodes if current.master_port else current.nodes[:1]
+        for share in shares:
+            if share.started or not self._due(live, share.node, f"start-{record.attempt}", now):
+                continue
+            out.commands.append(JobCommand(share.node, record.id, record.attempt, StartRanksArgs(
+                job=record.id, attempt=record.attempt, argv=spec.command, ranks=share.ranks,
+                world_size=current.world_size, local_world_size=len(share.ranks), master_addr=current.master_addr,
+                master_port=current.master_port, ckpt_dir=spec.checkpoint_dir, cwd=spec.workdir, env=env,
+                hang_timeout=policy.detect.hang_timeout, checkpoint_hang_timeout=policy.detect.checkpoint_hang_timeout,
+                eval_hang_timeout=policy.detect.eval_hang_timeout, probe_interval=policy.detect.probe_interval,
+            )))
+
+    def _send_stops(self, record: JobRecord, now: Instant, out: JobOutcome, grace: float) -> None:
+        current = record.current
+        live = self._live.get(record.id)
+        if current is None:
+            return
+        for share in current.nodes:
+            if live is not None:
+                live.sent[(share.node, f"stop-{record.attempt}")] = now.mono
+            out.commands.append(JobCommand(share.node, record.id, record.attempt,
+                                           StopRanksArgs(job=record.id, attempt=record.attempt, grace=grace)))
+
+    def _resend_stops(self, record: JobRecord, live: _Live, now: Instant, out: JobOutcome, grace: float) -> None:
+        current = record.current
+        if current is None:
+            return
+        for share in current.nodes:
+            if self._due(live, share.node, f"stop-{record.attempt}", now):
+                out.commands.append(JobCommand(share.node, record.id, record.attempt,
+                                               StopRanksArgs(job=record.id, attempt=record.attempt, grace=grace)))
+
+    def _send_checkpoint(self, record: JobRecord, now: Instant, out: JobOutcome, why: str) -> None:
+        current = record.current
+        if current is None or record.state not in (JobState.RUNNING, JobState.FAILING_OVER):
+            return
+        out.event("job.checkpoint_requested", job=record.id, attempt=record.attempt, why=why, step=record.step)
+        for share in current.nodes:
+            out.commands.append(JobCommand(share.node, record.id, record.attempt,
+                                           CheckpointArgs(job=record.id, attempt=record.attempt)))
+
+    # --- the cluster as placement sees it ------------------------------------------------
+
+    def _views(self, nodes: Mapping[str, NodeRecord], for_job: str) -> list[NodeView]:
+        busy: dict[str, set[int]] = {}
+        busy_nodes: set[str] = set()
+        for record in self.live():
+            if record.id == for_job or record.current is None or not record.state.has_ranks:
+                continue
+            for share in record.current.nodes:
+                busy_nodes.add(share.node)
+                for r in share.ranks:
+                    busy.setdefault(share.node, set()).update(r.chips)
+        views = []
+        for record in nodes.values():
+            excluded = set(record.drained_chips)
+            usable = tuple(c.index for c in record.chips if c.health in _USABLE and c.index not in excluded)
+            views.append(NodeView(
+                node=record.node, family=record.accelerator.family, up=record.state is NodeState.UP,
+                address=record.address or record.hostname or record.node, usable_chips=usable,
+                has_chips=bool(record.chips), drained=record.drained,
+                busy_chips=frozenset(busy.get(record.node, ())), busy=record.node in busy_nodes,
+            ))
+        return views
+
+    def pool_health(self, nodes: Mapping[str, NodeRecord], policy: Policy) -> dict[str, int]:
+        """Nodes per pool that could take ranks (up, undrained, a usable chip)."""
+        out: dict[str, int] = {}
+        for pool in policy.pools.values():
+            out[pool.name] = sum(
+                1 for r in nodes.values()
+                if r.accelerator.family == pool.accelerator and r.state is NodeState.UP and r.drained is None
+                and (not r.chips or any(c.health in _USABLE and c.index not in r.drained_chips for c in r.chips))
+            )
+        return out
+
+
+def _sample(attempt: Attempt, step: int, at: float, limit: int = 2000) -> None:
+    """Keep (step, time) samples for ETTR; thin to every other one when full."""
+    attempt.progress.append((step, at))
+    if len(attempt.progress) > limit:
+        attempt.progress[:] = attempt.progress[::2] + ([attempt.progress[-1]] if len(attempt.progress) % 2 == 0 else [])
