@@ -258,6 +258,156 @@ def node_forget(ctl: str, timeout: float, name: str) -> None:
     click.echo(f"forgot {name} (it was {result['was']})")
 
 
+def _ask(ctl: str, verb: str, args: dict[str, Any], timeout: float, as_json: bool = False) -> Any:
+    """One control request; a refusal or no answer is exit 1 (JSON on stdout with --json)."""
+    from supervisor.cli.client import ClientError, request
+
+    try:
+        return request(ctl, verb, args, timeout=timeout)
+    except ClientError as exc:
+        if as_json:
+            click.echo(json.dumps({"error": str(exc), "code": exc.code}, indent=2, sort_keys=True))
+            sys.exit(1)
+        raise click.ClickException(str(exc)) from exc
+
+
+@node.command("drain")
+@ctl_option
+@timeout_option
+@click.argument("name", metavar="NODE")
+@click.option("--reason", default="drained by an operator", show_default=True, help="Shown in status and events.")
+def node_drain(ctl: str, timeout: float, name: str, reason: str) -> None:
+    """NODE takes no new ranks; a job running on it is moved off it by a restart."""
+    _ask(ctl, "node_drain", {"node": name, "reason": reason}, timeout)
+    click.echo(f"drained {name}: {reason}")
+
+
+@node.command("undrain")
+@ctl_option
+@timeout_option
+@click.argument("name", metavar="NODE")
+def node_undrain(ctl: str, timeout: float, name: str) -> None:
+    """NODE (and any chip a policy excluded on it) takes ranks again."""
+    _ask(ctl, "node_undrain", {"node": name}, timeout)
+    click.echo(f"undrained {name}")
+
+
+@main.group()
+def job() -> None:
+    """Run training as jobs: submitted to the daemon, carried through faults (README: Jobs)."""
+
+
+@job.command("submit")
+@ctl_option
+@timeout_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help='Print {"job": ID}.')
+def job_submit(ctl: str, timeout: float, file: Path, as_json: bool) -> None:
+    """Submit the job FILE (YAML; unknown keys are errors). Relative `workdir` and
+    `checkpoint_dir` are resolved here, against this directory and the workdir."""
+    import msgspec
+
+    from supervisor.cli.jobfile import JobFileError, read_job_file
+
+    try:
+        spec = read_job_file(file)
+    except JobFileError as exc:
+        if as_json:
+            click.echo(json.dumps({"error": str(exc), "code": "bad_job_file"}))
+            sys.exit(1)
+        raise click.ClickException(f"{file} is not a valid job file:\n{exc}") from exc
+    result = _ask(ctl, "job_submit", {"spec": msgspec.to_builtins(spec)}, timeout, as_json)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(result["job"])
+
+
+@job.command("list")
+@ctl_option
+@timeout_option
+@click.option("--json", "as_json", is_flag=True)
+def job_list(ctl: str, timeout: float, as_json: bool) -> None:
+    """Every job the daemon knows: state, pool, step, restarts, failovers."""
+    result = _ask(ctl, "job_list", {}, timeout, as_json)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    from supervisor.cli.render import print_jobs
+
+    print_jobs(result["jobs"])
+
+
+@job.command("show")
+@ctl_option
+@timeout_option
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="The stable form (README: job show --json).")
+def job_show(ctl: str, timeout: float, job_id: str, as_json: bool) -> None:
+    """One job: its state, pool, nodes, progress, restarts, failovers and the policy's decisions."""
+    result = _ask(ctl, "job_show", {"job": job_id}, timeout, as_json)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    from supervisor.cli.render import print_job
+
+    print_job(result)
+
+
+@job.command("stop")
+@ctl_option
+@timeout_option
+@click.argument("job_id", metavar="ID")
+@click.option("--grace", type=DURATION, default="60s", show_default=True,
+              help="Time for the final checkpoint before SIGKILL.")
+def job_stop(ctl: str, timeout: float, job_id: str, grace: float) -> None:
+    """Stop a job: its ranks agree on a final checkpoint, then it ends `stopped`."""
+    result = _ask(ctl, "job_stop", {"job": job_id, "grace": grace}, timeout)
+    click.echo(f"stopping {result['job']} (final checkpoint, SIGKILL after {grace:g}s)")
+
+
+@job.command("failover")
+@ctl_option
+@timeout_option
+@click.argument("job_id", metavar="ID")
+@click.option("--to", "to_pool", required=True, help="The pool to move to.")
+def job_failover(ctl: str, timeout: float, job_id: str, to_pool: str) -> None:
+    """Move a job to another pool now, as a policy's failover would (checkpoint first)."""
+    result = _ask(ctl, "job_failover", {"job": job_id, "to": to_pool}, timeout)
+    click.echo(f"failing {result['job']} over to {to_pool}")
+
+
+@main.command()
+@ctl_option
+@timeout_option
+@click.option("--job", "job_id", default=None, help="Only this job's events.")
+@click.option("--node", default=None, help="Only this node's events.")
+@click.option("--since", type=DURATION, default=None, help="Only events of the last DURATION (10m, 2h).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events (Ctrl-C to stop).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event, as in the daemon's log.")
+def events(ctl: str, timeout: float, job_id: str | None, node: str | None, since: float | None, follow: bool,
+           as_json: bool) -> None:
+    """The daemon's events from its store: the same names and fields as its log."""
+    from supervisor.cli.render import event_line
+
+    args: dict[str, Any] = {"job": job_id, "node": node}
+    if since is not None:
+        args["since"] = time.time() - since
+    last = None
+    while True:
+        query = {k: v for k, v in args.items() if v is not None}
+        if last is not None:
+            query["after"] = last
+        for event in _ask(ctl, "events", query, timeout)["events"]:
+            last = event["seq"]
+            click.echo(json.dumps(event, sort_keys=True) if as_json else event_line(event))
+        if not follow:
+            return
+        if last is None:
+            last = 0
+        time.sleep(0.5)
+
+
 @main.command()
 @click.option(
     "--dir",

@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from supervisor.shared.durations import format_duration
@@ -31,6 +32,20 @@ _STYLE = {
     "alarm": "red",
     "critical": "bold red",
     "lost": "bold red",
+    "left": "dim",
+    "running": "green",
+    "succeeded": "bold green",
+    "starting": "yellow",
+    "restarting": "yellow",
+    "failing_over": "bold magenta",
+    "stopping": "yellow",
+    "failed": "bold red",
+    "stopped": "dim",
+    "restart": "yellow",
+    "exclude": "yellow",
+    "failover": "bold magenta",
+    "fail": "bold red",
+    "stop": "red",
 }
 
 
@@ -112,7 +127,70 @@ def print_status(status: dict[str, Any], console: Console | None = None) -> None
             steps = ", ".join(f"rank {r['rank']} step {r['step'] if r['step'] is not None else '?'}" for r in ranks)
             console.print(f"ranks on {n['node']}: job {job}: {steps}", highlight=False)
     jobs = status["jobs"]
-    console.print(f"jobs: {len(jobs) if jobs else 'none'}")
+    if jobs:
+        print_jobs(jobs, console)
+    else:
+        console.print("jobs: none running")
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def print_jobs(jobs: list[dict[str, Any]], console: Console | None = None) -> None:
+    console = console or make_console()
+    if not jobs:
+        console.print("no jobs")
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("JOB", "STATE", "POOL", "NODES", "ATTEMPT", "STEP", "LOSS", "CKPT", "RESTARTS", "FAILOVERS", "ETTR"):
+        table.add_column(column)
+    for j in jobs:
+        table.add_row(escape(j["id"]), _styled(j["state"]), escape(j["pool"]), escape(",".join(j["nodes"]) or "-"),
+                      str(j["attempt"]), _fmt(j["step"]), _fmt(j["loss"]), _fmt(j["last_checkpoint_step"]),
+                      str(j["restarts"]), str(len(j["failovers"])), _fmt(j["ettr"], 3))
+    console.print(table)
+    for j in jobs:
+        if j["state"] == "pending" and j.get("waiting_for"):
+            console.print(f"  {escape(j['id'])} waits: {escape(j['waiting_for'])}", highlight=False)
+
+
+def print_job(j: dict[str, Any], console: Console | None = None) -> None:
+    console = console or make_console()
+    console.print(f"[bold]{escape(j['id'])}[/] {_styled(j['state'])} on pool {escape(j['pool'])}"
+                  f" · attempt {j['attempt']} · world size {_fmt(j['world_size'])} · policy {escape(j['policy'])}")
+    console.print(f"step {_fmt(j['step'])} · loss {_fmt(j['loss'])} · last checkpoint {_fmt(j['last_checkpoint_step'])}"
+                  f" · restarts {j['restarts']} · ETTR {_fmt(j['ettr'], 3)}", highlight=False)
+    if j["nodes"]:
+        console.print(f"nodes: {escape(', '.join(j['nodes']))}" + (f" · rendezvous {escape(j['master'])}" if j["master"] else ""))
+    if j.get("waiting_for"):
+        console.print(f"waiting for: {escape(j['waiting_for'])}")
+    if j.get("reason"):
+        console.print(f"reason: {escape(j['reason'])}")
+    for f in j["failovers"]:
+        console.print(f"failover {escape(f['from_pool'])} → {escape(f['to_pool'])} at step {_fmt(f['step'])} "
+                      f"(rule {escape(f['rule'])})", highlight=False)
+    if j["decisions"]:
+        console.print("[bold]decisions[/] (newest last):")
+        for d in j["decisions"][-20:]:
+            when = time.strftime("%H:%M:%S", time.localtime(d.get("at", 0)))
+            blocked = " [dim](blocked)[/]" if d.get("blocked") else ""
+            console.print(f"  {when} {_styled(d['action'])}{blocked} rule {escape(str(d.get('rule')))}: "
+                          f"{escape(str(d.get('reason', '')))}", highlight=False)
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """One stored event as a line for a human (no markup: printed with click)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.get("ts", 0)))
+    keys = ("job", "node", "rank", "chip", "attempt", "state", "previous", "signal", "rule", "action", "pool",
+            "reason", "summary", "evidence")
+    fields = " ".join(f"{k}={str(event[k]).splitlines()[-1][:160] if event[k] else event[k]!r}"
+                      for k in keys if k in event and event[k] not in (None, ""))
+    return f"{when}  {event.get('event', '?'):<24} {fields}"
 
 
 _ACTION_STYLE = {"failover": "bold magenta", "fail": "bold red", "stop": "red", "restart": "yellow",
