@@ -71,6 +71,7 @@ class AgentConfig:
     probe_interval: float = DEFAULT_PROBE_INTERVAL
     hang_timeout: float = DEFAULT_HANG_TIMEOUT
     keys_dir: Path | None = None  # None: no CurveZMQ (--insecure)
+    address: str | None = None  # where other nodes reach this node's ranks (MASTER_ADDR)
 
 
 class AgentError(Exception):
@@ -316,6 +317,7 @@ class Agent:
                 hostname=socket.gethostname()[:256],
                 pid=os.getpid(),
                 running=self._running(),
+                address=(self.config.address or socket.gethostname())[:256],
             )
             self.link.register_sent(msg.id, now, self._send(msg))
         if self.link.heartbeat_due(now):

@@ -17,14 +17,15 @@ from supervisor.shared.vocab import Accelerator
 @option("agent", "daemon")
 @option("agent", "node_id", default=lambda: socket.gethostname().split(".")[0], show_default="short hostname")
 @option("agent", "accelerator", required=True)
+@option("agent", "address")
 @option("agent", "chips")
 @option("agent", "work_dir")
 @option("agent", "probe_interval")
 @option("agent", "hang_timeout")
 @option("agent", "keys_dir")
 @click.option("--insecure", is_flag=True, help="Connect without CurveZMQ (test clusters and the demo only).")
-def agent(daemon: str, node_id: str, accelerator: str, chips: int, work_dir: Path, probe_interval: float,
-          hang_timeout: float, keys_dir: Path, insecure: bool) -> None:
+def agent(daemon: str, node_id: str, accelerator: str, address: str | None, chips: int, work_dir: Path,
+          probe_interval: float, hang_timeout: float, keys_dir: Path, insecure: bool) -> None:
     """Run this node's agent: registers with the daemon, heartbeats, probes chips."""
     import re
 
@@ -47,6 +48,7 @@ def agent(daemon: str, node_id: str, accelerator: str, chips: int, work_dir: Pat
         probe_interval=interval,
         hang_timeout=hang,
         keys_dir=None if insecure else keys_dir,
+        address=address or socket.gethostname(),
     )
     try:
         Agent(config).run()

@@ -132,6 +132,7 @@ class LocalCluster:
                 "--node-id", node,
                 "--accelerator", accelerator,
                 "--chips", str(chips),
+                "--address", "127.0.0.1",
                 "--work-dir", str(self.root / "nodes" / node),
                 "--probe-interval", f"{self.probe_interval}s",
                 *(["--keys-dir", str(self.keys_dir)] if self.keys_dir else ["--insecure"]),

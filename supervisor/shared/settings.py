@@ -123,6 +123,9 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "accelerator": Setting(_choice(*_ACCELERATORS), None, "TRAINGUARD_ACCELERATOR",
                                "What this node trains on; sim-* train on the CPU and report simulated chips.",
                                click.Choice(_ACCELERATORS)),
+        "address": Setting(_text, None, "TRAINGUARD_ADDRESS",
+                           "Where other nodes reach this node's ranks (MASTER_ADDR when it hosts rank 0) "
+                           "[default: the hostname]."),
         "chips": Setting(_count, 8, "TRAINGUARD_CHIPS", "Number of chips (simulated ones for sim-*).",
                          click.IntRange(min=0, max=MAX_CHIPS - 1)),
         "work_dir": Setting(_text, d.DEFAULT_AGENT_WORK_DIR, "TRAINGUARD_WORK_DIR",
