@@ -377,6 +377,38 @@ def job_failover(ctl: str, timeout: float, job_id: str, to_pool: str) -> None:
     click.echo(f"failing {result['job']} over to {to_pool}")
 
 
+@job.command("report")
+@ctl_option
+@timeout_option
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the job's timeline as a PNG (needs matplotlib).")
+@click.option("--metrics", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The trainer's per-step metrics file (JSON lines with step, loss, time) for the plot's loss curve.")
+def job_report(ctl: str, timeout: float, job_id: str, as_json: bool, plot: Path | None, metrics: Path | None) -> None:
+    """What happened to a job and what it cost: ETTR, time lost by root cause, detection
+    and recovery per incident, steps redone, restarts and failovers."""
+    from supervisor.core.report import job_report as build
+
+    job = _ask(ctl, "job_show", {"job": job_id}, timeout, as_json)
+    events = _ask(ctl, "events", {"job": job["id"], "limit": 5000}, timeout, as_json)["events"]
+    report = build(job, events, time.time())
+    if plot is not None:
+        from supervisor.cli.timeline import PlotUnavailable, plot_timeline
+
+        try:
+            plot_timeline(job, events, metrics, plot)
+        except PlotUnavailable as exc:
+            raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    from supervisor.cli.render import print_report
+
+    print_report(report)
+
+
 @main.command()
 @ctl_option
 @timeout_option
@@ -409,18 +441,18 @@ def events(ctl: str, timeout: float, job_id: str | None, node: str | None, since
 
 
 @main.command()
-@click.option(
-    "--dir",
-    "work_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where the demo keeps state and logs (default: a new temporary directory).",
-)
-def demo(work_dir: Path | None) -> None:
-    """Run a small cluster on this machine and put it through faults, narrating."""
+@click.option("--dir", "work_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the demo's state, logs and metrics here (default: a temporary directory, removed).")
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the summary (faults, detection and recovery times, failover, ETTR, loss check) as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Draw the job's timeline as a PNG (needs matplotlib: pip install 'trainguard[plot]').")
+def demo(work_dir: Path | None, summary_json: Path | None, plot: Path | None) -> None:
+    """Run a small cluster on this machine: a job survives injected faults and fails over
+    from Ascend to Nvidia by policy (about two minutes)."""
     from supervisor.cli.demo import run_demo
 
-    sys.exit(run_demo(work_dir))
+    sys.exit(run_demo(work_dir, summary_json, plot))
 
 
 @main.group()

@@ -243,3 +243,28 @@ def print_policies(result: dict[str, Any], console: Console | None = None) -> No
         console.print(f"[bold red]refused[/] {r['file']}:")
         for error in r["errors"]:
             console.print(f"  {error}", highlight=False)
+
+
+def print_report(r: dict[str, Any], console: Console | None = None) -> None:
+    console = console or make_console()
+    console.print(f"[bold]{escape(r['job'])}[/] {_styled(r['state'])} on {escape(r['pool'])} at step {_fmt(r['step'])}"
+                  f" · wall {format_duration(r['wall_s'])} · ETTR {_fmt(r['ettr'], 3)} · restarts {r['restarts']}"
+                  f" · failovers {len(r['failovers'])} · steps redone {r['steps_redone']}")
+    lost = Table(title="time lost by root cause", box=None, header_style="bold", pad_edge=False)
+    lost.add_column("CAUSE")
+    lost.add_column("LOST", justify="right")
+    lost.add_column("SHARE", justify="right")
+    total = r["lost_total_s"] or 1.0
+    for cause, seconds in r["lost_s"].items():
+        if seconds:
+            lost.add_row(cause, format_duration(seconds), f"{100 * seconds / total:.0f}%")
+    console.print(lost if r["lost_total_s"] else "no time lost")
+    if r["incidents"]:
+        table = Table(title="incidents", box=None, header_style="bold", pad_edge=False)
+        for column in ("#", "ROOT CAUSE", "NODE", "DETECTED", "RULE", "ACTION", "RECOVERED", "REDONE"):
+            table.add_column(column)
+        for i in r["incidents"]:
+            table.add_row(str(i["n"]), escape(str(i["signal"])), escape(str(i["node"])), f"{i['detected_s']:.1f}s",
+                          escape(str(i["rule"])), escape(str(i["action"])),
+                          f"{i['recovery_s']:.1f}s" if i["recovery_s"] is not None else "-", str(i["steps_redone"]))
+        console.print(table)

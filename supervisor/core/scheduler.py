@@ -409,6 +409,7 @@ class Jobs:
         live.incident_started = root.at
         out.event("job.incident", job=record.id, attempt=incident.attempt, signal=root.signal.value, node=root.node,
                   chip=root.chip, rank=root.rank, summary=incident.summary(), evidence=root.evidence,
+                  observed_at=root.at, step=record.step, last_checkpoint_step=record.last_checkpoint_step,
                   consequences=[{"signal": s.signal.value, "node": s.node, "rank": s.rank} for s in incident.consequences])
         if record.state not in (JobState.STARTING, JobState.RUNNING) or incident.attempt != record.attempt:
             return  # the attempt is already being ended: the incident is recorded, nothing more

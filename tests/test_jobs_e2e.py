@@ -1,0 +1,170 @@
+"""Jobs end to end: a daemon, an Ascend pool (two sim-ascend agents) and an Nvidia pool
+(a sim-nvidia agent) as real processes, the real example trainer (gloo on the CPU), faults
+injected with `trainguard inject` and acted out where the real ones show."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from supervisor.cli.localcluster import wait_for
+from tests.conftest import trainguard
+from tests.jobsupport import (
+    ASCEND,
+    NVIDIA,
+    events,
+    job_file,
+    losses,
+    make_policy,
+    reference_losses,
+    show,
+    start_pools,
+    submit,
+    wait_state,
+    wait_step,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def inject(cluster, node: str, fault: str, chip: int = 0) -> None:
+    result = trainguard("inject", "--ctl", cluster.ctl, node, fault, "--chip", str(chip))
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_crash_is_restarted_on_the_same_pool_and_training_completes(make_cluster, tmp_path):
+    cluster = make_cluster()
+    start_pools(cluster, make_policy(tmp_path / "policies"), nvidia=False)
+    job = submit(cluster, job_file(tmp_path / "work", "gpt", steps=120))
+    first = wait_step(cluster, job, 25, 120)
+    assert first["pool"] == "ascend" and sorted(first["nodes"]) == ASCEND and first["attempt"] == 1
+    inject(cluster, "ascend-1", "crash")
+    done = wait_state(cluster, job, {"succeeded", "failed", "stopped"}, 240)
+    assert done["state"] == "succeeded", done
+    assert done["restarts"] == 1 and done["attempt"] == 2 and done["pool"] == "ascend"
+    (incident,) = events(cluster, "job.incident", job=job)
+    assert incident["signal"] == "crash" and incident["node"] == "ascend-1"
+    (decision,) = [d for d in done["decisions"] if d["action"] != "none"]
+    assert decision["action"] == "restart" and decision["rule"] == "any-fault"
+    assert done["ettr"] is not None and 0 < done["ettr"] <= 1
+    assert max(losses(tmp_path / "work" / "gpt-metrics.jsonl")) == 120
+
+
+def test_three_interconnect_timeouts_fail_over_to_nvidia_with_identical_losses(make_cluster, tmp_path):
+    steps = 160
+    reference = reference_losses(tmp_path / "ref", steps)
+    cluster = make_cluster()
+    start_pools(cluster, make_policy(tmp_path / "policies"))
+    job = submit(cluster, job_file(tmp_path / "work", "gpt", steps=steps))
+    for n in range(3):
+        j = wait_step(cluster, job, (show(cluster, job)["step"] or 0) + 12, 180)
+        assert j["pool"] == "ascend"
+        inject(cluster, "ascend-0", "interconnect_timeout")
+        wait_for(lambda: len(events(cluster, "job.incident", job=job)) > n, 60, f"incident {n + 1}")
+        inject(cluster, "ascend-0", "ok")  # the link is back; the next timeout is a new one
+    moved = wait_state(cluster, job, {"running"}, 180, "the job to run on nvidia")
+    wait_for(lambda: (j := show(cluster, job))["pool"] == "nvidia" and j["state"] == "running", 180,
+             "the job to run on nvidia")
+    done = wait_state(cluster, job, {"succeeded", "failed", "stopped"}, 240)
+    assert done["state"] == "succeeded", done
+    assert done["pool"] == "nvidia" and done["restarts"] == 2 and moved
+    (failover,) = done["failovers"]
+    assert (failover["from_pool"], failover["to_pool"], failover["rule"]) == ("ascend", "nvidia", "ascend-unstable")
+    incidents = events(cluster, "job.incident", job=job)
+    assert [i["signal"] for i in incidents] == ["interconnect_timeout"] * 3
+    got = losses(tmp_path / "work" / "gpt-metrics.jsonl")
+    assert sorted(got) == list(range(1, steps + 1))
+    assert got == reference, "the losses after two restarts and a failover differ from the fault-free run"
+
+
+def test_a_chip_error_excludes_its_node_and_too_few_ascend_nodes_fail_over(make_cluster, tmp_path):
+    cluster = make_cluster()
+    start_pools(cluster, make_policy(tmp_path / "policies"))
+    job = submit(cluster, job_file(tmp_path / "work", "gpt", steps=400))
+    wait_step(cluster, job, 15, 120)
+    inject(cluster, "ascend-1", "chip_error")
+    wait_for(lambda: (j := show(cluster, job))["pool"] == "nvidia" and j["state"] == "running", 180,
+             "the job to fail over to nvidia")
+    (incident,) = events(cluster, "job.incident", job=job)
+    assert incident["signal"] == "chip_error" and incident["node"] == "ascend-1"
+    drained = events(cluster, "node.drained", node="ascend-1")
+    assert drained and "chip-fault" in drained[0]["reason"]
+    waiting = events(cluster, "job.waiting", job=job)
+    assert waiting and "ascend-1 is drained" in waiting[0]["reason"]
+    decisions = [d["rule"] for d in show(cluster, job)["decisions"] if d["action"] != "none"]
+    assert decisions == ["chip-fault", "ascend-no-capacity"]
+    trainguard("job", "stop", "--ctl", cluster.ctl, job, "--grace", "20s")
+    assert wait_state(cluster, job, {"stopped"}, 60)["reason"] == "stopped by the operator"
+
+
+def test_a_user_error_stops_the_job_instead_of_restarting_it(make_cluster, tmp_path):
+    cluster = make_cluster()
+    start_pools(cluster, make_policy(tmp_path / "policies"), nvidia=False)
+    command = ["python3", "-c", "import time; time.sleep(1); undefined_name_in_the_training_script"]
+    job = submit(cluster, job_file(tmp_path / "work", "buggy", steps=0, command=command))
+    done = wait_state(cluster, job, {"stopped", "failed", "succeeded"}, 120)
+    assert done["state"] == "stopped" and done["restarts"] == 0
+    assert "user-error" in done["reason"]
+
+
+def test_a_hang_is_detected_and_the_ranks_restarted(make_cluster, tmp_path):
+    cluster = make_cluster()
+    start_pools(cluster, make_policy(tmp_path / "policies", hang_timeout="3s"), nvidia=False)
+    job = submit(cluster, job_file(tmp_path / "work", "gpt", steps=100000))
+    wait_step(cluster, job, 15, 120)
+    inject(cluster, "ascend-0", "hang")
+    wait_for(lambda: events(cluster, "job.incident", job=job), 60, "the hang to be an incident")
+    inject(cluster, "ascend-0", "ok")
+    j = wait_for(lambda: (j := show(cluster, job))["attempt"] == 2 and j["state"] == "running" and j, 120,
+                 "a second attempt to run")
+    (incident,) = events(cluster, "job.incident", job=job)
+    assert incident["signal"] == "hang" and j["restarts"] == 1
+
+
+def test_the_daemon_sigkilled_during_a_failover_carries_on_from_its_store(make_cluster, tmp_path):
+    cluster = make_cluster()
+    policies = make_policy(tmp_path / "policies")
+    start_pools(cluster, policies)
+    job = submit(cluster, job_file(tmp_path / "work", "gpt", steps=100000))
+    wait_step(cluster, job, 15, 120)
+    assert trainguard("job", "failover", "--ctl", cluster.ctl, job, "--to", "nvidia").returncode == 0
+    wait_for(lambda: events(cluster, "job.failover_started", job=job), 30, "the failover to start")
+    cluster.kill("daemon", signal.SIGKILL)
+    cluster.start_daemon("--policy-dir", str(policies))
+    j = wait_for(lambda: (j := show(cluster, job))["pool"] == "nvidia" and j["state"] == "running" and j, 180,
+                 "the job to run on nvidia after the daemon restart")
+    assert len(j["failovers"]) == 1
+    # No rank was started twice: one rank.started per (attempt, rank) in the agents' logs.
+    started = [(e["attempt"], e["node"], e["rank"]) for n in ASCEND + [NVIDIA]
+               for e in cluster.find_events(n, "rank.started") if e.get("job") == job]
+    assert len(started) == len(set(started))
+
+
+def test_an_agent_restarted_under_running_ranks_adopts_them_and_a_drain_moves_the_job(make_cluster, tmp_path):
+    cluster = make_cluster()
+    start_pools(cluster, make_policy(tmp_path / "policies"))
+    job = submit(cluster, job_file(tmp_path / "work", "gpt", steps=100000))
+    before = wait_step(cluster, job, 15, 120)
+    cluster.kill("ascend-0", signal.SIGKILL)
+    cluster.start_agent("ascend-0", "sim-ascend", 2)
+    cluster.wait_nodes("up", ["ascend-0"], timeout=30)
+    after = wait_step(cluster, job, before["step"] + 20, 120)
+    assert after["attempt"] == before["attempt"] and after["restarts"] == 0, "adopted, not restarted"
+    assert trainguard("node", "drain", "--ctl", cluster.ctl, "ascend-1").returncode == 0
+    moved = wait_for(lambda: (j := show(cluster, job))["pool"] == "nvidia" and j["state"] == "running" and j, 180,
+                     "the job to leave the drained node (no capacity left on ascend: nvidia)")
+    assert "ascend-1" not in moved["nodes"]
+
+
+def test_one_sigkilled_rank_of_four_is_one_incident(make_cluster, tmp_path):
+    cluster = make_cluster()
+    start_pools(cluster, make_policy(tmp_path / "policies"), nvidia=False)
+    job = submit(cluster, job_file(tmp_path / "work", "gpt", steps=100000, ascend=(2, 2)))
+    wait_step(cluster, job, 10, 150)
+    inject(cluster, "ascend-1", "crash", chip=1)
+    wait_for(lambda: show(cluster, job)["attempt"] == 2, 120, "the restart")
+    incidents = events(cluster, "job.incident", job=job)
+    assert len(incidents) == 1 and incidents[0]["signal"] == "crash" and incidents[0]["node"] == "ascend-1"
+    assert len(incidents[0]["consequences"]) >= 1  # the peers' failures stay in the events
+    assert show(cluster, job)["restarts"] == 1
