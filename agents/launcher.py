@@ -142,6 +142,8 @@ LineCallback = Callable[[RankSpec, str], None]
 
 #: How long a start waits for the wrapper to say the rank's pid.
 PID_WAIT = 10.0
+#: An adopted rank whose stop was asked before the agent restarted is SIGKILLed after this.
+ADOPTED_STOP_GRACE = 30.0
 
 
 @dataclass
@@ -333,6 +335,9 @@ class Launcher:
                                   rank=_same_process(record.pid, record.created) if record.pid else None,
                                   stop_requested=record.stop_requested)
             process.resolve()
+            if process.stop_requested:
+                # The stop's deadline died with the previous agent: give it a fresh grace.
+                process.kill_at = time.monotonic() + ADOPTED_STOP_GRACE
             try:
                 start = log_path.stat().st_size  # tail from now: what came before was scanned
             except OSError:

@@ -273,7 +273,8 @@ class RankMonitor:
                 self._heartbeating.add(job)
                 self.hang.progress(job, msg["rank"], msg["step"], msg["phase"], now)
                 loss = (msg.get("metrics") or {}).get("loss")
-                if isinstance(loss, (int, float)) and not isinstance(loss, bool) and abs(loss) < 1e12:
+                # Within the wire's bounds for a reading (a NaN or inf loss is left out).
+                if isinstance(loss, (int, float)) and not isinstance(loss, bool) and -1e9 <= loss <= 1e12:
                     self._loss[(job, msg["rank"])] = float(loss)
 
     def _drain_lines(self) -> list[Observation]:

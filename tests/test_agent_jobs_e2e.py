@@ -168,6 +168,9 @@ def test_start_ranks_environment_logs_idempotence_newer_attempts_checkpoint_and_
     daemon.wait(lambda: len(running(daemon)) == 2 and all((r.step or 0) > 3 and r.loss for r in running(daemon).values()),
                 20, "progress of both ranks on heartbeats")
     assert {r.attempt for r in running(daemon).values()} == {1}
+    # The job's probe interval is the node's while it runs.
+    wait_for(lambda: cluster.find_events("n1", "agent.probe_interval", probe_interval_s=0.25), 10,
+             "the job's probe interval to apply")
 
     # The same command again (a new id: a resend after a daemon restart) starts nothing.
     again = daemon.command(start_args(1, env={"FROM_JOB": "yes"}, ckpt_dir=str(tmp_path / "ckpt")))
@@ -216,6 +219,8 @@ def test_a_rank_that_fails_is_a_crash_of_its_attempt(fake, tmp_path):
     daemon, cluster = fake
     cluster.start_agent("n1", "sim-ascend", 2)
     daemon.registered()
+    missing = daemon.command(start_args(3, cwd=str(tmp_path / "nowhere")))
+    assert not missing.ok and str(tmp_path / "nowhere") in missing.error and "does not exist" in missing.error
     marker = tmp_path / "fail"
     result = daemon.command(start_args(3, ranks=1, argv=(sys.executable, JOB_RANK, "--exit-when", str(marker),
                                                          "--code", "3")))
@@ -322,3 +327,17 @@ def test_the_real_trainer_rendezvous_on_the_reported_port_checkpoints_and_stops_
     final = [e for e in daemon.find("rank.checkpoint_saved") if e.id != saved.id]
     assert len(final) == 1 and final[0].fields["step"] > saved.fields["step"], "one final checkpoint, agreed"
     assert not daemon.find("signal.crash")
+
+
+def test_a_jobs_own_hang_timeout_judges_its_ranks_and_the_signal_names_the_attempt(fake, tmp_path):
+    daemon, cluster = fake
+    cluster.start_agent("n1", "sim-ascend", 2)  # the agent's own hang timeout: minutes
+    daemon.registered()
+    hanging = str(REPO / "tests" / "ranks" / "hanging_trainer.py")
+    result = daemon.command(start_args(4, ranks=1, argv=(sys.executable, hanging, "--hang-at", "3", "--marker",
+                                                         str(tmp_path / "hung")), hang_timeout=1.5))
+    assert result.ok, result.error
+    wait_for((tmp_path / "hung").exists, 60, "the rank to hang")
+    # (Importing torch may take longer than 1.5 s: a hang at step 0 may come first, rightly.)
+    (hang,) = daemon.wait(lambda: daemon.find("signal.hang", step=3), 20, "signal.hang at step 3")
+    assert hang.attempt == 4 and hang.job == "j1" and hang.rank == 0 and hang.fields["limit_s"] == 1.5
