@@ -9,7 +9,9 @@ as it can. Every step of a turn is guarded: one that raises is logged as
 the daemon's metrics), and the loop goes on.
 
 The pieces: `health.NodeHealth` (probes → chip events), `monitor.RankMonitor` (ranks →
-signals), `commands.CommandHandlers` (typed commands → results), `link` (when to talk).
+signals and rank events), `commands.CommandHandlers` (typed commands → results), `link`
+(when to talk). At start, the ranks a previous agent left running (`ranks.json`) are
+adopted, and those that ended meanwhile reported.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ import zmq
 from agents.commands import CommandHandlers, Refused
 from agents.health import NodeHealth
 from agents.link import Backoff, DaemonLink, Outbox
-from agents.monitor import Observation, RankMonitor
+from agents.monitor import Observation, RankEvent, RankMonitor
 from agents.probes import chip_probe_for
 from agents.probes.base import ChipProbe, HostProbe
 from agents.probes.host import PsutilHostProbe
 from agents.probes.vendor import KernelLogWatcher
+from agents.rankstate import RankStateError
+from agents.rankstate import load as load_ranks
 from agents.watchers.hang import HangLimits
 from agents.watchers.logscan import CatalogError, load_catalog
 from supervisor.shared import __version__, keys
@@ -96,7 +100,8 @@ class Agent:
         progress = config.work_dir / "progress.sock"
         # AF_UNIX paths are short (107 bytes); a deep work dir gets a loopback port instead.
         endpoint = f"ipc://{progress}" if len(str(progress)) < 100 else "tcp://127.0.0.1:*"
-        self.monitor = RankMonitor(config.work_dir / "logs", endpoint, HangLimits(train=config.hang_timeout), catalog)
+        self.monitor = RankMonitor(config.work_dir / "logs", endpoint, HangLimits(train=config.hang_timeout), catalog,
+                                   state_path=config.work_dir / "ranks.json")
         self.instance = new_id()
         self.link = DaemonLink(Backoff())
         self.outbox = Outbox()
@@ -106,6 +111,7 @@ class Agent:
                                  self.monitor, config.probe_interval, self.outbox.add, self._report)
         self.commands = CommandHandlers(config.node_id, config.accelerator, config.chips, config.work_dir,
                                         config.probe_interval, self.monitor, chip_probe)
+        self._adopt()
         #: Loop steps that raised, by step: logged, counted, sent on heartbeats.
         self.handler_failures: Counter[str] = Counter()
         self._seq = 0
@@ -427,12 +433,47 @@ class Agent:
 
     # --- training ranks ------------------------------------------------------------
 
+    def _adopt(self) -> None:
+        """Take over the ranks the previous agent on this node left running."""
+        path = self.config.work_dir / "ranks.json"
+        try:
+            state = load_ranks(path)
+        except RankStateError as exc:
+            kept = path.with_name("ranks.json.damaged")
+            path.replace(kept)
+            log.error("agent.ranks_state_damaged", path=str(path), kept_as=str(kept), error=str(exc),
+                      effect="ranks a previous agent started are not adopted; they keep running unwatched",
+                      action="find them with `ps` (their command line starts with `-m agents.rankwrap`)")
+            return
+        if not state.ranks:
+            self.monitor.launcher.attempts.update(state.attempts)
+            return
+        adopted = self.monitor.adopt(state, self.config.accelerator, time.monotonic())
+        log.info("agent.ranks_adopted", adopted=[(p.spec.job, p.spec.attempt, p.spec.rank, p.pid) for p in adopted],
+                 ended_meanwhile=len(state.ranks) - len(adopted))
+
     def _running(self) -> tuple[RunningRank, ...]:
-        return tuple(RunningRank(job=j, rank=r, pid=p, step=s) for j, r, p, s in self.monitor.running())
+        return tuple(RunningRank(job=r.job, rank=r.rank, pid=r.pid, step=r.step, attempt=r.attempt, loss=r.loss)
+                     for r in self.monitor.running())
 
     def _watch_ranks(self, now: float) -> None:
         for o in self.monitor.tick(now):
             self._report(o)
+        for e in self.monitor.events():
+            self._rank_event(e)
+        interval = self.commands.probe_interval_now()
+        if interval != self.health.probe_interval:
+            log.info("agent.probe_interval", probe_interval_s=interval, was_s=self.health.probe_interval)
+            self.health.probe_interval = interval
+            self.health.next_probe = min(self.health.next_probe, now + interval)
+
+    def _rank_event(self, e: RankEvent) -> None:
+        """A rank's lifecycle event: logged here, queued for the daemon."""
+        log.info(e.name, job=e.job, rank=e.rank, attempt=e.attempt, evidence=e.evidence, **e.fields)
+        self.outbox.add(
+            Event(id=new_id(), ts=time.time(), node=self.config.node_id, name=e.name, observed_at=e.observed_at,
+                  job=e.job, rank=e.rank, attempt=e.attempt, evidence=e.evidence[:16_000], fields=dict(e.fields))
+        )
 
     def _report(self, o: Observation) -> None:
         """One observation: logged here, and queued for the daemon as an event."""
@@ -441,7 +482,7 @@ class Agent:
         self.outbox.add(
             Event(id=new_id(), ts=time.time(), node=self.config.node_id, name=name, observed_at=o.observed_at,
                   signal=o.signal, chip=o.chip, job=o.job or None, rank=o.rank, evidence=o.evidence[:16_000],
-                  fields={"source": o.source, **o.fields})
+                  fields={"source": o.source, **o.fields}, attempt=o.attempt)
         )
 
 

@@ -1,7 +1,8 @@
 """What the agent does when the daemon asks: one handler per command type.
 
 Commands arrive decoded and validated (`supervisor.shared.protocol`: `LaunchArgs`,
-`StopArgs`, `InjectArgs`), so nothing here re-parses a dict. A handler either returns the
+`StopArgs`, `InjectArgs`, and the job commands `StartRanksArgs`, `StopRanksArgs`,
+`CheckpointArgs`), so nothing here re-parses a dict. A handler either returns the
 Result's detail or raises `Refused` with a sentence for the operator; anything else it
 raises is a bug, which the agent logs as `agent.handler_failed` and reports as a refusal.
 """
@@ -21,8 +22,19 @@ from agents.launcher import RankSpec
 from agents.monitor import RankMonitor
 from agents.probes.base import ChipProbe
 from agents.probes.sim import SimHardware, SimProbe
+from agents.rankstate import AttemptRecord
+from agents.watchers.hang import HangLimits
 from supervisor.shared.paths import PathEscape, inside
-from supervisor.shared.protocol import MAX_RANKS_PER_NODE, AnyCommandArgs, InjectArgs, LaunchArgs, StopArgs
+from supervisor.shared.protocol import (
+    MAX_RANKS_PER_NODE,
+    AnyCommandArgs,
+    CheckpointArgs,
+    InjectArgs,
+    LaunchArgs,
+    StartRanksArgs,
+    StopArgs,
+    StopRanksArgs,
+)
 from supervisor.shared.vocab import Accelerator, Fault
 
 log = structlog.get_logger()
@@ -46,7 +58,12 @@ class CommandHandlers:
             LaunchArgs: self.launch,
             StopArgs: self.stop,
             InjectArgs: self.inject,
+            StartRanksArgs: self.start_ranks,
+            StopRanksArgs: self.stop_ranks,
+            CheckpointArgs: self.checkpoint,
         }
+        #: Jobs that set the node's probe interval (their policy's detect section).
+        self._probe_intervals: dict[str, float] = {}
 
     def execute(self, args: AnyCommandArgs) -> dict[str, Any]:
         handler = self._handlers.get(type(args))
@@ -84,7 +101,7 @@ class CommandHandlers:
         log.info("job.ranks_started", job=args.job, ranks=args.nproc, argv=list(args.argv), ckpt_dir=ckpt_dir,
                  logs=str(self.work_dir / "logs" / args.job))
         return {"node": self.node, "job": args.job, "ranks": args.nproc, "ckpt_dir": ckpt_dir,
-                "pids": [pid for j, _, pid, _ in self.monitor.running() if j == args.job]}
+                "pids": [r.pid for r in self.monitor.running() if r.job == args.job]}
 
     def _spec(self, args: LaunchArgs, rank: int, port: int, ckpt_dir: str) -> RankSpec:
         return RankSpec(
@@ -100,6 +117,91 @@ class CommandHandlers:
         if not asked:
             raise Refused(f"no rank of job {args.job!r} runs on node {self.node}")
         return {"node": self.node, "job": args.job, "ranks_asked": asked}
+
+    # --- job attempts (the daemon's jobs) -----------------------------------------------
+
+    def start_ranks(self, args: StartRanksArgs) -> dict[str, Any]:
+        """Start this node's ranks of one attempt. Idempotent by (job, attempt); an older
+        attempt's ranks still here are SIGKILLed first; a newer one known means this
+        command is stale."""
+        known = self.monitor.launcher.attempts.get(args.job)
+        newest = max([known.attempt if known else 0, *self.monitor.attempts_running(args.job)])
+        if newest > args.attempt:
+            raise Refused(f"stale command: node {self.node} already runs attempt {newest} of job {args.job!r}, "
+                          f"not attempt {args.attempt}")
+        if known is not None and known.attempt == args.attempt:
+            return self._attempt_detail(args, known, already=True)
+        if args.cwd is not None and not Path(args.cwd).is_dir():
+            raise Refused(f"working directory {args.cwd!r} does not exist on node {self.node}")
+        if len(args.ranks) > (min(self.chips, MAX_RANKS_PER_NODE) if self.chips else MAX_RANKS_PER_NODE):
+            raise Refused(f"node {self.node} cannot run {len(args.ranks)} ranks of a job")
+        bad = sorted({c for a in args.ranks for c in a.chips if c >= self.chips})
+        if bad:
+            raise Refused(f"node {self.node} has {self.chips} chips; chips {bad} do not exist here")
+        try:
+            logs = inside(self.work_dir / "logs", args.job, f"attempt-{args.attempt}")
+        except PathEscape as exc:
+            raise Refused(str(exc)) from None
+        killed = self.monitor.kill_older(args.job, args.attempt)
+        port = args.master_port or _free_port()
+        limits = self._limits(args)
+        specs = [
+            RankSpec(job=args.job, rank=a.rank, local_rank=a.local_rank, world_size=args.world_size,
+                     local_world_size=args.local_world_size, argv=tuple(args.argv), master_addr=args.master_addr,
+                     master_port=port, accelerator=self.accelerator, chips=tuple(a.chips), node=self.node,
+                     heartbeat=self.monitor.heartbeat_endpoint, ckpt_dir=args.ckpt_dir, cwd=args.cwd,
+                     env={**args.env, **self._sim_env()}, attempt=args.attempt,
+                     hang_limits=(limits.train, limits.checkpoint, limits.eval) if limits else None)
+            for a in args.ranks
+        ]
+        try:
+            processes = self.monitor.launch_many(specs, time.monotonic())
+        except OSError as exc:
+            self.monitor.request_stop(args.job, 0.0, args.attempt)  # no half-started attempt left behind
+            raise Refused(f"cannot start {args.argv[0]!r} on node {self.node}: {exc.strerror or exc}") from exc
+        record = AttemptRecord(args.attempt, port, {p.spec.rank: p.pid for p in processes})
+        self.monitor.launcher.note_attempt(args.job, record)
+        if args.probe_interval is not None:
+            self._probe_intervals[args.job] = args.probe_interval
+        else:
+            self._probe_intervals.pop(args.job, None)
+        log.info("job.attempt_started", job=args.job, attempt=args.attempt, ranks=[a.rank for a in args.ranks],
+                 master_port=port, killed_older=killed, logs=str(logs))
+        return {**self._attempt_detail(args, record, already=False), "killed_older": killed, "logs": str(logs)}
+
+    def _attempt_detail(self, args: StartRanksArgs, record: AttemptRecord, already: bool) -> dict[str, Any]:
+        # Free-form maps on the wire have string keys: pids are keyed by str(rank).
+        return {"node": self.node, "job": args.job, "attempt": record.attempt,
+                "pids": {str(r): p for r, p in sorted(record.pids.items())}, "master_port": record.master_port,
+                "already": already}
+
+    def _limits(self, args: StartRanksArgs) -> HangLimits | None:
+        given = (args.hang_timeout, args.checkpoint_hang_timeout, args.eval_hang_timeout)
+        if all(v is None for v in given):
+            return None
+        own = self.monitor.hang.limits
+        return HangLimits(train=own.train if args.hang_timeout is None else args.hang_timeout,
+                          checkpoint=own.checkpoint if args.checkpoint_hang_timeout is None
+                          else args.checkpoint_hang_timeout,
+                          eval=own.eval if args.eval_hang_timeout is None else args.eval_hang_timeout)
+
+    def stop_ranks(self, args: StopRanksArgs) -> dict[str, Any]:
+        """SIGTERM now, SIGKILL after the grace (in the loop); answers at once. Nothing to
+        stop is no error: the daemon resends after its own restart."""
+        asked = self.monitor.request_stop(args.job, args.grace, args.attempt)
+        return {"node": self.node, "job": args.job, "attempt": args.attempt, "ranks_asked": asked}
+
+    def checkpoint(self, args: CheckpointArgs) -> dict[str, Any]:
+        """SIGUSR1 to the attempt's rank processes; the ranks agree on the step."""
+        signalled = self.monitor.signal_ranks(args.job, args.attempt, signal.SIGUSR1)
+        return {"node": self.node, "job": args.job, "attempt": args.attempt, "ranks_signalled": signalled}
+
+    def probe_interval_now(self) -> float:
+        """The node's probe interval: the shortest a running job asked for, else its own."""
+        running = {r.job for r in self.monitor.running()}
+        for job in [j for j in self._probe_intervals if j not in running]:
+            del self._probe_intervals[job]
+        return min(self._probe_intervals.values(), default=self.probe_interval)
 
     # --- simulated faults --------------------------------------------------------------
 
@@ -139,6 +241,7 @@ class CommandHandlers:
 
 
 def _free_port() -> int:
+    """A TCP port free on every address of this host (the other nodes connect to it)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]

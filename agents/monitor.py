@@ -6,28 +6,34 @@ the scanner classified (interconnect_timeout, chip_error, oom, network, crash, u
 an unrecognised traceback is a crash whose fields carry `unrecognised` and the failure
 `fingerprint` the job layer compares across attempts), ranks
 whose step stopped advancing (hang) — and returns them as `Observation`s carrying the
-evidence and the time they were observed. The agent turns those into events for the
-daemon; nothing here decides what to do about them.
+evidence and the time they were observed. Beside the signals, it reports the ranks'
+lifecycle as `RankEvent`s (`rank.started`, `rank.exited` — for every rank, crashed or
+not — and `rank.checkpoint_saved` when rank 0's runtime prints that it committed one).
+The agent turns those into events for the daemon; nothing here decides what to do about
+them.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 import zmq
 
-from agents.launcher import Launcher, RankSpec
+from agents.launcher import Launcher, RankExit, RankProcess, RankSpec
+from agents.rankstate import RankRecord, RankState
 from agents.runtime.progress import decode_progress
 from agents.watchers.hang import HangLimits, HangWatcher, QuietReading, QuietWatcher
 from agents.watchers.logscan import Catalog, LogScanner, fingerprint
-from supervisor.shared.vocab import Signal
+from supervisor.shared.vocab import Accelerator, Signal
 
 #: Enough of a stack dump to see where each rank is stuck, bounded for the wire.
 _EVIDENCE_LIMIT = 12 * 1024
@@ -43,12 +49,48 @@ class Observation:
     source: str  # launcher / logscan / hang
     fields: dict[str, Any] = field(default_factory=dict)
     chip: int | None = None  # the rank's (first) chip
+    attempt: int | None = None  # the job's attempt the rank belongs to (None: a launch)
+
+
+@dataclass(frozen=True)
+class RankEvent:
+    """A rank's lifecycle: `rank.started`, `rank.exited`, `rank.checkpoint_saved`."""
+
+    name: str
+    job: str
+    rank: int
+    attempt: int | None
+    observed_at: float  # wall clock
+    evidence: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class RankStatus(NamedTuple):
+    """One rank alive, as heartbeats and registrations report it."""
+
+    job: str
+    rank: int
+    pid: int
+    step: int | None
+    attempt: int  # 0: a launch
+    loss: float | None
+
+
+def _attempt(spec_attempt: int) -> int | None:
+    return spec_attempt or None
 
 
 class RankMonitor:
-    def __init__(self, log_dir: Path, heartbeat_endpoint: str, limits: HangLimits, catalog: Catalog) -> None:
-        self._lines: queue.SimpleQueue[tuple[str, int, str]] = queue.SimpleQueue()
-        self.launcher = Launcher(log_dir, on_line=lambda spec, line: self._lines.put((spec.job, spec.rank, line)))
+    def __init__(self, log_dir: Path, heartbeat_endpoint: str, limits: HangLimits, catalog: Catalog,
+                 state_path: Path | None = None) -> None:
+        self._lines: queue.SimpleQueue[tuple[str, int, int, str]] = queue.SimpleQueue()
+        self.launcher = Launcher(log_dir, state_path=state_path,
+                                 on_line=lambda spec, line: self._lines.put((spec.job, spec.rank, spec.attempt, line)))
+        #: Rank lifecycle events not yet handed to the agent (`events()`).
+        self._events: list[RankEvent] = []
+        #: Observations made outside tick() (exits of killed older attempts), for the next.
+        self._pending: list[Observation] = []
+        self._loss: dict[tuple[str, int], float] = {}
         self.heartbeat_endpoint = heartbeat_endpoint
         self.hang = HangWatcher(limits)
         self.catalog = catalog
@@ -73,22 +115,85 @@ class RankMonitor:
     # --- hands -----------------------------------------------------------------------
 
     def launch(self, spec: RankSpec, now: float) -> None:
-        self.launcher.start(spec)
+        self.launch_many([spec], now)
+
+    def launch_many(self, specs: list[RankSpec], now: float) -> list[RankProcess]:
+        """Start ranks; each one's start is a `rank.started` event. Raises OSError as the
+        launcher does (the ranks started before the failure keep running)."""
+        for spec in specs:
+            self.hang.set_limits(spec.job, HangLimits(*spec.hang_limits) if spec.hang_limits else None)
+        started: list[RankProcess] = []
+        try:
+            started = self.launcher.start_many(specs)
+        finally:
+            for process in self.launcher.ranks.values():
+                if process.spec in specs and (process.spec.job, process.spec.rank) not in self._scanners:
+                    self._watch(process, now)
+                    self._started(process)
+        return started
+
+    def _watch(self, process: RankProcess, now: float) -> None:
+        spec = process.spec
         self._scanners[(spec.job, spec.rank)] = LogScanner(self.catalog)
         self._chips[(spec.job, spec.rank)] = spec.chips[0] if spec.chips else None
         self.hang.started(spec.job, spec.rank, now)
 
-    def request_stop(self, job: str, grace: float) -> int:
+    def _started(self, process: RankProcess) -> None:
+        spec = process.spec
+        self._events.append(RankEvent("rank.started", spec.job, spec.rank, _attempt(spec.attempt), time.time(),
+                                      f"rank {spec.rank} of job {spec.job} started (pid {process.pid})",
+                                      {"pid": process.pid, "log": str(process.log_path), "chips": list(spec.chips),
+                                       "local_rank": spec.local_rank}))
+
+    def adopt(self, state: RankState, accelerator: Accelerator, now: float) -> list[RankProcess]:
+        """Take over the ranks a previous agent left running; those that ended meanwhile
+        are reported at the next tick (from their wrappers' status files)."""
+
+        def spec_for(r: RankRecord) -> RankSpec:
+            return RankSpec(job=r.job, rank=r.rank, local_rank=r.local_rank, world_size=r.world_size,
+                            local_world_size=r.local_world_size, argv=r.argv, master_addr="", master_port=0,
+                            accelerator=accelerator, chips=r.chips, attempt=r.attempt, hang_limits=r.hang_limits)
+
+        exits = self.launcher.adopt(state, spec_for)
+        adopted = list(self.launcher.ranks.values())
+        for process in adopted:
+            if process.spec.hang_limits:
+                self.hang.set_limits(process.spec.job, HangLimits(*process.spec.hang_limits))
+            self._watch(process, now)
+        self._pending += self._exited(exits, down=True)
+        return adopted
+
+    def request_stop(self, job: str, grace: float, attempt: int | None = None) -> int:
         """Non-blocking stop for the agent's loop: SIGTERM now, SIGKILL after `grace`
         (in a later tick). The ranks' exits are expected, not crashes."""
-        for (j, rank) in list(self._scanners):
-            if j == job:
+        for (j, rank), process in self.launcher.ranks.items():
+            if j == job and (attempt is None or process.spec.attempt == attempt):
                 self.hang.forget(j, rank)
-        return self.launcher.request_stop(job, grace)
+        return self.launcher.request_stop(job, grace, attempt)
 
-    def running(self) -> list[tuple[str, int, int, int | None]]:
-        """(job, rank, pid, last step) of every rank alive."""
-        return [(j, r, p.pid, self.hang.last_step(j, r)) for (j, r), p in sorted(self.launcher.ranks.items())]
+    def signal_ranks(self, job: str, attempt: int | None, sig: signal.Signals) -> int:
+        return self.launcher.signal_ranks(job, attempt, sig)
+
+    def kill_older(self, job: str, attempt: int) -> int:
+        """SIGKILL the ranks of `job`'s attempts before `attempt` and wait until they are
+        gone (never adopted into a newer attempt); their exits come at the next tick."""
+        killed = self.launcher.kill_now(job, attempt)
+        if killed:
+            self._pending += self._exited(self.launcher.poll())
+        return killed
+
+    def attempts_running(self, job: str) -> set[int]:
+        return {p.spec.attempt for (j, _), p in self.launcher.ranks.items() if j == job}
+
+    def running(self) -> list[RankStatus]:
+        """Every rank alive: job, rank, pid, last step, attempt, last loss."""
+        return [RankStatus(j, r, p.pid, self.hang.last_step(j, r), p.spec.attempt, self._loss.get((j, r)))
+                for (j, r), p in sorted(self.launcher.ranks.items())]
+
+    def events(self) -> list[RankEvent]:
+        """The rank lifecycle events since the last call."""
+        out, self._events = self._events, []
+        return out
 
     def stop(self, job: str, grace: float) -> list[Observation]:
         """Stop a job's ranks; their exits are expected, so they are not crashes."""
@@ -102,34 +207,54 @@ class RankMonitor:
 
     def tick(self, now: float) -> list[Observation]:
         """Everything observed since the last tick. `now` is monotonic time."""
-        observations: list[Observation] = []
+        observations: list[Observation] = self._pending
+        self._pending = []
         self._drain_progress(now)
         observations += self._drain_lines()
-        for exit in self.launcher.poll():
-            self.hang.forget(exit.job, exit.rank)
-            self._cpu_seen.pop(exit.pid, None)
-            if not any(j == exit.job for j, _ in self.launcher.ranks):
-                self._heartbeating.discard(exit.job)
-                self._lines_since.pop(exit.job, None)
-                self.quiet.forget(exit.job)
-            scanner = self._scanners.pop((exit.job, exit.rank), None)
-            if scanner is not None:
-                observations += [self._finding(exit.job, exit.rank, f) for f in scanner.flush()]
-            chip = self._chips.pop((exit.job, exit.rank), None)
-            if exit.crash:
-                observations.append(
-                    Observation(Signal.CRASH, exit.job, exit.rank, exit.describe(), exit.observed_at, "launcher",
-                                {"exit_code": exit.returncode, "signal_name": exit.signal_name, "pid": exit.pid},
-                                chip)
-                )
+        observations += self._exited(self.launcher.poll())
         for finding in self.hang.check(now):
             observations.append(
                 Observation(Signal.HANG, finding.job, finding.rank, self._hang_evidence(finding.job, finding.evidence),
                             time.time(), "hang",
                             {"step": finding.step, "phase": finding.phase,
                              "stalled_for_s": round(finding.stalled_for, 1), "limit_s": finding.limit},
-                            self._chips.get((finding.job, finding.rank)))
+                            self._chips.get((finding.job, finding.rank)), self._attempt_of(finding.job, finding.rank))
             )
+        return observations
+
+    def _attempt_of(self, job: str, rank: int) -> int | None:
+        process = self.launcher.ranks.get((job, rank))
+        return _attempt(process.spec.attempt) if process is not None else None
+
+    def _exited(self, exits: list[RankExit], down: bool = False) -> list[Observation]:
+        """Each exit: a `rank.exited` event, the scanner's last findings, and a crash
+        signal when it was one. `down`: it ended while no agent watched."""
+        observations = []
+        for exit in exits:
+            self.hang.forget(exit.job, exit.rank)
+            self._cpu_seen.pop(exit.pid, None)
+            self._loss.pop((exit.job, exit.rank), None)
+            if not any(j == exit.job for j, _ in self.launcher.ranks):
+                self._heartbeating.discard(exit.job)
+                self._lines_since.pop(exit.job, None)
+                self.quiet.forget(exit.job)
+                self.hang.set_limits(exit.job, None)
+            scanner = self._scanners.pop((exit.job, exit.rank), None)
+            attempt = _attempt(exit.attempt)
+            if scanner is not None:
+                observations += [self._finding(exit.job, exit.rank, f, attempt) for f in scanner.flush()]
+            chip = self._chips.pop((exit.job, exit.rank), None)
+            evidence = exit.describe()
+            if down and exit.returncode is not None:
+                evidence += " (while the agent was down)"
+            fields = {"exit_code": exit.returncode, "signal_name": exit.signal_name, "pid": exit.pid}
+            self._events.append(RankEvent("rank.exited", exit.job, exit.rank, attempt, exit.observed_at, evidence,
+                                          {**fields, "requested": exit.requested, "log": exit.log_path}))
+            if exit.crash:
+                observations.append(
+                    Observation(Signal.CRASH, exit.job, exit.rank, evidence, exit.observed_at, "launcher",
+                                fields, chip, attempt)
+                )
         return observations
 
     def _drain_progress(self, now: float) -> None:
@@ -147,19 +272,25 @@ class RankMonitor:
             if (job, msg["rank"]) in self._scanners:
                 self._heartbeating.add(job)
                 self.hang.progress(job, msg["rank"], msg["step"], msg["phase"], now)
+                loss = (msg.get("metrics") or {}).get("loss")
+                # Within the wire's bounds for a reading (a NaN or inf loss is left out).
+                if isinstance(loss, (int, float)) and not isinstance(loss, bool) and -1e9 <= loss <= 1e12:
+                    self._loss[(job, msg["rank"])] = float(loss)
 
     def _drain_lines(self) -> list[Observation]:
         out = []
         while True:
             try:
-                job, rank, line = self._lines.get_nowait()
+                job, rank, attempt, line = self._lines.get_nowait()
             except queue.Empty:
                 return out
             scanner = self._scanners.get((job, rank))
             if scanner is None:
                 continue  # a line that came after its rank's exit was reported (a child still printing)
             self._lines_since[job] = self._lines_since.get(job, 0) + 1
-            out += [self._finding(job, rank, f) for f in scanner.feed(line)]
+            if '"runtime.checkpoint_saved"' in line:
+                self._checkpoint_saved(job, rank, _attempt(attempt), line)
+            out += [self._finding(job, rank, f, _attempt(attempt)) for f in scanner.feed(line)]
 
     def check_quiet(self, chip_utilisation: dict[int, float | None], interval: float) -> list[Observation]:
         """The no-heartbeat hang check, once per probe interval: a job whose ranks print
@@ -197,13 +328,26 @@ class RankMonitor:
             out += [self._finding(j, rank, f) for f in self._scanners.pop((j, rank)).flush()]
         return out
 
-    def _finding(self, job: str, rank: int, finding: Any) -> Observation:
+    def _checkpoint_saved(self, job: str, rank: int, attempt: int | None, line: str) -> None:
+        """The runtime's `runtime.checkpoint_saved` JSON line (rank 0 commits)."""
+        try:
+            record = json.loads(line[line.index("{"):])
+            step, path = record["step"], record["path"]
+        except (ValueError, KeyError, TypeError):
+            return  # a line that only mentions it
+        if record.get("event") != "runtime.checkpoint_saved" or not isinstance(step, int) or not isinstance(path, str):
+            return
+        self._events.append(RankEvent("rank.checkpoint_saved", job, rank, attempt, time.time(),
+                                      f"rank {rank} of job {job} committed the checkpoint of step {step}",
+                                      {"step": step, "path": path[:4096]}))
+
+    def _finding(self, job: str, rank: int, finding: Any, attempt: int | None = None) -> Observation:
         fields: dict[str, Any] = {"pattern": finding.pattern, "line": finding.line, "severity": finding.severity.value}
         failure = fingerprint(finding)
         if failure is not None:
             fields.update(unrecognised=True, fingerprint=failure)
         return Observation(finding.signal, job, rank, finding.evidence, time.time(), "logscan", fields,
-                           self._chips.get((job, rank)))
+                           self._chips.get((job, rank)), attempt if attempt is not None else self._attempt_of(job, rank))
 
     def _hang_evidence(self, job: str, summary: str) -> str:
         """The finding plus where every rank of the job is: py-spy stacks when installed,

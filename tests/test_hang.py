@@ -97,3 +97,17 @@ def test_a_forgotten_job_counts_from_zero_again():
     assert w.observe("j", quiet(), 5.0) is None
     assert w.observe("j", quiet(), 5.0) is not None
     w.forget("never-seen")  # harmless
+
+
+def test_a_job_with_its_own_limits_is_judged_by_them_and_others_by_the_agents():
+    w = HangWatcher(LIMITS)
+    w.set_limits("strict", HangLimits(train=2.0, checkpoint=5.0, eval=3.0))
+    for job in ("strict", "plain"):
+        w.started(job, 0, 0.0)
+        w.progress(job, 0, 1, "train", 0.0)
+    assert [(f.job, f.limit) for f in w.check(2.0)] == [("strict", 2.0)]
+    assert [(f.job, f.limit) for f in w.check(10.0)] == [("plain", 10.0)]
+    w.progress("strict", 0, 2, "checkpoint", 11.0)
+    assert w.check(15.9) == [] and [f.limit for f in w.check(16.0)] == [5.0]
+    w.set_limits("strict", None)  # its ranks are gone: the agent's own again
+    assert w.limits_for("strict") == LIMITS

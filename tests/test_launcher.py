@@ -46,7 +46,7 @@ def test_ranks_get_a_torchrun_environment_and_the_trainguard_assignment(tmp_path
                 "TRAINGUARD_ACCELERATOR", "TRAINGUARD_HEARTBEAT", "TRAINGUARD_CKPT_DIR", "TRAINGUARD_JOB",
                 "TRAINGUARD_NODE", "ASCEND_RT_VISIBLE_DEVICES"]
         print(json.dumps({k: os.environ.get(k) for k in keys}))
-        print(json.dumps({"pgid_is_pid": os.getpgid(0) == os.getpid()}))
+        print(json.dumps({"group_led_by_parent": os.getpgid(0) == os.getppid() != os.getpid()}))
     """, rank=1, chips=(4, 5)))
     exit = wait_exit(launcher)
     assert exit.returncode == 0 and not exit.crash
@@ -57,7 +57,7 @@ def test_ranks_get_a_torchrun_environment_and_the_trainguard_assignment(tmp_path
         "TRAINGUARD_HEARTBEAT": "ipc:///tmp/hb.sock", "TRAINGUARD_CKPT_DIR": str(tmp_path / "ckpt"),
         "TRAINGUARD_JOB": "j1", "TRAINGUARD_NODE": "n1", "ASCEND_RT_VISIBLE_DEVICES": "4,5",
     }
-    assert group == {"pgid_is_pid": True}, "each rank leads a process group of its own"
+    assert group == {"group_led_by_parent": True}, "each rank's wrapper leads a process group of its own"
 
 
 def test_nvidia_ranks_see_their_chips_through_cuda_visible_devices(tmp_path):

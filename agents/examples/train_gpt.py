@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = open(args.metrics, "a") if args.metrics and rank == 0 else None
 
     offsets = torch.arange(args.block + 1)
-    while step < args.steps and not ckpt.stop_requested:
+    # ckpt.due() once per step on every rank (it agrees requests among the ranks), and
+    # the stop checked after it: all ranks save and stop at the same step.
+    while step < args.steps:
         rows = torch.tensor(sampler.next_batch()) * args.block
         window = data[rows[:, None] + offsets].to(placement.device)
         x, y = window[:, :-1], window[:, 1:]
@@ -146,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat(step, loss=value, lr=scheduler.get_last_lr()[0])
         if ckpt.due(step, args.checkpoint_every):
             ckpt.save(step, model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler)
+        if ckpt.stop_requested:
+            break
 
-    if ckpt.requested:  # asked between the last check and the end of the loop
+    if ckpt.requested:  # one process, asked between the last check and the end of the loop
         ckpt.save(step, model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler)
     error = ckpt.close()
     if metrics is not None:

@@ -93,20 +93,42 @@ class Checkpointer:
         #: Seconds the training loop waited in the last save() (the copy to host memory).
         self.last_stall: float = 0.0
         self._thread: threading.Thread | None = None
+        # What this rank was asked (by a signal) and has not yet agreed with its peers.
+        self._asked = False
+        self._asked_stop = False
 
     # --- requests from outside -----------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        """SIGUSR1: checkpoint at the next step. SIGTERM: checkpoint, then stop."""
+        """SIGUSR1: checkpoint at the next step. SIGTERM: checkpoint, then stop. The
+        handlers only note the request; `due()` turns it into one all ranks agree on."""
         signal.signal(signal.SIGUSR1, lambda *_: self.request())
         signal.signal(signal.SIGTERM, lambda *_: self.request(stop=True))
 
     def request(self, stop: bool = False) -> None:
-        self.requested = True
-        self.stop_requested = self.stop_requested or stop
+        self._asked = True
+        self._asked_stop = self._asked_stop or stop
+        if not _distributed():  # one process: nothing to agree with
+            self.requested = True
+            self.stop_requested = self.stop_requested or stop
 
     def due(self, step: int, every: int | None = None) -> bool:
-        """Should the loop save after `step`? Every `every` steps, or when asked."""
+        """Should the loop save after `step`? Every `every` steps, or when asked.
+
+        Under a process group of more than one rank, a request (a signal) reaches the
+        ranks at different steps; saving or stopping where each one happens to be would
+        tear the checkpoint. So every call does a tiny all_reduce (MAX) of this rank's
+        pending requests, and `requested` / `stop_requested` come only from that
+        agreement: all ranks save, and stop, at the same step. Every rank must therefore
+        call `due()` exactly once per step (the collective has to be matched)."""
+        if _distributed():
+            asked, asked_stop = self._asked, self._asked_stop
+            agreed = _agree(asked, asked_stop)
+            if agreed[0]:
+                self._asked = False  # taken now; a signal after the snapshot rides along
+                self.requested = True
+            if agreed[1]:
+                self.stop_requested = True
         return self.requested or bool(every and step % every == 0)
 
     # --- saving --------------------------------------------------------------------
@@ -400,6 +422,28 @@ def restore_rng(state: dict[str, Any]) -> None:
     npu = getattr(torch, "npu", None)
     if "npu" in state and npu is not None and npu.is_available():
         npu.set_rng_state_all(state["npu"])
+
+
+def _distributed() -> bool:
+    """A process group of more than one rank is up (the requests must be agreed)."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _agree(asked: bool, asked_stop: bool) -> tuple[bool, bool]:
+    """(checkpoint, stop) as any rank asked: an all_reduce MAX of two flags, on the
+    device the group's backend needs."""
+    dist = torch.distributed
+    backend = str(dist.get_backend())
+    where = "cpu"
+    if backend == "nccl":
+        where = f"cuda:{torch.cuda.current_device()}"
+    elif backend == "hccl":
+        where = f"npu:{torch.npu.current_device()}"  # type: ignore[attr-defined]
+    flags = torch.tensor([int(asked), int(asked_stop)], dtype=torch.int32, device=where)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    checkpoint, stop = (bool(v) for v in flags.tolist())
+    return checkpoint or stop, stop
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -49,9 +49,23 @@ class _Progress:
 
 
 class HangWatcher:
+    """Per rank progress; limits per job (a job's policy may set its own detect section),
+    the agent's own for jobs that did not."""
+
     def __init__(self, limits: HangLimits) -> None:
         self.limits = limits
         self._ranks: dict[tuple[str, int], _Progress] = {}
+        self._job_limits: dict[str, HangLimits] = {}
+
+    def set_limits(self, job: str, limits: HangLimits | None) -> None:
+        """`job`'s own limits from now on; None: the agent's again."""
+        if limits is None:
+            self._job_limits.pop(job, None)
+        else:
+            self._job_limits[job] = limits
+
+    def limits_for(self, job: str) -> HangLimits:
+        return self._job_limits.get(job, self.limits)
 
     def started(self, job: str, rank: int, now: float) -> None:
         """A rank was launched: it has `train` limit to report its first step."""
@@ -72,7 +86,7 @@ class HangWatcher:
     def check(self, now: float) -> list[HangFinding]:
         findings = []
         for (job, rank), p in self._ranks.items():
-            limit = self.limits.for_phase(p.phase)
+            limit = self.limits_for(job).for_phase(p.phase)
             stalled = now - p.since
             if stalled >= limit and not p.reported:
                 p.reported = True
