@@ -25,7 +25,7 @@ TRAIN = [sys.executable, "-m", "agents.examples.train_gpt", "--layers", "1", "--
          "300000", "--seed", "77"]
 
 
-def make_policy(directory: Path, hang_timeout: str = "4s", max_restarts: int = 10) -> Path:
+def make_policy(directory: Path, hang_timeout: str = "30s", max_restarts: int = 10) -> Path:
     """The shipped default policy with detection sized for tests."""
     directory.mkdir(parents=True, exist_ok=True)
     text = (shipped_policy_dir() / "default.yaml").read_text()

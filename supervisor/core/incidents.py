@@ -32,11 +32,18 @@ SPECIFICITY = {
 DEFAULT_WINDOW = 3.0
 
 
-def rank_of(event: SignalEvent, killed_by_signal: bool = False) -> tuple[int, int, float]:
-    """The sort key of a signal for root cause: its kind's specificity; among crashes, a
-    rank killed by a signal before one that exited with an error (the peers of a killed
-    rank exit with errors); then time."""
-    return (SPECIFICITY.get(event.signal, 99), 0 if killed_by_signal else 1, event.at)
+#: A rank killed by a signal (SIGKILL, SIGSEGV, SIGBUS) is the cause of what its peers
+#: then show — they hang in the collective, or fail with network or plain errors — so it
+#: ranks just after the hardware, before a hang.
+KILLED_SPECIFICITY = 1.5
+
+
+def rank_of(event: SignalEvent, killed_by_signal: bool = False) -> tuple[float, float]:
+    """The sort key of a signal for root cause: its kind's specificity (a crash by a
+    signal above a hang, a hang above a crash with an error exit, which is how the peers
+    of a stuck or dead rank end), then time."""
+    specificity = KILLED_SPECIFICITY if killed_by_signal and event.signal is Signal.CRASH else SPECIFICITY.get(event.signal, 99)
+    return (float(specificity), event.at)
 
 
 @dataclass

@@ -79,8 +79,8 @@ class _Checker(Checker):
             self.error(top["name"], f"name {name!r}: use lower-case letters, digits, '.', '_' and '-', starting "
                                     "with a letter or digit, at most 63")
         command = self.command(top["command"]) if "command" in top else None
-        workdir = self.path(top["workdir"], "workdir") if "workdir" in top else None
-        ckpt = self.path(top["checkpoint_dir"], "checkpoint_dir") if "checkpoint_dir" in top else None
+        workdir = self.path_value(top["workdir"], "workdir") if "workdir" in top else None
+        ckpt = self.path_value(top["checkpoint_dir"], "checkpoint_dir") if "checkpoint_dir" in top else None
         policy = self.str_(top["policy"], "policy") if "policy" in top else "default"
         pools = self.pools(top["pools"]) if "pools" in top else None
         env = self.env(top["env"], pools or {}) if "env" in top else {}
@@ -106,7 +106,7 @@ class _Checker(Checker):
             words.append(text)
         return tuple(words)
 
-    def path(self, node: yaml.Node, where: str) -> str | None:
+    def path_value(self, node: yaml.Node, where: str) -> str | None:
         value = self.str_(node, where)
         if value is not None and ("\0" in value or len(value) > 4096):
             self.error(node, f"{where} must be a path (no NUL, at most 4096 characters)")

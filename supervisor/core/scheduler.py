@@ -63,8 +63,8 @@ class JobOutcome:
     #: node -> (drained reason or None to undrain, chips to exclude)
     drains: list[tuple[str, str | None, int | None]] = field(default_factory=list)
 
-    def event(self, name: str, **fields: Any) -> None:
-        self.changes.append(NodeChange(name, "*", {k: v for k, v in fields.items() if v is not None}))
+    def event(self, event_name: str, /, **fields: Any) -> None:
+        self.changes.append(NodeChange(event_name, "*", {k: v for k, v in fields.items() if v is not None}))
 
     def extend(self, other: "JobOutcome") -> None:
         self.commands += other.commands
