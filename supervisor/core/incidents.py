@@ -30,6 +30,8 @@ SPECIFICITY = {
     Signal.STRAGGLER: 10,
 }
 DEFAULT_WINDOW = 3.0
+#: What a rank's own output can say about why it died.
+_WHY_A_RANK_DIED = (Signal.CHIP_ERROR, Signal.INTERCONNECT_TIMEOUT, Signal.OOM, Signal.USER_ERROR)
 
 
 #: A rank killed by a signal (SIGKILL, SIGSEGV, SIGBUS) is the cause of what its peers
@@ -54,7 +56,15 @@ class Incident:
 
     @property
     def root(self) -> SignalEvent:
-        return min(self.signals, key=lambda s: rank_of(*s))[0]
+        first = min(self.signals, key=lambda s: rank_of(*s))[0]
+        if first.signal is Signal.CRASH:
+            # A rank's own log said why it died (an HCCL timeout, a device error, OOM):
+            # that is more specific than its exit, whatever the exit looked like.
+            said = [s for s, _ in self.signals if s.node == first.node and s.rank == first.rank
+                    and s.signal in _WHY_A_RANK_DIED]
+            if said:
+                return min(said, key=lambda s: rank_of(s))
+        return first
 
     @property
     def consequences(self) -> list[SignalEvent]:

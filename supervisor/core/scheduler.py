@@ -400,7 +400,10 @@ class Jobs:
         event = SignalEvent(signal=signal, at=float(fields.get("observed_at") or now.wall), job=record.id,
                             pool=record.pool, node=node, chip=chip if isinstance(chip, int) else None, rank=rank,
                             evidence=str(fields.get("evidence") or "")[:2000], id=str(fields.get("event_id") or ""))
-        killed = bool(fields.get("signal_name")) and signal is Signal.CRASH
+        # Killed from outside (SIGKILL: the OOM killer, an operator, a dying node) or by
+        # its own fatal fault (SIGSEGV, SIGBUS): the cause of what its peers then show.
+        # Not SIGABRT: that is how a process ends after an error it has already printed.
+        killed = signal is Signal.CRASH and fields.get("signal_name") in ("SIGKILL", "SIGSEGV", "SIGBUS", "SIGILL")
         live.incidents.add(event, record.attempt, now.mono, killed_by_signal=killed)
 
     def _decide(self, record: JobRecord, incident: Incident, now: Instant, out: JobOutcome) -> None:
