@@ -63,8 +63,9 @@ class JobOutcome:
     #: node -> (drained reason or None to undrain, chips to exclude)
     drains: list[tuple[str, str | None, int | None]] = field(default_factory=list)
 
-    def event(self, name: str, **fields: Any) -> None:
-        self.changes.append(NodeChange(name, "*", {k: v for k, v in fields.items() if v is not None}))
+    def event(self, event: str, /, **fields: Any) -> None:
+        # Positional-only: an event may itself have a field called `name` (job.submitted).
+        self.changes.append(NodeChange(event, "*", {k: v for k, v in fields.items() if v is not None}))
 
     def extend(self, other: "JobOutcome") -> None:
         self.commands += other.commands
