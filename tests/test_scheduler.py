@@ -518,6 +518,7 @@ def restarted(sim: Sim, t: float) -> Sim:
     """The daemon restarts: a new Jobs with the records as the store had them."""
     new = Sim(nodes=list(sim.nodes.values()), policy=sim.policy, spec=sim.spec)
     new.job = sim.job
+    new.outs = sim.outs
     new.keep(new.jobs.restore(roundtrip(list(sim.jobs.records.values())), at(t)))
     return new
 
@@ -593,3 +594,152 @@ rules:
     then: {action: restart}
 limits: {max_restarts: 10, within: 1h, failover_cooldown: 1h}
 """
+
+
+# --- whatever arrives, in whatever order ---------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import event as hyp_event  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from supervisor.core.jobs import TRANSITIONS  # noqa: E402
+
+_NODES = ["a1", "a2", "a3", "n1"]
+_op = st.one_of(
+    st.tuples(st.just("tick"), st.floats(0.1, 40)),
+    st.tuples(st.just("signal"), st.sampled_from(_NODES), st.sampled_from(
+        ["crash", "hang", "interconnect_timeout", "user_error", "network", "oom", "chip_degraded"]),
+        st.integers(0, 2), st.integers(-1, 1)),
+    st.tuples(st.just("chip"), st.sampled_from(_NODES), st.integers(0, 1)),
+    st.tuples(st.just("lost"), st.sampled_from(_NODES)),
+    st.tuples(st.just("result"), st.sampled_from(_NODES), st.booleans(), st.integers(-1, 1)),
+    st.tuples(st.just("up"), st.sampled_from(_NODES), st.integers(-1, 1), st.integers(0, 200)),
+    st.tuples(st.just("gone"), st.sampled_from(_NODES)),
+    st.tuples(st.just("exited"), st.sampled_from(_NODES), st.integers(0, 2), st.sampled_from([0, 0, 1, -9])),
+    st.tuples(st.just("saved"), st.sampled_from(_NODES), st.integers(0, 200)),
+    st.tuples(st.just("stop"), st.integers(0, 9)),
+    st.tuples(st.just("allup"), st.integers(0, 200)),
+    st.tuples(st.just("allup"), st.integers(0, 200)),
+    st.tuples(st.just("master"),),
+    st.tuples(st.just("failover"), st.sampled_from(["ascend", "nvidia"])),
+    st.tuples(st.just("drain"), st.sampled_from(_NODES)),
+    st.tuples(st.just("restore"),),
+)
+
+
+@settings(max_examples=int(__import__("os").environ.get("HYP_N", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_op, max_size=60))
+def test_any_sequence_keeps_the_state_machine_and_attempts_sound(ops: list[tuple]) -> None:
+    sim = Sim()
+    sim.submit(0)
+    t = 0.0
+    for op in ops:
+        kind = op[0]
+        rec = sim.record
+        attempt = max(1, rec.attempt + (op[-1] if kind in ("signal", "result", "up") else 0))
+        t += 0.05
+        if kind == "tick":
+            t += op[1]
+            sim.tick(t)
+        elif kind == "signal":
+            sim.event(op[1], f"signal.{op[2]}", t, rank=op[3], attempt=attempt)
+        elif kind == "chip":
+            sim.event(op[1], "chip.health_changed", t, chip=op[2], signal="chip_error", job=None, attempt=None)
+        elif kind == "lost":
+            sim.nodes[op[1]].state = NodeState.LOST
+            sim.keep(sim.jobs.on_node_lost(op[1], at(t)))
+        elif kind == "result":
+            sim.start_result(op[1], t, port=29500, ok=op[2], error=None if op[2] else "refused", attempt=attempt)
+        elif kind == "up":
+            current = rec.current
+            share = current.node(op[1]) if current else None
+            if share is not None:
+                sim.heartbeat(op[1], t, [(attempt, r.rank, op[3]) for r in share.ranks])
+        elif kind == "gone":
+            sim.heartbeat(op[1], t, [])
+        elif kind == "exited":
+            sim.event(op[1], "rank.exited", t, rank=op[2], exit_code=op[3])
+        elif kind == "saved":
+            sim.event(op[1], "rank.checkpoint_saved", t, rank=0, step=op[2])
+        elif kind == "allup":
+            for share in rec.current.nodes if rec.current else []:
+                sim.heartbeat(share.node, t, [(rec.attempt, r.rank, op[1]) for r in share.ranks])
+        elif kind == "master":
+            if rec.current:
+                sim.start_result(rec.current.nodes[0].node, t, port=29500)
+        elif kind == "stop":
+            if not rec.state.ended and op[1] == 0:
+                sim.keep(sim.jobs.stop(sim.job, 5.0, at(t)))
+        elif kind == "failover":
+            try:
+                sim.keep(sim.jobs.failover(sim.job, op[1], at(t)))
+            except JobError:
+                pass
+        elif kind == "drain":
+            sim.nodes[op[1]].drained = "test"
+            sim.keep(sim.jobs.drained(op[1], "test", at(t)))
+        elif kind == "restore":
+            sim = restarted(sim, t)
+        check_sound(sim)
+        t += 1.0
+        sim.tick(t)
+        check_sound(sim)
+    hyp_event(f"final state {sim.record.state.value}, attempt {min(sim.record.attempt, 3)}")
+
+
+def check_sound(sim: Sim) -> None:
+    rec = sim.record
+    numbers = [a.number for a in rec.attempts]
+    assert numbers == sorted(set(numbers)), numbers
+    if rec.attempts:
+        assert rec.attempt == numbers[-1]
+    for out in sim.outs:
+        for change in events(out, "job.state_changed"):
+            assert JobState(change["state"]) in TRANSITIONS[JobState(change["previous"])], change
+    # a start is only ever sent for the job's newest attempt at the time
+    newest = 0
+    for out in sim.outs:
+        for cmd in out.commands:
+            if cmd.args.kind == "start_ranks":
+                assert cmd.attempt >= newest
+                newest = cmd.attempt
+
+
+# --- regressions -----------------------------------------------------------------------------
+
+
+def test_first_placement_waits_for_capacity_instead_of_failing_over() -> None:
+    """no_capacity is a restart or failover that cannot be placed (DESIGN, Signals): a new
+    job that does not fit yet waits on its preferred pool, it does not fail over."""
+    sim = Sim(nodes=[make_node("a1"), make_node("n1", Accelerator.NVIDIA, chips=2)])
+    sim.submit(0)
+    out = sim.tick(1)
+    assert events(out, "job.waiting") and sim.record.state is JobState.PENDING
+    assert sim.record.pool == "ascend" and sim.record.failovers == [] and decisions(sim) == []
+    sim.nodes["a2"] = make_node("a2")
+    sim.tick(2)
+    assert sim.record.state is JobState.STARTING and sim.record.current.pool == "ascend"
+
+
+def test_restored_restart_waits_for_nodes_to_reregister_instead_of_failing_over() -> None:
+    """After a daemon restart every node is `pending` until its agent registers again:
+    an unknown pool is not an empty one."""
+    sim = Sim()
+    sim.submit(0)
+    sim.run_attempt(1)
+    sim.event("a1", "signal.crash", 10, rank=0)
+    sim.tick(13)
+    sim.ranks_gone(14)
+    sim.tick(14)
+    assert sim.record.state is JobState.PENDING and sim.record.attempt == 1
+    for rec in sim.nodes.values():
+        rec.state = NodeState.PENDING  # as NodeTable.restore leaves them
+    new = restarted(sim, 15)
+    new.nodes["n1"].state = NodeState.UP  # the Nvidia agent happened to register first
+    new.tick(16)
+    assert new.record.pool == "ascend" and new.record.failovers == [] and new.record.state is JobState.PENDING
+    for rec in new.nodes.values():
+        rec.state = NodeState.UP
+    new.tick(17)
+    assert new.record.state is JobState.STARTING and new.record.current.pool == "ascend"
+    assert new.record.attempt == 2

@@ -357,7 +357,11 @@ class Jobs:
                 record.waiting_for = placed.reason
                 out.records[record.id] = record
                 out.event("job.waiting", job=record.id, pool=record.pool, reason=placed.reason)
-            if not record.no_capacity_reported:
+            # no_capacity is a restart or failover that cannot be placed: a first start
+            # waits, and so does a pool with nodes not yet re-registered (unknown, not empty).
+            reregistering = any(n.state is NodeState.PENDING and n.accelerator.family == family
+                                for n in nodes.values())
+            if not record.no_capacity_reported and record.attempt > 0 and not reregistering:
                 record.no_capacity_reported = True
                 out.records[record.id] = record
                 self._feed(record, SignalEvent(signal=Signal.NO_CAPACITY, at=now.wall, job=record.id, pool=record.pool,
