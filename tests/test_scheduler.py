@@ -743,3 +743,25 @@ def test_restored_restart_waits_for_nodes_to_reregister_instead_of_failing_over(
     new.tick(17)
     assert new.record.state is JobState.STARTING and new.record.current.pool == "ascend"
     assert new.record.attempt == 2
+
+
+def test_a_new_attempt_samples_its_first_step_even_if_the_old_attempt_ended_on_it() -> None:
+    """ETTR: attempt 2's first heartbeat reports the step attempt 1 last reported (one step
+    redone after a checkpoint at 101): it is still attempt 2's first sample and tells
+    where it resumed from."""
+    sim = Sim()
+    sim.submit(0)
+    sim.run_attempt(1, step=0)
+    sim.heartbeat("a1", 50, [(1, 0, 101)])
+    sim.heartbeat("a1", 51, [(1, 0, 102)])
+    sim.record.last_checkpoint_step = 101
+    sim.event("a1", "signal.crash", 52, rank=0)
+    sim.tick(55)
+    sim.ranks_gone(56)
+    sim.tick(56)
+    sim.run_attempt(57, step=102)
+    current = sim.record.current
+    assert current.number == 2 and current.resumed_from == 101
+    assert current.progress == [(102, at(57.4).wall)]
+    sim.heartbeat("a1", 58, [(2, 0, 103)])
+    assert current.resumed_from == 101 and len(current.progress) == 2

@@ -315,7 +315,8 @@ class Jobs:
             if key not in current.alive and key not in current.exited:
                 current.alive.append(key)
             if rank == 0 and step is not None:
-                if record.step != step:
+                # A new attempt's first step is sampled even when the old attempt ended on it.
+                if record.step != step or not current.progress:
                     record.step = step
                     if loss is not None:
                         record.loss = loss
