@@ -765,3 +765,26 @@ def test_a_new_attempt_samples_its_first_step_even_if_the_old_attempt_ended_on_i
     assert current.progress == [(102, at(57.4).wall)]
     sim.heartbeat("a1", 58, [(2, 0, 103)])
     assert current.resumed_from == 101 and len(current.progress) == 2
+
+
+def test_recovery_time_is_measured_from_the_incident_that_ended_the_attempt() -> None:
+    """An incident the policy only alerts on (a degraded chip) is not where a later
+    recovery starts from."""
+    sim = Sim()
+    sim.submit(0)
+    sim.run_attempt(1)
+    sim.event("a1", "signal.chip_degraded", 10, rank=0)
+    sim.tick(13)
+    assert decisions(sim)[-1]["action"] == "alert" and sim.record.state is JobState.RUNNING
+    sim.nodes["a2"].drained = "maintenance"
+    sim.keep(sim.jobs.drained("a2", "maintenance", at(1000)))
+    sim.ranks_gone(1001)
+    sim.tick(1001)
+    sim.run_attempt(1002)
+    assert all_events(sim, "job.recovered") == [] and sim.jobs.recoveries == []
+    sim.event("a1", "signal.crash", 2000, rank=0)
+    sim.tick(2003)
+    sim.ranks_gone(2004)
+    sim.tick(2004)
+    sim.run_attempt(2005)
+    assert [e["recovery_s"] for e in all_events(sim, "job.recovered")] == [5.4]

@@ -412,13 +412,14 @@ class Jobs:
     def _decide(self, record: JobRecord, incident: Incident, now: Instant, out: JobOutcome) -> None:
         live = self._live[record.id]
         root = incident.root
-        live.incident_started = root.at
         out.event("job.incident", job=record.id, attempt=incident.attempt, signal=root.signal.value, node=root.node,
                   chip=root.chip, rank=root.rank, summary=incident.summary(), evidence=root.evidence,
                   consequences=[{"signal": s.signal.value, "node": s.node, "rank": s.rank} for s in incident.consequences])
         if record.state not in (JobState.STARTING, JobState.RUNNING) or incident.attempt != record.attempt:
             return  # the attempt is already being ended: the incident is recorded, nothing more
         self._feed(record, root, now, out)
+        if record.state in (JobState.RESTARTING, JobState.FAILING_OVER):
+            live.incident_started = root.at  # a recovery is timed from the fault that caused it
 
     def _feed(self, record: JobRecord, event: SignalEvent, now: Instant, out: JobOutcome) -> None:
         live = self._live[record.id]
