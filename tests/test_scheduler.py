@@ -788,3 +788,21 @@ def test_recovery_time_is_measured_from_the_incident_that_ended_the_attempt() ->
     sim.tick(2004)
     sim.run_attempt(2005)
     assert [e["recovery_s"] for e in all_events(sim, "job.recovered")] == [5.4]
+
+
+def test_job_stop_verb_by_name_of_a_job_that_ends_at_once_answers_and_keeps_the_outcome() -> None:
+    """`trainguard job stop gpt` of a job still pending: it is stopped at once, and the
+    verb must still answer with it (and hand over the record to commit), not fail
+    looking the job up by a name that no longer names a live job."""
+    from types import SimpleNamespace
+
+    from supervisor.core import control
+
+    sim = Sim(nodes=[])
+    sim.submit(0)
+    sim.tick(1)
+    verb = control.VERBS["job_stop"]
+    answer = verb.execute(SimpleNamespace(jobs=sim.jobs), verb.Params(job="gpt"), at(2))
+    assert isinstance(answer, control.Acted)
+    assert answer.result == {"job": sim.job, "state": "stopped"}
+    assert answer.outcome.records[sim.job].state is JobState.STOPPED
