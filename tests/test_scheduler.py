@@ -806,3 +806,17 @@ def test_job_stop_verb_by_name_of_a_job_that_ends_at_once_answers_and_keeps_the_
     assert isinstance(answer, control.Acted)
     assert answer.result == {"job": sim.job, "state": "stopped"}
     assert answer.outcome.records[sim.job].state is JobState.STOPPED
+
+
+def test_a_master_start_result_without_a_port_does_not_strand_the_other_nodes() -> None:
+    """The master's start is confirmed only with the port it picked: without one (an
+    answer to a repeated command that omitted it) the other nodes could never be
+    started, so the master's start is sent again until a port comes back."""
+    sim = Sim()
+    sim.submit(0)
+    sim.tick(1)
+    sim.start_result("a1", 2)  # ok, but no master_port
+    assert commands(sim.tick(6.5)) == [("a1", "start_ranks", 1)]
+    sim.start_result("a1", 7, port=29501)
+    out = sim.tick(8)
+    assert [(c.node, c.args.master_port) for c in out.commands] == [("a2", 29501)]

@@ -294,11 +294,12 @@ class Jobs:
             # command that does not exist): the same on any node, so not worth a restart.
             self._begin_end(record, "fail", f"node {node} could not start the ranks: {error}", now, out)
             return out
-        share.started = True
         port = detail.get("master_port")
         if node == current.nodes[0].node and isinstance(port, int) and port > 0 and not current.master_port:
             current.master_port = port
             out.event("job.rendezvous", job=record.id, attempt=attempt, master=f"{current.master_addr}:{port}")
+        # The master counts as started only with its port: the others cannot start without it.
+        share.started = node != current.nodes[0].node or bool(current.master_port)
         out.records[record.id] = record
         return out
 
