@@ -696,9 +696,12 @@ def check_sound(sim: Sim) -> None:
     for out in sim.outs:
         for change in events(out, "job.state_changed"):
             assert JobState(change["state"]) in TRANSITIONS[JobState(change["previous"])], change
-    # a start is only ever sent for the job's newest attempt at the time
-    newest = 0
+    # a start is only ever sent for the job's newest attempt at the time; an ended job
+    # sends nothing more
+    newest, ended = 0, False
     for out in sim.outs:
+        assert not (ended and out.commands), out.commands
+        ended = ended or any(JobState(c["state"]).ended for c in events(out, "job.state_changed"))
         for cmd in out.commands:
             if cmd.args.kind == "start_ranks":
                 assert cmd.attempt >= newest
@@ -820,3 +823,17 @@ def test_a_master_start_result_without_a_port_does_not_strand_the_other_nodes() 
     sim.start_result("a1", 7, port=29501)
     out = sim.tick(8)
     assert [(c.node, c.args.master_port) for c in out.commands] == [("a2", 29501)]
+
+
+def test_an_operator_failover_after_a_policy_one_is_recorded_as_the_operators() -> None:
+    sim = Sim(nodes=default_nodes() + [make_node("n2", Accelerator.NVIDIA, chips=2)])
+    sim.submit(0)
+    sim.run_attempt(1)
+    sim.record.decisions.append({"action": "failover", "rule": "ascend-unstable", "at": at(5).wall, "blocked": False})
+    sim.jobs.failover(sim.job, "nvidia", at(10))
+    sim.tick(11)
+    sim.event("a1", "rank.checkpoint_saved", 12, rank=0, step=0)
+    sim.tick(13)
+    sim.ranks_gone(14)
+    sim.tick(14)
+    assert [f.rule for f in sim.record.failovers] == ["operator"]

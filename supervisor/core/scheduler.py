@@ -495,6 +495,7 @@ class Jobs:
         policy = live.policy.policy if live else None
         record.next_action = what
         record.target_pool = to_pool
+        record.target_rule = rule if what == "failover" else None
         record.checkpoint_wanted = bool(checkpoint_first and record.state is JobState.RUNNING)
         record.checkpoint_asked_at = None
         record.stop_grace = grace if grace is not None else DEFAULT_STOP_GRACE
@@ -561,7 +562,7 @@ class Jobs:
             out.event("job.state_changed", **record.transition(JobState.PENDING, now.wall, record.reason))
         elif what == "failover":
             assert record.target_pool is not None
-            self._switch_pool(record, record.target_pool, now, self._last_rule(record), out)
+            self._switch_pool(record, record.target_pool, now, record.target_rule or self._last_rule(record), out)
             record.no_capacity_reported = False
             out.event("job.state_changed", **record.transition(JobState.PENDING, now.wall, record.reason))
         elif what == "stop":
@@ -576,7 +577,7 @@ class Jobs:
                             rule=rule or "operator")
         record.failovers.append(failover)
         record.pool = to_pool
-        record.target_pool = None
+        record.target_pool = record.target_rule = None
         live = self._live.get(record.id)
         if live is not None:
             live.policy.pool = to_pool
