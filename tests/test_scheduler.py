@@ -837,3 +837,28 @@ def test_an_operator_failover_after_a_policy_one_is_recorded_as_the_operators() 
     sim.ranks_gone(14)
     sim.tick(14)
     assert [f.rule for f in sim.record.failovers] == ["operator"]
+
+
+def test_failback_of_a_policy_that_enables_it_happens() -> None:
+    """patient-ascend fails back to Ascend once it has been healthy and quiet for 4 h:
+    the engine's on_tick must be asked, and its failover carried out like any other."""
+    patient = load_file(shipped_policy_dir() / "patient-ascend.yaml")
+    nodes = default_nodes() + [make_node("n2", Accelerator.NVIDIA, chips=2)]
+    sim = Sim(nodes=nodes, policy=patient, spec=replace_spec(policy="patient-ascend"))
+    sim.submit(0)
+    sim.run_attempt(1)
+    sim.jobs.failover(sim.job, "nvidia", at(10))
+    sim.tick(11)
+    sim.event("a1", "rank.checkpoint_saved", 12, rank=0, step=0)
+    sim.tick(13)
+    sim.ranks_gone(14)
+    sim.tick(14)
+    sim.run_attempt(15)
+    assert sim.record.pool == "nvidia" and sim.record.state is JobState.RUNNING
+    sim.tick(20)
+    assert sim.record.state is JobState.RUNNING  # not quiet long enough yet
+    sim.tick(20 + 4 * 3600)
+    last = sim.record.decisions[-1]
+    assert (last["action"], last["rule"], last["to_pool"]) == ("failover", "failback", "ascend")
+    assert sim.record.state is JobState.FAILING_OVER
+    assert commands(sim.tick(21 + 4 * 3600), "checkpoint") == [("n1", "checkpoint", 2)]

@@ -380,6 +380,12 @@ class Jobs:
 
     def _tick_running(self, record: JobRecord, live: _Live, now: Instant, nodes: Mapping[str, NodeRecord],
                       out: JobOutcome) -> None:
+        # Failback (off unless the policy enables it): the engine decides it on time alone.
+        for decision in live.policy.on_tick(self._pool_health_cache, now.wall):
+            self._record_decision(record, decision, out)
+            self._carry_out(record, decision, now, out)
+        if record.state is not JobState.RUNNING:
+            return
         every = live.policy.policy.checkpoint.every
         if every is None:
             return
