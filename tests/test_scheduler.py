@@ -862,3 +862,28 @@ def test_failback_of_a_policy_that_enables_it_happens() -> None:
     assert (last["action"], last["rule"], last["to_pool"]) == ("failover", "failback", "ascend")
     assert sim.record.state is JobState.FAILING_OVER
     assert commands(sim.tick(21 + 4 * 3600), "checkpoint") == [("n1", "checkpoint", 2)]
+
+
+def test_a_blocked_no_capacity_failover_is_tried_again_when_the_target_pool_recovers() -> None:
+    """Level-triggered: the failover was blocked because Nvidia had no healthy node; once
+    it has one, the job that still cannot be placed on Ascend moves there, it does not
+    wait for Ascend forever."""
+    sim = Sim()
+    sim.submit(0)
+    sim.run_attempt(1)
+    sim.nodes["n1"].state = NodeState.LOST
+    sim.nodes["a3"].state = NodeState.LOST
+    sim.nodes["a2"].chips = (ChipStatus(index=0, health=Health.CRITICAL),)
+    sim.event("a2", "chip.health_changed", 10, chip=0, signal="chip_error", job=None, attempt=None)
+    sim.tick(13)
+    sim.ranks_gone(14)
+    sim.tick(14)
+    sim.tick(15)
+    blocked = [d for d in sim.record.decisions if d.get("blocked")]
+    assert blocked and blocked[-1]["rule"] == "ascend-no-capacity"
+    assert sim.record.pool == "ascend" and sim.record.state is JobState.PENDING
+    sim.tick(16)
+    assert len([d for d in sim.record.decisions if d.get("blocked")]) == 1  # not re-fed while nothing changed
+    sim.nodes["n1"].state = NodeState.UP
+    sim.tick(17)
+    assert sim.record.pool == "nvidia" and sim.record.failovers[0].rule == "ascend-no-capacity"

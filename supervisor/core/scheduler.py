@@ -91,6 +91,7 @@ class _Live:
     sent: dict[tuple[str, str], float] = field(default_factory=dict)  # (node, kind) -> mono time sent
     next_checkpoint: float | None = None  # mono
     incident_started: float | None = None  # wall time of the last incident's root, for recovery time
+    no_capacity_health: dict[str, int] | None = None  # pool health when no_capacity was last reported
 
 
 class Jobs:
@@ -363,8 +364,13 @@ class Jobs:
             # waits, and so does a pool with nodes not yet re-registered (unknown, not empty).
             reregistering = any(n.state is NodeState.PENDING and n.accelerator.family == family
                                 for n in nodes.values())
-            if not record.no_capacity_reported and record.attempt > 0 and not reregistering:
+            # Once per change of the pools' health: a failover blocked for want of a
+            # healthy target is tried again when the target pool recovers.
+            health = dict(self._pool_health_cache or {})
+            changed = not record.no_capacity_reported or live.no_capacity_health != health
+            if changed and record.attempt > 0 and not reregistering:
                 record.no_capacity_reported = True
+                live.no_capacity_health = health
                 out.records[record.id] = record
                 self._feed(record, SignalEvent(signal=Signal.NO_CAPACITY, at=now.wall, job=record.id, pool=record.pool,
                                                evidence=placed.reason), now, out)
