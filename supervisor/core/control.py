@@ -437,8 +437,9 @@ class JobStop(Verb):
     Params = _JobStopParams
 
     def execute(self, cluster: "ClusterView", params: _JobStopParams, now: Instant) -> Any:
-        outcome = _jobs_call(cluster.jobs.stop, params.job, params.grace, now)
-        record = cluster.jobs.get(params.job)
+        # By id: a job stopped at once (pending) is no longer found by its name.
+        record = _jobs_call(cluster.jobs.get, params.job)
+        outcome = _jobs_call(cluster.jobs.stop, record.id, params.grace, now)
         return Acted({"job": record.id, "state": record.state.value}, outcome)
 
 

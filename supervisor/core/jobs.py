@@ -144,6 +144,8 @@ class JobRecord(msgspec.Struct, kw_only=True):
     next_action: str | None = None
     #: Target pool of a failover in progress.
     target_pool: str | None = None
+    #: The rule that asked for that failover ("operator" for an operator's).
+    target_rule: str | None = None
     #: Wall-clock deadline of the current phase (stop grace, checkpoint before failover).
     phase_deadline: float | None = None
     #: The failover is still waiting for its pre-failover checkpoint.

@@ -69,6 +69,9 @@ def load_jobspec(data: bytes, path: str) -> JobSpec:
 
 
 class _Checker(Checker):
+    #: Pool names the file declares, even those whose shape is wrong (env may name them).
+    declared: tuple[str, ...] = ()
+
     def spec(self, root: yaml.Node) -> JobSpec | None:
         top = self.mapping(root, "job", ("name", "command", "workdir", "checkpoint_dir", "policy", "pools", "env"),
                            required=("name", "command", "workdir", "checkpoint_dir", "pools"))
@@ -83,7 +86,7 @@ class _Checker(Checker):
         ckpt = self.path_value(top["checkpoint_dir"], "checkpoint_dir") if "checkpoint_dir" in top else None
         policy = self.str_(top["policy"], "policy") if "policy" in top else "default"
         pools = self.pools(top["pools"]) if "pools" in top else None
-        env = self.env(top["env"], pools or {}) if "env" in top else {}
+        env = self.env(top["env"], self.declared) if "env" in top else {}
         if self.problems or None in (name, command, workdir, ckpt, policy, pools, env):
             return None
         return JobSpec(name=name, command=command, workdir=workdir, checkpoint_dir=ckpt, policy=policy,  # type: ignore[arg-type]
@@ -107,6 +110,7 @@ class _Checker(Checker):
         return tuple(words)
 
     def path_value(self, node: yaml.Node, where: str) -> str | None:
+        # Not `path`: Checker.path is the file name, and an instance attribute hides a method.
         value = self.str_(node, where)
         if value is not None and ("\0" in value or len(value) > 4096):
             self.error(node, f"{where} must be a path (no NUL, at most 4096 characters)")
@@ -123,9 +127,10 @@ class _Checker(Checker):
             if not _POOL_NAME.match(str(pool)):
                 self.error(key_node, f"pool name {pool!r}: use letters, digits, '.', '_' and '-'")
                 continue
-            if pool in out:
+            if pool in out or pool in self.declared:
                 self.error(key_node, f"pools: duplicate pool {pool!r}")
                 continue
+            self.declared += (str(pool),)
             values = self.mapping(value_node, f"pool {pool!r}", ("nodes", "ranks_per_node"),
                                   required=("nodes", "ranks_per_node"))
             if values is None or len(values) < 2:
@@ -142,7 +147,7 @@ class _Checker(Checker):
                 out[pool] = PoolShape(nodes=nodes, ranks_per_node=ranks)
         return out
 
-    def env(self, node: yaml.Node, pools: dict[str, PoolShape]) -> dict[str, dict[str, str]] | None:
+    def env(self, node: yaml.Node, pools: tuple[str, ...]) -> dict[str, dict[str, str]] | None:
         values = self.mapping(node, "env", tuple(pools) or ("<a pool named in pools>",))
         if values is None:
             return None

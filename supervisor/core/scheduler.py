@@ -63,8 +63,9 @@ class JobOutcome:
     #: node -> (drained reason or None to undrain, chips to exclude)
     drains: list[tuple[str, str | None, int | None]] = field(default_factory=list)
 
-    def event(self, event_name: str, /, **fields: Any) -> None:
-        self.changes.append(NodeChange(event_name, "*", {k: v for k, v in fields.items() if v is not None}))
+    def event(self, event: str, /, **fields: Any) -> None:
+        # Positional-only: an event may itself have a field called `name` (job.submitted).
+        self.changes.append(NodeChange(event, "*", {k: v for k, v in fields.items() if v is not None}))
 
     def extend(self, other: "JobOutcome") -> None:
         self.commands += other.commands
@@ -90,6 +91,7 @@ class _Live:
     sent: dict[tuple[str, str], float] = field(default_factory=dict)  # (node, kind) -> mono time sent
     next_checkpoint: float | None = None  # mono
     incident_started: float | None = None  # wall time of the last incident's root, for recovery time
+    no_capacity_health: dict[str, int] | None = None  # pool health when no_capacity was last reported
 
 
 class Jobs:
@@ -293,11 +295,12 @@ class Jobs:
             # command that does not exist): the same on any node, so not worth a restart.
             self._begin_end(record, "fail", f"node {node} could not start the ranks: {error}", now, out)
             return out
-        share.started = True
         port = detail.get("master_port")
         if node == current.nodes[0].node and isinstance(port, int) and port > 0 and not current.master_port:
             current.master_port = port
             out.event("job.rendezvous", job=record.id, attempt=attempt, master=f"{current.master_addr}:{port}")
+        # The master counts as started only with its port: the others cannot start without it.
+        share.started = node != current.nodes[0].node or bool(current.master_port)
         out.records[record.id] = record
         return out
 
@@ -314,7 +317,8 @@ class Jobs:
             if key not in current.alive and key not in current.exited:
                 current.alive.append(key)
             if rank == 0 and step is not None:
-                if record.step != step:
+                # A new attempt's first step is sampled even when the old attempt ended on it.
+                if record.step != step or not current.progress:
                     record.step = step
                     if loss is not None:
                         record.loss = loss
@@ -356,8 +360,17 @@ class Jobs:
                 record.waiting_for = placed.reason
                 out.records[record.id] = record
                 out.event("job.waiting", job=record.id, pool=record.pool, reason=placed.reason)
-            if not record.no_capacity_reported:
+            # no_capacity is a restart or failover that cannot be placed: a first start
+            # waits, and so does a pool with nodes not yet re-registered (unknown, not empty).
+            reregistering = any(n.state is NodeState.PENDING and n.accelerator.family == family
+                                for n in nodes.values())
+            # Once per change of the pools' health: a failover blocked for want of a
+            # healthy target is tried again when the target pool recovers.
+            health = dict(self._pool_health_cache or {})
+            changed = not record.no_capacity_reported or live.no_capacity_health != health
+            if changed and record.attempt > 0 and not reregistering:
                 record.no_capacity_reported = True
+                live.no_capacity_health = health
                 out.records[record.id] = record
                 self._feed(record, SignalEvent(signal=Signal.NO_CAPACITY, at=now.wall, job=record.id, pool=record.pool,
                                                evidence=placed.reason), now, out)
@@ -373,6 +386,12 @@ class Jobs:
 
     def _tick_running(self, record: JobRecord, live: _Live, now: Instant, nodes: Mapping[str, NodeRecord],
                       out: JobOutcome) -> None:
+        # Failback (off unless the policy enables it): the engine decides it on time alone.
+        for decision in live.policy.on_tick(self._pool_health_cache, now.wall):
+            self._record_decision(record, decision, out)
+            self._carry_out(record, decision, now, out)
+        if record.state is not JobState.RUNNING:
+            return
         every = live.policy.policy.checkpoint.every
         if every is None:
             return
@@ -409,7 +428,6 @@ class Jobs:
     def _decide(self, record: JobRecord, incident: Incident, now: Instant, out: JobOutcome) -> None:
         live = self._live[record.id]
         root = incident.root
-        live.incident_started = root.at
         out.event("job.incident", job=record.id, attempt=incident.attempt, signal=root.signal.value, node=root.node,
                   chip=root.chip, rank=root.rank, summary=incident.summary(), evidence=root.evidence,
                   observed_at=root.at, step=record.step, last_checkpoint_step=record.last_checkpoint_step,
@@ -417,6 +435,8 @@ class Jobs:
         if record.state not in (JobState.STARTING, JobState.RUNNING) or incident.attempt != record.attempt:
             return  # the attempt is already being ended: the incident is recorded, nothing more
         self._feed(record, root, now, out)
+        if record.state in (JobState.RESTARTING, JobState.FAILING_OVER):
+            live.incident_started = root.at  # a recovery is timed from the fault that caused it
 
     def _feed(self, record: JobRecord, event: SignalEvent, now: Instant, out: JobOutcome) -> None:
         live = self._live[record.id]
@@ -491,6 +511,7 @@ class Jobs:
         policy = live.policy.policy if live else None
         record.next_action = what
         record.target_pool = to_pool
+        record.target_rule = rule if what == "failover" else None
         record.checkpoint_wanted = bool(checkpoint_first and record.state is JobState.RUNNING)
         record.checkpoint_asked_at = None
         record.stop_grace = grace if grace is not None else DEFAULT_STOP_GRACE
@@ -557,7 +578,7 @@ class Jobs:
             out.event("job.state_changed", **record.transition(JobState.PENDING, now.wall, record.reason))
         elif what == "failover":
             assert record.target_pool is not None
-            self._switch_pool(record, record.target_pool, now, self._last_rule(record), out)
+            self._switch_pool(record, record.target_pool, now, record.target_rule or self._last_rule(record), out)
             record.no_capacity_reported = False
             out.event("job.state_changed", **record.transition(JobState.PENDING, now.wall, record.reason))
         elif what == "stop":
@@ -572,7 +593,7 @@ class Jobs:
                             rule=rule or "operator")
         record.failovers.append(failover)
         record.pool = to_pool
-        record.target_pool = None
+        record.target_pool = record.target_rule = None
         live = self._live.get(record.id)
         if live is not None:
             live.policy.pool = to_pool

@@ -1,0 +1,97 @@
+"""One fault, one incident (`supervisor/core/incidents.py`): the window, the root cause."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from supervisor.core.incidents import SPECIFICITY, IncidentTracker, rank_of
+from supervisor.policy.engine import SignalEvent
+from supervisor.shared.vocab import Signal
+
+T0 = 1_700_000_000.0
+
+
+def sig(signal: Signal, at: float, node: str = "a1", rank: int | None = 0, chip: int | None = None) -> SignalEvent:
+    return SignalEvent(signal=signal, at=T0 + at, job="j", pool="ascend", node=node, rank=rank, chip=chip)
+
+
+def test_every_signal_has_a_specificity() -> None:
+    assert set(SPECIFICITY) == set(Signal)
+    assert len(set(SPECIFICITY.values())) == len(Signal)
+
+
+def test_killed_rank_is_the_root_over_its_peers_errors() -> None:
+    tracker = IncidentTracker(window=3.0)
+    killed = sig(Signal.CRASH, 10, node="a2", rank=1)
+    tracker.add(killed, attempt=1, now=10.0, killed_by_signal=True)
+    tracker.add(sig(Signal.NETWORK, 10.5), attempt=1, now=10.5)
+    tracker.add(sig(Signal.CRASH, 10.5), attempt=1, now=10.5)
+    assert tracker.due(12.9) is None
+    assert tracker.next_deadline() == 13.0
+    incident = tracker.due(13.0)
+    assert incident is not None and incident.root is killed
+    assert [s.signal for s in incident.consequences] == [Signal.NETWORK, Signal.CRASH]
+    assert incident.summary() == "crash on a2 rank 1 (and 2 consequences: crash, network)"
+    assert tracker.due(100.0) is None and tracker.next_deadline() is None
+
+
+def test_chip_error_is_the_root_even_when_it_arrives_last() -> None:
+    tracker = IncidentTracker()
+    tracker.add(sig(Signal.CRASH, 10, rank=0), 1, 10.0)
+    tracker.add(sig(Signal.INTERCONNECT_TIMEOUT, 10.2, node="a2", rank=1), 1, 10.2)
+    chip = sig(Signal.CHIP_ERROR, 11, chip=3, rank=None)
+    tracker.add(chip, 1, 11.0)
+    incident = tracker.due(13.0)
+    assert incident is not None and incident.root is chip
+    assert incident.summary().startswith("chip_error on a1 chip 3 (and 2 consequences")
+
+
+def test_earliest_first_among_equals() -> None:
+    tracker = IncidentTracker()
+    late, early = sig(Signal.CRASH, 10.4, rank=1), sig(Signal.CRASH, 10.1, rank=0)
+    tracker.add(late, 1, 10.0)
+    tracker.add(early, 1, 10.5)
+    assert tracker.due(13.0).root is early
+
+
+def test_a_new_attempt_opens_a_new_incident() -> None:
+    tracker = IncidentTracker()
+    tracker.add(sig(Signal.CRASH, 10), 1, 10.0)
+    second = sig(Signal.HANG, 11)
+    tracker.add(second, 2, 11.0)
+    incident = tracker.due(14.0)
+    assert incident.attempt == 2 and incident.signals == [(second, False)]
+
+
+def test_drop_forgets_the_open_incident() -> None:
+    tracker = IncidentTracker()
+    tracker.add(sig(Signal.CRASH, 10), 1, 10.0)
+    tracker.drop()
+    assert tracker.due(20.0) is None
+
+
+_signals = st.lists(
+    st.tuples(st.sampled_from(list(Signal)), st.floats(0, 2.9), st.booleans(), st.integers(0, 3)),
+    min_size=1, max_size=20,
+)
+
+
+@given(_signals)
+def test_root_is_always_the_most_specific_signal(signals: list[tuple[Signal, float, bool, int]]) -> None:
+    tracker = IncidentTracker(window=3.0)
+    events = []
+    for signal, offset, killed, rank in signals:
+        event = sig(signal, 10 + offset, rank=rank)
+        killed = killed and signal is Signal.CRASH
+        events.append((event, killed))
+        tracker.add(event, 1, 10.0 + offset, killed_by_signal=killed)
+    incident = tracker.due(10.0 + 3.0 + 2.9)
+    assert incident is not None and len(incident.signals) == len(signals)
+    root = incident.root
+    best = min(SPECIFICITY[e.signal] for e, _ in events)
+    assert SPECIFICITY[root.signal] == best
+    # among the most specific: a killed crash first, then the earliest
+    root_killed = next(k for e, k in events if e is root)
+    assert all(rank_of(root, root_killed) <= rank_of(e, k) for e, k in events)
+    assert len(incident.consequences) == len(signals) - 1
