@@ -887,3 +887,25 @@ def test_a_blocked_no_capacity_failover_is_tried_again_when_the_target_pool_reco
     sim.nodes["n1"].state = NodeState.UP
     sim.tick(17)
     assert sim.record.pool == "nvidia" and sim.record.failovers[0].rule == "ascend-no-capacity"
+
+
+def test_the_policy_counts_on_across_a_daemon_restart() -> None:
+    """Two HCCL timeouts before a daemon restart and one after still cross the default
+    policy's threshold of three (the counted signals are in the record)."""
+    sim = Sim()
+    sim.submit(0)
+    sim.run_attempt(1, step=100)
+    t = 10.0
+    for _ in range(2):
+        sim.event("a1", "signal.interconnect_timeout", t, rank=0, evidence="EI0002")
+        sim.tick(t + 3)
+        sim.ranks_gone(t + 4)
+        sim.tick(t + 4)
+        sim.run_attempt(t + 5, step=100)
+        t += 100
+    sim = restarted(sim, t)
+    assert sim.record.state is JobState.RUNNING  # the ranks kept training through the daemon's restart
+    sim.event("a1", "signal.interconnect_timeout", t + 1, rank=0, evidence="EI0002")
+    sim.tick(t + 4)
+    last = decisions(sim)[-1]
+    assert (last["action"], last["rule"]) == ("failover", "ascend-unstable")

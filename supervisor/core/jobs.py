@@ -155,6 +155,10 @@ class JobRecord(msgspec.Struct, kw_only=True):
     no_capacity_reported: bool = False
     #: Per-rank failure fingerprints of the previous attempt (deterministic-failure check).
     fingerprints: dict[str, str] = {}
+    #: What the policy engine has counted for this job (incident roots fed to it) and which
+    #: signals each rule has used up: rebuilt after a daemon restart.
+    policy_signals: list[dict[str, Any]] = []
+    policy_consumed: dict[str, int] = {}
     #: The stop of the current attempt: its SIGTERM → SIGKILL grace, and whether it was sent.
     stop_grace: float = 30.0
     stop_sent: bool = False

@@ -148,6 +148,18 @@ class Jobs:
                 engine.restarts.append(float(decision["at"]))
         if record.failovers:
             engine.last_failover = record.failovers[-1].at
+        # The signals it counted (three HCCL timeouts before a daemon restart and one
+        # after must still cross a threshold of three) and what each rule has used up.
+        for saved in record.policy_signals:
+            try:
+                event = SignalEvent(signal=Signal(saved["signal"]), at=float(saved["at"]), job=record.id,
+                                    pool=saved.get("pool"), node=saved.get("node"), chip=saved.get("chip"),
+                                    rank=saved.get("rank"), evidence=str(saved.get("evidence", "")))
+            except (KeyError, ValueError, TypeError):
+                continue
+            engine._seq += 1
+            engine.history.append((engine._seq, event))
+        engine.consumed.update(record.policy_consumed)
         return _Live(engine, IncidentTracker(self.incident_window))
 
     # --- requests ----------------------------------------------------------------------
@@ -343,7 +355,10 @@ class Jobs:
                 self._decide(record, incident, now, out)
             step = getattr(self, f"_tick_{record.state.value}", None)
             if step is not None:
-                step(record, live, now, nodes, out)
+                try:
+                    step(record, live, now, nodes, out)
+                except Exception as exc:  # one job's bug (a reloaded policy without its pool) is not all jobs'
+                    out.event("job.tick_failed", job=record.id, state=record.state.value, error=repr(exc)[:500])
         return out
 
     def _tick_pending(self, record: JobRecord, live: _Live, now: Instant, nodes: Mapping[str, NodeRecord],
@@ -441,7 +456,15 @@ class Jobs:
     def _feed(self, record: JobRecord, event: SignalEvent, now: Instant, out: JobOutcome) -> None:
         live = self._live[record.id]
         health = self._pool_health_cache
-        for decision in live.policy.on_signal(event, health, now.wall):
+        decisions = live.policy.on_signal(event, health, now.wall)
+        # Persist what the engine counts, so a restarted daemon counts on from it.
+        record.policy_signals.append({k: v for k, v in {
+            "signal": event.signal.value, "at": event.at, "pool": event.pool, "node": event.node, "chip": event.chip,
+            "rank": event.rank, "evidence": event.evidence[:200]}.items() if v is not None})
+        del record.policy_signals[:-500]
+        record.policy_consumed = dict(live.policy.consumed)
+        out.records[record.id] = record
+        for decision in decisions:
             self._record_decision(record, decision, out)
             if not decision.blocked:
                 self._carry_out(record, decision, now, out)
