@@ -1,7 +1,7 @@
 """What the agent does when the daemon asks: one handler per command type.
 
-Commands arrive decoded and validated (`supervisor.shared.protocol`: `LaunchArgs`,
-`StopArgs`, `InjectArgs`, and the job commands `StartRanksArgs`, `StopRanksArgs`,
+Commands arrive decoded and validated (`supervisor.shared.protocol`: `InjectArgs`, and
+the job commands `StartRanksArgs`, `StopRanksArgs`,
 `CheckpointArgs`), so nothing here re-parses a dict. A handler either returns the
 Result's detail or raises `Refused` with a sentence for the operator; anything else it
 raises is a bug, which the agent logs as `agent.handler_failed` and reports as a refusal.
@@ -30,9 +30,7 @@ from supervisor.shared.protocol import (
     AnyCommandArgs,
     CheckpointArgs,
     InjectArgs,
-    LaunchArgs,
     StartRanksArgs,
-    StopArgs,
     StopRanksArgs,
 )
 from supervisor.shared.vocab import Accelerator, Fault
@@ -55,8 +53,6 @@ class CommandHandlers:
         self.monitor = monitor
         self.chip_probe = chip_probe
         self._handlers: dict[type, Callable[[Any], dict[str, Any]]] = {
-            LaunchArgs: self.launch,
-            StopArgs: self.stop,
             InjectArgs: self.inject,
             StartRanksArgs: self.start_ranks,
             StopRanksArgs: self.stop_ranks,
@@ -72,51 +68,6 @@ class CommandHandlers:
         return handler(args)
 
     # --- training ranks --------------------------------------------------------------
-
-    def launch(self, args: LaunchArgs) -> dict[str, Any]:
-        """Start a single-node job: `nproc` ranks of `argv`, rank i on chip i."""
-        limit = min(self.chips, MAX_RANKS_PER_NODE) if self.chips else MAX_RANKS_PER_NODE
-        if args.nproc > limit:
-            raise Refused(f"node {self.node} can run at most {limit} ranks of a job, not {args.nproc}")
-        if any(j == args.job for j, *_ in self.monitor.running()):
-            raise Refused(f"job {args.job!r} already runs on node {self.node}")
-        if args.cwd is not None and not Path(args.cwd).is_dir():
-            raise Refused(f"working directory {args.cwd!r} does not exist on node {self.node}")
-        try:
-            # The job name is validated at decode; this is the second line of defence for
-            # paths built from it: they stay under the work dir.
-            inside(self.work_dir / "logs", args.job)
-            default_ckpt = inside(self.work_dir / "checkpoints", args.job)
-        except PathEscape as exc:
-            raise Refused(str(exc)) from None
-        ckpt_dir = args.ckpt_dir or str(default_ckpt)
-        port = args.master_port or _free_port()
-        now = time.monotonic()
-        try:
-            for rank in range(args.nproc):
-                self.monitor.launch(self._spec(args, rank, port, ckpt_dir), now)
-        except OSError as exc:
-            self.monitor.request_stop(args.job, grace=0.0)  # no half-started job left behind
-            raise Refused(f"cannot start {args.argv[0]!r} on node {self.node}: {exc.strerror or exc}") from exc
-        log.info("job.ranks_started", job=args.job, ranks=args.nproc, argv=list(args.argv), ckpt_dir=ckpt_dir,
-                 logs=str(self.work_dir / "logs" / args.job))
-        return {"node": self.node, "job": args.job, "ranks": args.nproc, "ckpt_dir": ckpt_dir,
-                "pids": [r.pid for r in self.monitor.running() if r.job == args.job]}
-
-    def _spec(self, args: LaunchArgs, rank: int, port: int, ckpt_dir: str) -> RankSpec:
-        return RankSpec(
-            job=args.job, rank=rank, local_rank=rank, world_size=args.nproc, local_world_size=args.nproc,
-            argv=tuple(args.argv), master_addr="127.0.0.1", master_port=port,
-            accelerator=self.accelerator, chips=(rank,) if self.chips else (),
-            node=self.node, heartbeat=self.monitor.heartbeat_endpoint, ckpt_dir=ckpt_dir,
-            cwd=args.cwd, env={**args.env, **self._sim_env()},
-        )
-
-    def stop(self, args: StopArgs) -> dict[str, Any]:
-        asked = self.monitor.request_stop(args.job, args.grace)
-        if not asked:
-            raise Refused(f"no rank of job {args.job!r} runs on node {self.node}")
-        return {"node": self.node, "job": args.job, "ranks_asked": asked}
 
     # --- job attempts (the daemon's jobs) -----------------------------------------------
 

@@ -26,7 +26,7 @@ from supervisor.shared.protocol import (
     Register,
     Result,
     RunningRank,
-    StopArgs,
+    StopRanksArgs,
     decode,
     encode,
 )
@@ -228,7 +228,7 @@ def test_chip_health_changed_with_an_invalid_status_is_still_reported(cluster: C
 
 @pytest.mark.parametrize(
     "msg",
-    [ctl("status"), Ack(id="a", ts=0.0, ref="r"), Command(id="c", ts=0.0, args=StopArgs(job="j"))],
+    [ctl("status"), Ack(id="a", ts=0.0, ref="r"), Command(id="c", ts=0.0, args=StopRanksArgs(job="j"))],
     ids=["ctl", "ack", "command"],
 )
 def test_a_message_agents_never_send_is_refused_as_a_protocol_error(cluster: Cluster, msg: Any) -> None:

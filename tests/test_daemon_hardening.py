@@ -155,17 +155,11 @@ def test_inject_numbers_out_of_range_are_a_bad_request(cluster: Cluster, args: d
 
 
 @pytest.mark.parametrize("job", ["/tmp/x", "../../etc", "a/b", "Gpt", "x" * 64, ""])
-def test_launch_refuses_job_names_that_are_not_plain_lowercase_names(cluster: Cluster, job: str) -> None:
-    deliver(cluster, register("n1"), at(0))
-    reply = only_reply(cluster.on_ctl_request(CLIENT, ctl("launch", node="n1", job=job, argv=["x"]), at(1)))
+def test_jobs_refuse_names_that_are_not_plain_lowercase_names(cluster: Cluster, job: str) -> None:
+    spec = {"name": job, "command": ["x"], "workdir": "/w", "checkpoint_dir": "/c",
+            "pools": {"ascend": {"nodes": 1, "ranks_per_node": 1}}}
+    reply = only_reply(cluster.on_ctl_request(CLIENT, ctl("job_submit", spec=spec), at(1)))
     assert (reply.ok, reply.code) == (False, "bad_request")
-
-
-def test_launch_on_a_node_without_chips_is_bounded(cluster: Cluster) -> None:
-    deliver(cluster, register("cpu1", accelerator=Accelerator.CPU, chips=0), at(0))
-    reply = only_reply(cluster.on_ctl_request(CLIENT, ctl("launch", node="cpu1", job="j2", argv=["x"], nproc=100_000),
-                                              at(1)))
-    assert (reply.ok, reply.code) == (False, "bad_request") and "1 to 256" in reply.error
 
 
 @pytest.mark.parametrize("name", ["..", ".", "/abs", "a/../../b", "", "x\0y"])

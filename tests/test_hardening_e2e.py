@@ -120,11 +120,11 @@ def test_a_malformed_command_is_refused_with_a_result_naming_the_field(tmp_path,
     cluster.start_agent("n1", "sim-ascend", 2)
     fake.receive(Register)
     bad = msgspec.msgpack.encode({"v": 1, "type": "command", "id": "cmd-bad", "ts": time.time(),
-                                  "args": {"kind": "launch", "job": "gpt", "argv": ["x"], "nproc": "many"}})
+                                  "args": {"kind": "start_ranks", "job": "gpt", "attempt": "many"}})
     fake.send_raw(bad)
     result = fake.receive(Result)
     assert result.ref == "cmd-bad" and not result.ok
-    assert "malformed command" in result.error and "$.args.nproc" in result.error
+    assert "malformed command" in result.error and "$.args.attempt" in result.error
     # The agent is still serving: a valid command gets its answer.
     from supervisor.shared.protocol import Command, InjectArgs
     from supervisor.shared.vocab import Fault

@@ -25,14 +25,12 @@ from supervisor.shared.protocol import (
     Heartbeat,
     HostStatus,
     InjectArgs,
-    LaunchArgs,
     ProtocolError,
     RankAssignment,
     Register,
     Result,
     RunningRank,
     StartRanksArgs,
-    StopArgs,
     StopRanksArgs,
     command_ref,
     decode,
@@ -108,7 +106,7 @@ MINIMAL: list[AnyMessage] = [
              agent_version="", agent_instance="", hostname="", pid=1),
     Heartbeat(id="h", ts=0.0, node="n", seq=0, agent_instance="", chips=(), host=HostStatus(health=Health.UNKNOWN)),
     Event(id="e", ts=0.0, node="n", name="signal.crash", observed_at=1_700_000_000.0),
-    Command(id="c", ts=0.0, args=StopArgs(job="j")),
+    Command(id="c", ts=0.0, args=StopRanksArgs(job="j")),
     Ack(id="a", ts=0.0, ref="r"),
     Result(id="s", ts=0.0, node="n", ref="c", ok=True),
     CtlRequest(id="q", ts=0.0, verb="status"),
@@ -162,8 +160,7 @@ def test_decode_accepts_a_memoryview(message: AnyMessage) -> None:
     assert decode(memoryview(encode(message))) == message
 
 
-COMMANDS = [InjectArgs(fault=Fault.HANG), StopArgs(job="gpt", grace=5.0),
-            LaunchArgs(job="gpt", argv=("python", "-m", "x"), nproc=2, env={"A": "1"}, master_port=29500),
+COMMANDS = [InjectArgs(fault=Fault.HANG),
             StartRanksArgs(job="gpt", attempt=3, argv=("python",), ranks=(RankAssignment(rank=2, local_rank=0, chips=(1,)),),
                            world_size=4, local_world_size=1, master_addr="10.0.0.1", ckpt_dir="/ckpt/gpt",
                            master_port=29511, hang_timeout=30.0),
@@ -177,14 +174,19 @@ def test_every_command_kind_round_trips() -> None:
         assert decoded.args == args and decoded.kind == args.kind
 
 
+START = {"kind": "start_ranks", "job": "gpt", "attempt": 1, "argv": ["x"], "ranks": [{"rank": 0, "local_rank": 0}],
+         "world_size": 1, "local_world_size": 1, "master_addr": "127.0.0.1", "ckpt_dir": "/ck"}
+
+
 @pytest.mark.parametrize("args, field", [
-    ({"kind": "launch", "job": "gpt", "argv": []}, "$.args.argv"),
-    ({"kind": "launch", "job": "../../etc", "argv": ["x"]}, "$.args.job"),
-    ({"kind": "launch", "job": "gpt", "argv": ["x"], "nproc": 100000}, "$.args.nproc"),
-    ({"kind": "launch", "job": "gpt", "argv": ["x"], "bogus": 1}, "bogus"),
+    ({**START, "argv": []}, "$.args.argv"),
+    ({**START, "job": "../../etc"}, "$.args.job"),
+    ({**START, "ranks": [{"rank": i, "local_rank": 0} for i in range(300)]}, "$.args.ranks"),
+    ({**START, "bogus": 1}, "bogus"),
+    ({**START, "cwd": "/tmp/\x00x"}, "$.args.cwd"),
     ({"kind": "inject", "fault": "melt"}, "$.args.fault"),
     ({"kind": "inject", "fault": "ok", "count": 10**18}, "$.args.count"),
-    ({"kind": "stop", "job": "gpt", "grace": float("inf")}, "$.args.grace"),
+    ({"kind": "stop_ranks", "job": "gpt", "grace": float("inf")}, "$.args.grace"),
     ({"kind": "drain"}, "kind"),
 ])
 def test_a_malformed_command_is_invalid_naming_the_field_and_keeps_its_ref(args: dict, field: str) -> None:

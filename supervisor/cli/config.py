@@ -32,7 +32,9 @@ DEFAULT_PATH = Path(DEFAULT_CONFIG_PATH)
 
 #: The commands that take `--ctl` from the [cli] section; click's default_map is keyed by
 #: command, nested for groups.
-CTL_COMMANDS = (("status",), ("inject",), ("launch",), ("stop",), ("node", "forget"), ("policy", "show"))
+CTL_COMMANDS = (("status",), ("inject",), ("events",), ("node", "forget"), ("node", "drain"), ("node", "undrain"),
+                ("job", "submit"), ("job", "list"), ("job", "show"), ("job", "stop"), ("job", "failover"),
+                ("job", "report"), ("policy", "show"))
 
 
 class ConfigError(Exception):

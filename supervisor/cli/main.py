@@ -574,49 +574,6 @@ def policy_show(ctl: str, timeout: float, directory: Path | None, as_json: bool)
         print_policies(result)
 
 
-@main.command()
-@ctl_option
-@timeout_option
-@click.argument("node")
-@click.argument("job")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True, help="Ranks to start (rank i uses chip i).")
-@click.option("--ckpt-dir", default=None, help="Checkpoint directory (default: the agent's work dir /checkpoints/JOB).")
-@click.option("--cwd", default=None, help="Working directory of the ranks on the node.")
-@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
-def launch(ctl: str, timeout: float, node: str, job: str, nproc: int, ckpt_dir: str | None, cwd: str | None, argv: tuple[str, ...]) -> None:
-    """Start JOB on NODE: NPROC ranks of ARGV (write `--` before the command).
-
-    \b
-    trainguard launch node-1 gpt --nproc 2 -- python examples/train_gpt.py --steps 500
-    """
-    from supervisor.cli.client import ClientError, request
-
-    args = {"node": node, "job": job, "argv": list(argv), "nproc": nproc, "ckpt_dir": ckpt_dir, "cwd": cwd}
-    try:
-        result = request(ctl, "launch", args, timeout=timeout)
-    except ClientError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"started {result['ranks']} rank(s) of {job} on {node} (pids {', '.join(map(str, result['pids']))}); "
-               f"checkpoints in {result['ckpt_dir']}")
-
-
-@main.command()
-@ctl_option
-@timeout_option
-@click.argument("node")
-@click.argument("job")
-@click.option("--grace", type=DURATION, default="30s", show_default=True, help="Time for a final checkpoint before SIGKILL.")
-def stop(ctl: str, timeout: float, node: str, job: str, grace: float) -> None:
-    """Stop JOB's ranks on NODE: SIGTERM (final checkpoint), SIGKILL after --grace."""
-    from supervisor.cli.client import ClientError, request
-
-    try:
-        result = request(ctl, "stop", {"node": node, "job": job, "grace": grace}, timeout=timeout)
-    except ClientError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"asked {result['ranks_asked']} rank(s) of {job} on {node} to stop (SIGKILL after {grace:g}s)")
-
-
 @main.group()
 def config() -> None:
     """Inspect the configuration (file, environment, defaults)."""

@@ -26,16 +26,12 @@ from supervisor.shared import __version__
 from supervisor.shared.clock import Instant
 from supervisor.shared.protocol import (
     JOB_NAME_PATTERN,
-    MAX_RANKS_PER_NODE,
     AnyCommandArgs,
     ChipIndex,
     CtlRequest,
     InjectArgs,
-    JobName,
-    LaunchArgs,
     NodeId,
     Seconds,
-    StopArgs,
 )
 from supervisor.shared.vocab import Fault, Health, NodeState
 
@@ -238,63 +234,6 @@ def _up_node(cluster: "ClusterView", node: str) -> Any:
     return record
 
 
-class _LaunchParams(msgspec.Struct, forbid_unknown_fields=True):
-    node: NodeId
-    job: JobName
-    argv: list[str]
-    nproc: int = 1
-    ckpt_dir: str | None = None
-    cwd: str | None = None
-    env: dict[str, str] = {}
-
-
-@_register
-class Launch(Verb):
-    """Start `nproc` ranks of a command on one node, as a single-node job: the agent
-    gives them a torchrun environment and their chips, watches them (crash, hang, log
-    faults) and reports what it sees as `signal.*` events. (The job lifecycle across
-    nodes, with restarts and failover, builds on this.)"""
-
-    name = "launch"
-    Params = _LaunchParams
-
-    def execute(self, cluster: "ClusterView", params: _LaunchParams, now: Instant) -> Any:
-        record = _up_node(cluster, params.node)
-        limit = min(len(record.chips), MAX_RANKS_PER_NODE) if record.chips else MAX_RANKS_PER_NODE
-        if not 1 <= params.nproc <= limit:
-            what = f"{len(record.chips)} chips" if record.chips else "no chips"
-            raise CtlError(f"node {params.node!r} has {what}; it can run 1 to {limit} ranks of a job, not {params.nproc}",
-                           "bad_request")
-        if any(r.job == params.job for r in record.running):
-            raise CtlError(f"job {params.job!r} already runs on node {params.node!r}", "busy")
-        args = msgspec.to_builtins(params)
-        del args["node"]
-        try:
-            command = msgspec.convert(args, LaunchArgs)
-        except msgspec.ValidationError as exc:
-            raise CtlError(f"launch: {exc}", "bad_request") from None
-        return SendCommand(params.node, command)
-
-
-class _StopParams(msgspec.Struct, forbid_unknown_fields=True):
-    node: NodeId
-    job: JobName
-    grace: Seconds = 30.0
-
-
-@_register
-class Stop(Verb):
-    """Stop a job's ranks on a node: SIGTERM (the runtime takes a final checkpoint),
-    then SIGKILL of whatever is left after `grace` seconds."""
-
-    name = "stop"
-    Params = _StopParams
-
-    def execute(self, cluster: "ClusterView", params: _StopParams, now: Instant) -> Any:
-        _up_node(cluster, params.node)
-        return SendCommand(params.node, StopArgs(job=params.job, grace=params.grace))
-
-
 class _InjectParams(msgspec.Struct, forbid_unknown_fields=True):
     node: NodeId
     fault: Fault
@@ -386,11 +325,14 @@ class JobSubmit(Verb):
     Params = _SubmitParams
 
     def execute(self, cluster: "ClusterView", params: _SubmitParams, now: Instant) -> Any:
+        spec = params.spec
+        if not re.match(JOB_NAME_PATTERN, spec.name):
+            raise CtlError(f"job name {spec.name[:80]!r}: use lower-case letters, digits, '.', '_' and '-', starting "
+                           "with a letter or digit, at most 63", "bad_request")
+        if not spec.command:
+            raise CtlError("a job needs a command", "bad_request")
         if cluster.policies is None:
             raise CtlError("this daemon was started without --policy-dir: no policy to run a job under", "no_policies")
-        spec = params.spec
-        if not spec.command or not re.match(JOB_NAME_PATTERN, spec.name):
-            raise CtlError("a job needs a valid name and a command", "bad_request")
         outcome = _jobs_call(cluster.jobs.submit, spec, now)
         job = next(iter(outcome.records))
         return Acted({"job": job}, outcome)

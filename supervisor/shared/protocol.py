@@ -214,25 +214,6 @@ class InjectArgs(CommandArgs, tag="inject"):
     count: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
 
 
-class LaunchArgs(CommandArgs, tag="launch"):
-    """Start `nproc` ranks of `argv` on this node as a single-node job."""
-
-    job: JobName
-    argv: Annotated[tuple[Arg, ...], msgspec.Meta(min_length=1, max_length=4096)]
-    nproc: Annotated[int, msgspec.Meta(ge=1, le=MAX_RANKS_PER_NODE)] = 1
-    ckpt_dir: PathText | None = None
-    cwd: PathText | None = None
-    env: Annotated[dict[EnvName, EnvValue], msgspec.Meta(max_length=1024)] = {}
-    master_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
-
-
-class StopArgs(CommandArgs, tag="stop"):
-    """Stop a job's ranks: SIGTERM, then SIGKILL after `grace` seconds."""
-
-    job: JobName
-    grace: Seconds = 30.0
-
-
 Attempt = Annotated[int, msgspec.Meta(ge=1, lt=1 << 31)]
 
 
@@ -287,7 +268,7 @@ class CheckpointArgs(CommandArgs, tag="checkpoint"):
     attempt: Attempt
 
 
-AnyCommandArgs = Union[InjectArgs, LaunchArgs, StopArgs, StartRanksArgs, StopRanksArgs, CheckpointArgs]
+AnyCommandArgs = Union[InjectArgs, StartRanksArgs, StopRanksArgs, CheckpointArgs]
 
 
 class Command(Message, tag="command"):
