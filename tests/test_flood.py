@@ -66,7 +66,7 @@ def test_descriptors_run_out_is_reported_and_the_ipc_control_listener_closed_unt
             assert _becomes(ctl, listening=False)
             listing[0] = int(limit * 0.4)
             daemon._check_descriptors()
-        assert [(e["event"], e["used"], e["control"]) for e in logs] == [
+        assert [(e["event"], e["used"], e["control"]) for e in logs if e["event"].startswith("daemon.descr")] == [
             ("daemon.descriptors_low", limit, "paused"),
             ("daemon.descriptors_ok", int(limit * 0.4), "served"),
         ]
@@ -103,3 +103,23 @@ def test_running_out_of_descriptors_does_not_empty_the_allow_list(tmp_path, monk
     assert allow.refresh() and sorted(allow.keys.values()) == ["n1.key"]  # read once it can
     (agents / "n1.key").unlink()
     assert allow.refresh() and allow.keys == {}  # a key really removed is still removed
+
+
+def test_memory_is_handed_back_once_a_thousand_descriptors_have_closed(tmp_path, monkeypatch):
+    daemon = Daemon(DaemonConfig(bind=free_tcp_endpoint(), ctl=free_tcp_endpoint(), state_dir=tmp_path / "state",
+                                 insecure=True))
+    released: list[int] = []
+    counts = iter([20, 3_000, 2_500, 1_900, 1_950, 900])
+    monkeypatch.setattr(loop.os, "listdir", lambda path: ["0"] * next(counts))
+    monkeypatch.setattr(loop, "_release_freed_memory", lambda: released.append(1))
+    try:
+        with capture_logs() as logs:
+            for _ in range(6):
+                daemon._check_descriptors()
+        # 3,000 -> 1,900: released once; 1,950 -> 900 is another thousand closed.
+        assert [(e["descriptors_closed"], e["used"]) for e in logs if e["event"] == "daemon.memory_released"] == [
+            (1_100, 1_900), (1_050, 900)]
+        assert len(released) == 2
+    finally:
+        daemon.close()
+    loop._release_freed_memory()  # the real one: harmless to call at any time
