@@ -231,12 +231,13 @@ class LocalCluster:
 class IdleFlood:
     """`count` raw TCP connections to `endpoint` that never send a byte: what a peer that
     opens connections and never authenticates looks like to the daemon. Connections are
-    opened without blocking (past the daemon's accept backlog the kernel keeps retrying
-    the SYN); `poll` reads and discards what the daemon sends (its ZMTP greeting) and
-    notes each connection the daemon closes. The caller's descriptor limit must allow
-    `count` more descriptors (see `raise_own_descriptor_limit`)."""
+    opened without blocking, `per_second` at most (a burst much larger than the daemon's
+    listen backlog leaves the client believing in connections whose final ACK the
+    server's kernel dropped); `poll` reads and discards what the daemon sends (its ZMTP
+    greeting) and notes each connection the daemon closes. The caller's descriptor limit
+    must allow `count` more descriptors (see `raise_own_descriptor_limit`)."""
 
-    def __init__(self, endpoint: str, count: int) -> None:
+    def __init__(self, endpoint: str, count: int, per_second: float | None = None) -> None:
         host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
         self.count = count
         self.started = time.monotonic()
@@ -244,7 +245,12 @@ class IdleFlood:
         self.failed = 0  # never connected (refused, timed out)
         self.all_dropped_at: float | None = None
         self._selector = selectors.DefaultSelector()
-        for _ in range(count):
+        self._opening = True
+        for i in range(count):
+            if per_second is not None:
+                # Pacing, not waiting for a condition: drain replies until this one is due.
+                while (due := self.started + i / per_second - time.monotonic()) > 0:
+                    self.poll(due)
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
             code = sock.connect_ex((host, int(port)))
@@ -253,6 +259,7 @@ class IdleFlood:
                 self.failed += 1
                 continue
             self._selector.register(sock, selectors.EVENT_READ)
+        self._opening = False
 
     @property
     def open(self) -> int:
@@ -274,7 +281,7 @@ class IdleFlood:
                 self.failed += 1
             self._selector.unregister(sock)
             sock.close()  # type: ignore[union-attr]
-        if not self.open and self.all_dropped_at is None:
+        if not self.open and not self._opening and self.all_dropped_at is None:
             self.all_dropped_at = time.monotonic()
         return self.open
 
