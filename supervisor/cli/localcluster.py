@@ -7,8 +7,11 @@ across restarts); `wait_for` polls a condition against a deadline instead of sle
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import resource
+import selectors
 import signal
 import socket
 import subprocess
@@ -94,19 +97,27 @@ class LocalCluster:
 
     # --- processes -----------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None,
+               descriptor_limit: int | None = None) -> Proc:
         log_path = self.root / "logs" / f"{name}.log"
         argv = [sys.executable, "-m", "supervisor", "--log-format", self.log_format, *args]
         proc = Proc(name, argv, log_path)
+        limit = None
+        if descriptor_limit is not None:
+            # Soft and hard both: the daemon raises its soft limit to the hard one (as it
+            # does to a unit's LimitNOFILE), so this is the limit it will really have.
+            def limit() -> None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (descriptor_limit, descriptor_limit))
         with open(log_path, "ab") as log:
             proc.popen = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env={**os.environ, **env} if env else None,
+                env={**os.environ, **env} if env else None, preexec_fn=limit,
             )
         self.procs[name] = proc
         return proc
 
-    def start_daemon(self, *extra: str, env: dict[str, str] | None = None) -> Proc:
+    def start_daemon(self, *extra: str, env: dict[str, str] | None = None,
+                     descriptor_limit: int | None = None) -> Proc:
         return self._spawn(
             "daemon",
             [
@@ -120,6 +131,7 @@ class LocalCluster:
                 *extra,
             ],
             env,
+            descriptor_limit,
         )
 
     def start_agent(self, node: str, accelerator: str = "sim-ascend", chips: int = 4, *extra: str,
@@ -215,3 +227,74 @@ class LocalCluster:
             e for e in self.events(name)
             if e.get("event") == event and all(e.get(k) == v for k, v in match.items())
         ]
+
+
+class IdleFlood:
+    """`count` raw TCP connections to `endpoint` that never send a byte: what a peer that
+    opens connections and never authenticates looks like to the daemon. Connections are
+    opened without blocking, `per_second` at most (a burst much larger than the daemon's
+    listen backlog leaves the client believing in connections whose final ACK the
+    server's kernel dropped); `poll` reads and discards what the daemon sends (its ZMTP
+    greeting) and notes each connection the daemon closes. The caller's descriptor limit
+    must allow `count` more descriptors (see `raise_own_descriptor_limit`)."""
+
+    def __init__(self, endpoint: str, count: int, per_second: float | None = None) -> None:
+        host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+        self.count = count
+        self.started = time.monotonic()
+        self.dropped = 0  # closed by the daemon: EOF or reset
+        self.failed = 0  # never connected (refused, timed out)
+        self.all_dropped_at: float | None = None
+        self._selector = selectors.DefaultSelector()
+        self._opening = True
+        for i in range(count):
+            if per_second is not None:
+                # Pacing, not waiting for a condition: drain replies until this one is due.
+                while (due := self.started + i / per_second - time.monotonic()) > 0:
+                    self.poll(due)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            code = sock.connect_ex((host, int(port)))
+            if code not in (0, errno.EINPROGRESS):
+                sock.close()
+                self.failed += 1
+                continue
+            self._selector.register(sock, selectors.EVENT_READ)
+        self._opening = False
+
+    @property
+    def open(self) -> int:
+        return len(self._selector.get_map())
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Take in what arrived within `timeout` seconds; returns how many are still open."""
+        for key, _ in self._selector.select(timeout):
+            sock = key.fileobj
+            try:
+                if sock.recv(4096):  # type: ignore[union-attr]
+                    continue
+                self.dropped += 1
+            except (BlockingIOError, InterruptedError):
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                self.dropped += 1
+            except OSError:
+                self.failed += 1
+            self._selector.unregister(sock)
+            sock.close()  # type: ignore[union-attr]
+        if not self.open and not self._opening and self.all_dropped_at is None:
+            self.all_dropped_at = time.monotonic()
+        return self.open
+
+    def close(self) -> None:
+        for key in list(self._selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._selector.close()
+
+
+def raise_own_descriptor_limit(needed: int) -> None:
+    """Let this process hold `needed` descriptors, up to its hard limit (a test or a
+    benchmark that opens thousands of connections)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else min(needed, hard), hard))

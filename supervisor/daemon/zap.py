@@ -7,6 +7,7 @@ event with the peer's address. Key files themselves are `supervisor.shared.keys`
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,24 +31,35 @@ class AllowList:
         self.problems: list[str] = []
 
     def refresh(self) -> bool:
-        """Reload if any file changed; True when the list was (re)loaded."""
+        """Reload if any file changed; True when the list was (re)loaded. A process out
+        of descriptors (a connection flood) can neither list the directory nor open a
+        key: that keeps the list in force and tries again next time, rather than reading
+        as "no keys" and cutting every node off."""
         try:
             files = sorted(self.directory.glob("*.key"))
             fingerprint = tuple((f.name, f.stat().st_mtime) for f in files)
-        except OSError:
+        except OSError as exc:
+            if _out_of_descriptors(exc):
+                return False
             files, fingerprint = [], ()
         if fingerprint == self._fingerprint:
             return False
-        self._fingerprint = fingerprint
         keys: dict[bytes, str] = {}
         problems = []
         for f in files:
             try:
                 keys[load_public(f)] = f.name
             except KeyError_ as exc:
+                if _out_of_descriptors(exc.__context__):
+                    return False
                 problems.append(str(exc))
+        self._fingerprint = fingerprint
         self.keys, self.problems = keys, problems
         return True
+
+
+def _out_of_descriptors(exc: BaseException | None) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
 
 
 @dataclass(frozen=True)
