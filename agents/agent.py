@@ -121,11 +121,10 @@ class Agent:
         self._ctx = zmq.Context.instance()
         self._reconnect_at: float | None = None
         self._auth_failures = 0
-        self.sock = self._connect()
         # libzmq does not retry a handshake the daemon refused: watch for that and
         # reconnect ourselves, so that allow-listing this node's key later works, and so
         # that an agent without a key facing a secure daemon says so.
-        self._sock_monitor = self.sock.get_monitor_socket(_HANDSHAKE_FAILURES)
+        self.sock, self._sock_monitor = self._connect()
         self._poller = self._make_poller()
 
     @property
@@ -136,8 +135,7 @@ class Agent:
         self.sock.disable_monitor()
         self._sock_monitor.close(linger=0)
         self.sock.close(linger=0)
-        self.sock = self._connect()
-        self._sock_monitor = self.sock.get_monitor_socket(_HANDSHAKE_FAILURES)
+        self.sock, self._sock_monitor = self._connect()
         self._poller = self._make_poller()
 
     def _on_handshake_failure(self, now: float) -> None:
@@ -160,7 +158,9 @@ class Agent:
                       reason=reason, action=action)
         self._reconnect_at = now + 5.0
 
-    def _connect(self) -> zmq.Socket:
+    def _connect(self) -> tuple[zmq.Socket, zmq.Socket]:
+        """The DEALER socket and its handshake-failure monitor, attached before connecting
+        (a handshake refused at once would otherwise go unseen)."""
         sock = self._ctx.socket(zmq.DEALER)
         if self.config.keys_dir is not None:
             try:
@@ -183,12 +183,15 @@ class Agent:
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2_000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6_000)
         sock.setsockopt(zmq.MAXMSGSIZE, 4 * 1024 * 1024)
+        monitor = sock.get_monitor_socket(_HANDSHAKE_FAILURES)
         try:
             sock.connect(self.config.daemon)
         except zmq.ZMQError as exc:
+            sock.disable_monitor()
+            monitor.close(linger=0)
             sock.close()
             raise AgentError(f"cannot connect to daemon endpoint {self.config.daemon}: {exc}") from exc
-        return sock
+        return sock, monitor
 
     # --- main loop -----------------------------------------------------------------
 
