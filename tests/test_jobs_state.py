@@ -119,9 +119,10 @@ def test_a_restart_that_redoes_steps_costs_the_redone_and_the_down_time() -> Non
     first = attempt(1, [(s, T0 + 10 * s) for s in range(61)], resumed_from=0)
     second = attempt(2, [(s, T0 + 650 + 10 * (s - 50)) for s in range(51, 101)], resumed_from=50)
     rec = record(attempt=2, attempts=[first, second], first_started_at=T0)
-    # kept: attempt 1 up to step 50 (500 s) + attempt 2 from its first sample (490 s)
-    assert kept_seconds(rec, T0 + 1150) == pytest.approx(500 + 490)
-    assert ettr(rec, T0 + 1150) == pytest.approx(990 / 1150, abs=1e-4)
+    # kept: attempt 1's steps 1..50 (500 s) + attempt 2's steps 51..100 (500 s), each at
+    # its attempt's measured 10 s a step
+    assert kept_seconds(rec, T0 + 1150) == pytest.approx(500 + 500)
+    assert ettr(rec, T0 + 1150) == pytest.approx(1000 / 1150, abs=1e-4)
     assert ettr(rec, T0 + 1150) < 1.0
 
 

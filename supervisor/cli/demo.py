@@ -168,6 +168,7 @@ def _faults(run: Run) -> None:
         job = run.show()
         node = job["nodes"][0]
         step = job["step"] or 0
+        attempt_before = job["attempt"]
         run.console.print(f"[bold]inject[/] {fault} on {node} chip 0 at step {step}: {what}")
         injected = time.time()
         _inject(run, node, fault)
@@ -182,12 +183,13 @@ def _faults(run: Run) -> None:
         run.console.print(f"  detected as [bold]{escape(incident['signal'])}[/] on {escape(str(incident.get('node')))} "
                           f"after {record.detected_at - injected:.1f}s → rule [bold]{escape(str(record.rule))}[/]: "
                           f"{escape(str(record.action))}", highlight=False)
-        job = wait_for(lambda: (j := run.show())["state"] == "running" and j["attempt"] > 0 and
-                       (j["step"] or 0) > 0 and j["state_since"] > injected and j, 120, "the job to train again")
-        record.recovered_at = job["state_since"]
+        # Recovered: a new attempt has completed a step past the checkpoint it resumed from.
+        job = wait_for(lambda: (j := run.show())["state"] == "running" and j["attempt"] > attempt_before
+                       and j["attempt_step"] is not None and j, 120, "the job to train again")
+        record.recovered_at = time.time()
         where = f"on {job['pool']} ({', '.join(job['nodes'])})"
         run.console.print(f"  training again {where} after {record.recovered_at - injected:.1f}s, attempt "
-                          f"{job['attempt']}, from the checkpoint at step {job['last_checkpoint_step']}\n", highlight=False)
+                          f"{job['attempt']}, resumed from the checkpoint at step {job['resumed_from']}\n", highlight=False)
         _wait_progress(run, (job["step"] or 0) + 15, "the job to make progress")
 
 

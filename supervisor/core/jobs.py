@@ -189,24 +189,20 @@ class JobRecord(msgspec.Struct, kw_only=True):
 
 
 def kept_seconds(record: JobRecord, now: float) -> float:
-    """Wall time spent on steps that were kept: in each attempt, from its first reported
-    step to the step the next attempt resumed from (all of it for the last attempt)."""
+    """Wall time spent on steps that were kept: for each attempt, the steps from the
+    checkpoint it resumed from to the checkpoint the next attempt resumed from (all of its
+    steps, for the last attempt), at the attempt's own measured time per step."""
     total = 0.0
     attempts = record.attempts
     for i, attempt in enumerate(attempts):
-        if not attempt.progress:
-            continue
-        nxt = attempts[i + 1] if i + 1 < len(attempts) else None
-        keep_to = nxt.resumed_from if nxt is not None else None
         samples = attempt.progress
-        start_step, start_at = samples[0]
-        if nxt is None:  # the last attempt: every step it made is kept
-            total += max(0.0, samples[-1][1] - start_at)
+        if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
             continue
-        if keep_to is None or keep_to <= start_step:
-            continue
-        end_at = _time_of_step(samples, keep_to)
-        total += max(0.0, end_at - start_at)
+        per_step = (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
+        nxt = attempts[i + 1] if i + 1 < len(attempts) else None
+        last = samples[-1][0] if nxt is None or nxt.resumed_from is None else min(samples[-1][0], nxt.resumed_from)
+        kept = last - (attempt.resumed_from or 0)
+        total += max(0, kept) * per_step
     return total
 
 
@@ -262,6 +258,9 @@ def job_view(record: JobRecord, now: float) -> dict[str, Any]:
         "reason": record.reason,
         "waiting_for": record.waiting_for if record.state is JobState.PENDING else None,
         "world_size": current.world_size if current else None,
+        # The current attempt's own progress: its first step after resuming shows here.
+        "attempt_step": current.progress[-1][0] if current and current.progress else None,
+        "resumed_from": current.resumed_from if current else None,
         "master": f"{current.master_addr}:{current.master_port}" if current and current.master_port else None,
         "policy": record.spec.policy,
         "command": list(record.spec.command),

@@ -328,14 +328,14 @@ class Jobs:
             key = f"{node}/{rank}"
             if key not in current.alive and key not in current.exited:
                 current.alive.append(key)
-            if rank == 0 and step is not None:
+            # Step 0 (or one below the checkpoint the attempt resumed from) is a rank
+            # still loading: not progress.
+            if rank == 0 and step is not None and step > (current.resumed_from or 0):
                 # A new attempt's first step is sampled even when the old attempt ended on it.
                 if record.step != step or not current.progress:
                     record.step = step
                     if loss is not None:
                         record.loss = loss
-                    if current.resumed_from is None:
-                        current.resumed_from = max(0, step - 1) if record.attempt > 1 else 0
                     _sample(current, step, now.wall)
                     out.records[record.id] = record
             if record.state is JobState.STARTING:
@@ -535,7 +535,12 @@ class Jobs:
         record.next_action = what
         record.target_pool = to_pool
         record.target_rule = rule if what == "failover" else None
-        record.checkpoint_wanted = bool(checkpoint_first and record.state is JobState.RUNNING)
+        # A checkpoint first only if every rank still answers: after a rank died (the
+        # usual reason to fail over) its peers cannot agree on a step; the newest
+        # complete checkpoint is then the one to resume from.
+        current = record.current
+        answering = current is not None and not current.exited and len(current.alive) >= current.rank_count()
+        record.checkpoint_wanted = bool(checkpoint_first and record.state is JobState.RUNNING and answering)
         record.checkpoint_asked_at = None
         record.stop_grace = grace if grace is not None else DEFAULT_STOP_GRACE
         record.stop_sent = False
@@ -641,6 +646,9 @@ class Jobs:
         record.attempt += 1
         attempt = Attempt(
             number=record.attempt, pool=placed.pool, world_size=placed.world_size, created_at=now.wall,
+            # The ranks resume from the newest checkpoint the daemon heard of (a corrupt
+            # one is skipped by the runtime for the one before: ETTR is then a little high).
+            resumed_from=record.last_checkpoint_step or 0,
             master_addr=placed.master.address,
             nodes=[NodeAttempt(node=n.node, address=n.address, ranks=n.ranks) for n in placed.nodes],
         )
