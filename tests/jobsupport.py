@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -110,8 +111,16 @@ def reference_losses(directory: Path, steps: int, nproc: int = 2) -> dict[int, f
     metrics = directory / "reference.jsonl"
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINGUARD_")}
-    subprocess.run([str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "agents.examples.train_gpt",
-                    *TRAIN[3:], "--steps", str(steps), "--checkpoint-every", "0", "--ckpt-dir",
-                    str(directory / "ref-ckpt"), "--metrics", str(metrics)],
-                   check=True, cwd=directory, env=env, timeout=240, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m",
+                             "agents.examples.train_gpt", *TRAIN[3:], "--steps", str(steps), "--checkpoint-every", "0",
+                             "--ckpt-dir", str(directory / "ref-ckpt"), "--metrics", str(metrics)],
+                            cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        # Every step's loss written is all the reference is for; how its processes exit is not.
+        wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= steps, 240, "the reference run")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     return losses(metrics)

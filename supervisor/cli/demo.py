@@ -276,14 +276,26 @@ def _reference(run: Run) -> dict[int, float]:
          "--checkpoint-every", "0", "--ckpt-dir", str(out / "ckpt"), "--metrics", str(metrics)],
         cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        code = reference.wait(timeout=300)
-    finally:  # interrupted or timed out: its whole process group goes, torchrun's workers too
+        # Done when every step's loss is written: what the process does after that (its
+        # exit) is not the reference's business, and must not keep the demo waiting.
+        wait_for(lambda: reference.poll() not in (None, 0) and _raise(f"the reference run failed "
+                 f"(exit {reference.returncode})") or _steps_written(metrics) >= STEPS, 300, "the reference run")
+    finally:  # finished, interrupted or timed out: its whole process group goes
         if reference.poll() is None:
             os.killpg(reference.pid, signal.SIGKILL)
-            reference.wait()
-    if code != 0:
-        raise subprocess.SubprocessError(f"the fault-free reference run failed (exit {code})")
+        reference.wait()
     return {w["step"]: w["loss"] for w in map(json.loads, metrics.read_text().splitlines())}
+
+
+def _steps_written(metrics: Path) -> int:
+    try:
+        return len(metrics.read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def _raise(message: str) -> bool:
+    raise subprocess.SubprocessError(message)
 
 
 def _delta(a: float | None, b: float | None) -> float | None:

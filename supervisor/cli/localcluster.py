@@ -160,21 +160,32 @@ class LocalCluster:
             proc.popen.wait(timeout=10)  # type: ignore[union-attr]
 
     def stop_all(self, grace: float = 5.0) -> None:
-        """SIGTERM everything, SIGKILL what has not exited after `grace` seconds. Training
-        ranks outlive their agent by design (KillMode=process); on this throwaway local
-        cluster they are killed too, so that nothing keeps running after the demo or a test."""
+        """Stop everything this cluster started, training ranks included: they outlive
+        their agent by design (KillMode=process), but on this throwaway local cluster
+        nothing may keep running after the demo or a test. The daemon and agents are
+        frozen first (SIGSTOP), so no rank can be started while the ranks are collected;
+        ranks that an agent SIGKILLed earlier left orphaned are found by the simulated
+        chips they were told about (their environment points into this cluster's root)."""
         import psutil
 
-        ranks: list[psutil.Process] = []
-        for proc in self.procs.values():
-            if proc.alive():
-                try:
-                    ranks += psutil.Process(proc.pid).children(recursive=True)
-                except psutil.Error:
-                    pass
-        for proc in self.procs.values():
-            if proc.alive():
-                proc.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        alive = [proc for proc in self.procs.values() if proc.alive()]
+        for proc in alive:
+            os.kill(proc.pid, signal.SIGSTOP)
+        ranks: dict[int, psutil.Process] = {}
+        for proc in alive:
+            try:
+                ranks.update((c.pid, c) for c in psutil.Process(proc.pid).children(recursive=True))
+            except psutil.Error:
+                pass
+        ranks.update(_processes_of(self.root))
+        for rank in ranks.values():
+            try:
+                rank.kill()  # psutil checks the process is still the one it saw
+            except psutil.Error:
+                pass
+        for proc in alive:
+            os.kill(proc.pid, signal.SIGTERM)
+            os.kill(proc.pid, signal.SIGCONT)
         deadline = time.monotonic() + grace
         for proc in self.procs.values():
             if proc.popen is None:
@@ -184,11 +195,6 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 proc.popen.kill()
                 proc.popen.wait()
-        for rank in ranks:
-            try:
-                rank.kill()  # psutil checks the process is still the one it saw
-            except psutil.Error:
-                pass
 
     # --- looking at it -------------------------------------------------------------
 
@@ -298,3 +304,19 @@ def raise_own_descriptor_limit(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < needed:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else min(needed, hard), hard))
+
+
+def _processes_of(root: Path) -> dict[int, Any]:
+    """Processes whose trainguard environment points into `root` (ranks of this cluster)."""
+    import psutil
+
+    marker = str(root.resolve())
+    found = {}
+    for process in psutil.process_iter(["pid"]):
+        try:
+            env = process.environ()
+        except (psutil.Error, OSError):
+            continue
+        if any(env.get(key, "").startswith(marker) for key in ("TRAINGUARD_SIM_CHIPS", "TRAINGUARD_CKPT_DIR")):
+            found[process.pid] = process
+    return found

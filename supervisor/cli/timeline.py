@@ -43,7 +43,7 @@ def plot_timeline(job: dict[str, Any], events: list[dict[str, Any]], metrics: Pa
         ax.axvspan(start, stop, color=colour, alpha=0.6, lw=0)
         bands.broken_barh([(start, stop - start)], (0, 1), color=_POOL_COLOURS.get(change.get("pool", ""), "#999999"))
     for event in events:
-        x = event["ts"] - t0
+        x = float(event.get("observed_at") or event["ts"]) - t0  # when the fault was seen, not decided
         if event.get("event") == "job.incident":
             ax.axvline(x, color="#c0392b", lw=1, ls="--")
             ax.annotate(str(event.get("signal")), (x, 1), xycoords=("data", "axes fraction"), rotation=90,
