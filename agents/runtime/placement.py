@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import signal
 from typing import NamedTuple
 
 import torch
@@ -64,5 +65,16 @@ def init_distributed(timeout: datetime.timedelta = datetime.timedelta(minutes=10
     elif placement.device.type == "npu":
         torch.npu.set_device(placement.device)  # type: ignore[attr-defined]
     if a.world_size > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(placement.backend, rank=a.rank, world_size=a.world_size, timeout=timeout)
+        # The backend's own threads (gloo's I/O loop, NCCL's watchdog) inherit the
+        # signal mask of the thread that creates them. Created with SIGTERM and SIGUSR1
+        # blocked, they never receive the agent's stop and checkpoint requests: those go
+        # to the Python thread that handles them. (Delivered to a gloo thread, a SIGUSR1
+        # interrupted its wait and left the process hanging at exit.)
+        blocked = {signal.SIGTERM, signal.SIGUSR1, signal.SIGINT}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            torch.distributed.init_process_group(placement.backend, rank=a.rank, world_size=a.world_size,
+                                                 timeout=timeout)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return placement

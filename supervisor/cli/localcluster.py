@@ -195,6 +195,13 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 proc.popen.kill()
                 proc.popen.wait()
+        # An agent woken with SIGTERM may still have carried out a command it had queued
+        # (a start): a last sweep for anything of this cluster's.
+        for rank in _processes_of(self.root).values():
+            try:
+                rank.kill()
+            except psutil.Error:
+                pass
 
     # --- looking at it -------------------------------------------------------------
 
