@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import structlog
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from agents.commands import CommandHandlers, Refused
 from agents.health import NodeHealth
@@ -97,9 +98,7 @@ class Agent:
             catalog = load_catalog()
         except (CatalogError, OSError) as exc:
             raise AgentError(f"cannot load the log pattern catalog: {exc}") from exc
-        progress = config.work_dir / "progress.sock"
-        # AF_UNIX paths are short (107 bytes); a deep work dir gets a loopback port instead.
-        endpoint = f"ipc://{progress}" if len(str(progress)) < 100 else "tcp://127.0.0.1:*"
+        endpoint = progress_endpoint(config.work_dir)
         self.monitor = RankMonitor(config.work_dir / "logs", endpoint, HangLimits(train=config.hang_timeout), catalog,
                                    state_path=config.work_dir / "ranks.json")
         self.instance = new_id()
@@ -139,8 +138,6 @@ class Agent:
         self._poller = self._make_poller()
 
     def _on_handshake_failure(self, now: float) -> None:
-        from zmq.utils.monitor import recv_monitor_message
-
         while self._sock_monitor.poll(0):
             event = recv_monitor_message(self._sock_monitor)
             reason = ("the daemon refused this node's key (not in its agents/ allow-list) or its daemon.key does "
@@ -487,6 +484,27 @@ class Agent:
                   signal=o.signal, chip=o.chip, job=o.job or None, rank=o.rank, evidence=o.evidence[:16_000],
                   fields={"source": o.source, **o.fields}, attempt=o.attempt)
         )
+
+
+def progress_endpoint(work_dir: Path) -> str:
+    """Where the ranks' heartbeat() reaches this agent: an ipc socket whose path is the
+    same after an agent restart, so that ranks it adopts keep reporting. AF_UNIX paths
+    are short (107 bytes): a deep work dir gets a private short directory instead, named
+    by a hash of the work dir (never a random port, which a restarted agent would lose)."""
+    path = work_dir / "progress.sock"
+    if len(str(path)) < 100:
+        return f"ipc://{path}"
+    import hashlib
+    import tempfile
+
+    private = Path(tempfile.gettempdir()) / f"trainguard-{os.getuid()}"
+    private.mkdir(mode=0o700, exist_ok=True)
+    st = private.lstat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077 or not private.is_dir() or private.is_symlink():
+        # Someone else's directory in a shared /tmp: never put our socket there.
+        raise AgentError(f"{private} is not a private directory of this user; give a shorter --work-dir")
+    digest = hashlib.sha256(str(work_dir.resolve()).encode()).hexdigest()[:16]
+    return f"ipc://{private / f'progress-{digest}.sock'}"
 
 
 _HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL

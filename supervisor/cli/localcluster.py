@@ -258,6 +258,7 @@ class IdleFlood:
         self.dropped = 0  # closed by the daemon: EOF or reset
         self.failed = 0  # never connected (refused, timed out)
         self.all_dropped_at: float | None = None
+        self.first_dropped_at: float | None = None
         self._selector = selectors.DefaultSelector()
         self._opening = True
         for i in range(count):
@@ -295,6 +296,8 @@ class IdleFlood:
                 self.failed += 1
             self._selector.unregister(sock)
             sock.close()  # type: ignore[union-attr]
+        if self.dropped and self.first_dropped_at is None:
+            self.first_dropped_at = time.monotonic()
         if not self.open and not self._opening and self.all_dropped_at is None:
             self.all_dropped_at = time.monotonic()
         return self.open

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import structlog
 import zmq
+from zmq.utils.monitor import parse_monitor_message  # imported now: at EMFILE, a lazy import fails
 
 from supervisor.core.badframes import BadFrameCounter
 from supervisor.core.cluster import Cluster, ClusterConfig, Outcome, ToNode, ToPeer
@@ -451,8 +452,6 @@ class Daemon:
             self._refused(decision.address or "unknown", decision.mechanism, decision.domain, decision.reason)
 
     def _on_monitor(self, frames: list[zmq.Frame], domain: str) -> None:
-        from zmq.utils.monitor import parse_monitor_message
-
         event = parse_monitor_message([f.bytes for f in frames])
         endpoint = event.get("endpoint", b"")
         local = endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else str(endpoint)
