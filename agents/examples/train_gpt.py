@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agents.runtime import Checkpointer, ResumableSampler, assignment, heartbeat, init_distributed
+from agents.runtime.progress import flush as flush_heartbeat
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     # reducer destroys the gloo process group, which joins gloo's worker thread while
     # holding the GIL, and that thread may need the GIL to free the last collective's
     # tensor: a deadlock at exit (seen in 1 run in 4 after a SIGUSR1 checkpoint).
+    flush_heartbeat()  # the last step reaches the agent
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

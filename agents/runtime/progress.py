@@ -108,6 +108,13 @@ class Beat:
         except Exception:
             self.dropped += 1  # no agent, queue full, bad metric: never the loop's problem
 
+    def flush(self) -> None:
+        """Send the progress held back by the rate limit now (the end of training: the
+        last step must reach the agent before the process exits)."""
+        with self._lock:
+            if self._pending is not None:
+                self._send(*self._pending, time.monotonic())
+
     def _flush_loop(self) -> None:
         while True:
             time.sleep(self.interval / 2)
@@ -186,6 +193,18 @@ _sim: _SimFaults | None = None
 def sender() -> Beat | None:
     """This process's sender, made by the first heartbeat() call from the environment."""
     return _beat
+
+
+def flush(settle: float = 0.2) -> None:
+    """Send any progress still held back by the rate limit, and give it `settle`
+    seconds on the wire: call it before a process ends with os._exit (zmq sends from its
+    own thread, which os._exit does not wait for)."""
+    if _beat is not None and _beat.endpoint is not None:
+        try:
+            _beat.flush()
+            time.sleep(settle)
+        except Exception:
+            pass
 
 
 def reset() -> None:

@@ -218,7 +218,9 @@ def _finish(run: Run) -> dict[str, Any]:
     return {
         "job": done["id"],
         "state": done["state"],
-        "steps_completed": done["step"],
+        # The trainer's own record of the steps it completed (the job's step is the
+        # last heartbeat, which may be a moment behind).
+        "steps_completed": max(got) if got else done["step"],
         "target_steps": STEPS,
         "final_pool": done["pool"],
         "faults": [f.as_json() for f in run.faults],
