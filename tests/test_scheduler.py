@@ -157,7 +157,7 @@ def test_submit_places_on_preferred_pool_and_starts_master_first() -> None:
     [cmd] = out.commands
     assert (cmd.node, cmd.args.kind, cmd.args.master_port, cmd.attempt) == ("a1", "start_ranks", 0, 1)
     assert cmd.args.master_addr == "addr-a1" and cmd.args.world_size == 2
-    assert cmd.args.env == {"HCCL_CONNECT_TIMEOUT": "120"}
+    assert cmd.args.env == {"HCCL_CONNECT_TIMEOUT": "120", "TRAINGUARD_CKPT_KEEP": "3"}  # the pool env, and checkpoint.keep
     assert [r.rank for r in cmd.args.ranks] == [0]
     assert sim.record.id in out.records
 
@@ -335,7 +335,7 @@ def test_chip_error_restarts_without_the_node_then_fails_over_when_ascend_runs_o
     [cmd] = out.commands
     assert cmd.node == "n1" and cmd.args.world_size == 2 and len(cmd.args.ranks) == 2
     assert [r.chips for r in cmd.args.ranks] == [(0,), (1,)]
-    assert cmd.args.env == {"NCCL_DEBUG": "WARN"}
+    assert cmd.args.env == {"NCCL_DEBUG": "WARN", "TRAINGUARD_CKPT_KEEP": "3"}
 
 
 def test_three_interconnect_timeouts_fail_over_with_a_checkpoint_first() -> None:
@@ -909,3 +909,18 @@ def test_the_policy_counts_on_across_a_daemon_restart() -> None:
     sim.tick(t + 4)
     last = decisions(sim)[-1]
     assert (last["action"], last["rule"]) == ("failover", "ascend-unstable")
+
+
+def test_a_failover_to_another_world_size_says_the_resume_is_not_exact() -> None:
+    sim = Sim(spec=replace_spec(pools={"ascend": PoolShape(nodes=2, ranks_per_node=1),
+                                       "nvidia": PoolShape(nodes=1, ranks_per_node=1)}))
+    sim.submit(0)
+    sim.run_attempt(1, step=100)
+    sim.jobs.failover(sim.job, "nvidia", at(10))
+    sim.event("a1", "rank.checkpoint_saved", 11, rank=0, step=100)
+    sim.tick(12)
+    sim.ranks_gone(13)
+    sim.tick(13)
+    out = sim.tick(14)
+    changed = events(out, "job.world_size_changed")
+    assert changed and (changed[0]["then"], changed[0]["now"]) == (2, 1)

@@ -76,6 +76,8 @@ class Checkpointer:
         where = directory or a.ckpt_dir
         if where is None:
             raise AssignmentError("no checkpoint directory: pass one to Checkpointer or set TRAINGUARD_CKPT_DIR")
+        # Under a trainguard job the policy's checkpoint.keep decides how many are kept.
+        keep = _env_keep(keep)
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
         self.directory = Path(where)
@@ -516,3 +518,8 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _env_keep(default: int) -> int:
+    value = os.environ.get("TRAINGUARD_CKPT_KEEP", "")
+    return int(value) if value.isdigit() and int(value) >= 1 else default

@@ -184,8 +184,8 @@ def _faults(run: Run) -> None:
                           f"after {record.detected_at - injected:.1f}s → rule [bold]{escape(str(record.rule))}[/]: "
                           f"{escape(str(record.action))}", highlight=False)
         # Recovered: a new attempt has completed a step past the checkpoint it resumed from.
-        job = wait_for(lambda: (j := run.show())["state"] == "running" and j["attempt"] > attempt_before
-                       and j["attempt_step"] is not None and j, 120, "the job to train again")
+        job = _watch(run, lambda j: j["state"] == "running" and j["attempt"] > attempt_before
+                     and j["attempt_step"] is not None, 120, "the job to train again")
         record.recovered_at = time.time()
         where = f"on {job['pool']} ({', '.join(job['nodes'])})"
         run.console.print(f"  training again {where} after {record.recovered_at - injected:.1f}s, attempt "
@@ -195,8 +195,7 @@ def _faults(run: Run) -> None:
 
 def _finish(run: Run) -> dict[str, Any]:
     console = run.console
-    done = wait_for(lambda: (j := run.show())["state"] in ("succeeded", "failed", "stopped") and j, 240,
-                    "the job to finish")
+    done = _watch(run, lambda j: j["state"] in ("succeeded", "failed", "stopped"), 240, "the job to finish")
     console.rule("[bold]summary")
     console.print(f"job {done['id']} {done['state']} on [bold]{done['pool']}[/] at step {done['step']} "
                   f"after {done['restarts']} restarts and {len(done['failovers'])} failover(s)")
@@ -257,7 +256,21 @@ def _decision_after(run: Run, since: float) -> dict[str, Any] | None:
 
 
 def _wait_progress(run: Run, step: int, what: str) -> None:
-    wait_for(lambda: (j := run.show())["state"] == "running" and (j["step"] or 0) >= step, 180, what)
+    _watch(run, lambda j: j["state"] == "running" and (j["step"] or 0) >= step, 180, what)
+
+
+def _watch(run: Run, done: Any, timeout: float, what: str) -> dict[str, Any]:
+    """Wait for `done(job)`, showing the job live (a spinner line on a terminal: state,
+    pool, nodes, attempt, step, loss) the way a person watching would want it."""
+    with run.console.status("") as status:
+        def check() -> dict[str, Any] | None:
+            j = run.show()
+            loss = f"{j['loss']:.3f}" if j["loss"] is not None else "-"
+            status.update(f"[bold]{escape(j['state'])}[/] on {escape(j['pool'])} ({escape(', '.join(j['nodes']) or '-')}) "
+                          f"· attempt {j['attempt']} · step {j['step'] or 0}/{STEPS} · loss {loss}")
+            return j if done(j) else None
+
+        return wait_for(check, timeout, what)
 
 
 def _metrics_path(run: Run) -> Path:

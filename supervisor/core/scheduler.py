@@ -652,8 +652,14 @@ class Jobs:
             master_addr=placed.master.address,
             nodes=[NodeAttempt(node=n.node, address=n.address, ranks=n.ranks) for n in placed.nodes],
         )
+        previous = record.attempts[-1] if record.attempts else None
         record.attempts.append(attempt)
         del record.attempts[:-50]  # keep the recent history bounded
+        if previous is not None and previous.world_size != attempt.world_size:
+            out.event("job.world_size_changed", job=record.id, attempt=record.attempt, then=previous.world_size,
+                      now=attempt.world_size, pool=placed.pool,
+                      effect="model, optimizer and data position resume; per-rank random streams start afresh, "
+                             "so losses will not repeat the earlier run bit for bit (the runtime's exact: false)")
         record.waiting_for = None
         record.next_action = None
         out.event("job.state_changed", **record.transition(JobState.STARTING, now.wall, None))
@@ -729,6 +735,8 @@ class Jobs:
         policy = live.policy.policy
         spec = record.spec
         env = dict(spec.env.get(record.pool, {}))
+        # The policy's checkpoint.keep: the runtime's Checkpointer prunes to it.
+        env.setdefault("TRAINGUARD_CKPT_KEEP", str(policy.checkpoint.keep))
         shares = current.nodes if current.master_port else current.nodes[:1]
         for share in shares:
             if share.started or not self._due(live, share.node, f"start-{record.attempt}", now):
