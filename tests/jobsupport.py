@@ -68,6 +68,11 @@ def job_file(directory: Path, name: str, steps: int, every: int = 10, command: l
     return path
 
 
+def inject(cluster: LocalCluster, node: str, fault: str, chip: int = 0) -> None:
+    result = trainguard("inject", "--ctl", cluster.ctl, node, fault, "--chip", str(chip))
+    assert result.returncode == 0, result.stderr
+
+
 def submit(cluster: LocalCluster, path: Path) -> str:
     result = trainguard("job", "submit", "--ctl", cluster.ctl, "--json", str(path))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -11,6 +11,7 @@ from tests.conftest import trainguard
 from tests.jobsupport import (
     ASCEND,
     events,
+    inject,
     job_file,
     losses,
     make_policy,
@@ -24,10 +25,6 @@ from tests.jobsupport import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-
-def inject(cluster, node: str, fault: str, chip: int = 0) -> None:
-    result = trainguard("inject", "--ctl", cluster.ctl, node, fault, "--chip", str(chip))
-    assert result.returncode == 0, result.stderr
 
 
 def test_a_crash_is_restarted_on_the_same_pool_and_training_completes(make_cluster, tmp_path):

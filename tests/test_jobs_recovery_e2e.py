@@ -14,6 +14,7 @@ from tests.jobsupport import (
     ASCEND,
     NVIDIA,
     events,
+    inject,
     job_file,
     make_policy,
     show,
@@ -24,10 +25,6 @@ from tests.jobsupport import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-
-def inject(cluster, node: str, fault: str, chip: int = 0) -> None:
-    result = trainguard("inject", "--ctl", cluster.ctl, node, fault, "--chip", str(chip))
-    assert result.returncode == 0, result.stderr
 
 
 def test_a_hang_is_detected_and_the_ranks_restarted(make_cluster, tmp_path):
