@@ -94,11 +94,14 @@ def run_demo(work_dir: Path | None, summary_json: Path | None = None, plot: Path
             summary_json.write_text(json.dumps(summary, indent=2))
             console.print(f"summary written to {escape(str(summary_json))}")
         if plot is not None:
-            from supervisor.cli.timeline import plot_timeline
+            from supervisor.cli.timeline import PlotUnavailable, plot_timeline
 
             events = request(cluster.ctl, "events", {"job": run.job, "limit": 5000}, timeout=5)["events"]
-            plot_timeline(run.show(), events, _metrics_path(run), plot)
-            console.print(f"timeline plotted to {escape(str(plot))}")
+            try:
+                plot_timeline(run.show(), events, _metrics_path(run), plot)
+                console.print(f"timeline plotted to {escape(str(plot))}")
+            except PlotUnavailable as exc:
+                console.print(f"[yellow]no plot: {escape(str(exc))}[/]")
         if not temporary:
             console.print(f"logs and state: {escape(str(root))}")
         return 0 if summary["loss_matches_reference"] and summary["final_pool"] == "nvidia" else 1
