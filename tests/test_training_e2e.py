@@ -55,11 +55,11 @@ def test_a_crash_injected_into_a_training_rank_reaches_the_daemon_as_a_signal(ma
     assert crash["signal"] == "crash" and crash["job"] == job and crash["chip"] == 1 and crash["attempt"] == 1
     assert crash["evidence"] == f"rank 1 of job {job} was killed by SIGKILL"
     assert crash["level"] == "warning" and crash["detection_latency_s"] < 5
-    # Its peer loses the collective: reported too; this policy only alerts.
-    wait_for(lambda: len(cluster.find_events("daemon", "signal.crash", node="n1")) == 2, 120, "rank 0 to fail as well")
-    assert cluster.find_events("n1", "signal.crash", rank=0)
+    # One incident, rooted at the killed rank (its peer's collective error, when gloo
+    # notices in time, is a consequence); this policy only alerts, so nothing restarts.
     (incident,) = wait_for(lambda: cluster.find_events("daemon", "job.incident", job=job), 20, "one incident")
     assert incident["signal"] == "crash" and incident["rank"] == 1
+    assert show(cluster, job)["attempt"] == 1
     assert (cluster.root / "nodes" / "n1" / "logs" / job / "attempt-1" / "rank-0.log").exists()
 
 
