@@ -469,7 +469,10 @@ class Agent:
 
     def _rank_event(self, e: RankEvent) -> None:
         """A rank's lifecycle event: logged here, queued for the daemon."""
-        log.info(e.name, job=e.job, rank=e.rank, attempt=e.attempt, evidence=e.evidence, **e.fields)
+        # A stalled job is a warning: on-call reads it while the daemon names the culprit.
+        level = log.warning if e.name == "hang.observed" else log.info
+        level(e.name, job=e.job, rank=e.rank, attempt=e.attempt, evidence=e.evidence,
+              **({k: v for k, v in e.fields.items() if k != "ranks"} if e.name == "hang.observed" else e.fields))
         self.outbox.add(
             Event(id=new_id(), ts=time.time(), node=self.config.node_id, name=e.name, observed_at=e.observed_at,
                   job=e.job, rank=e.rank, attempt=e.attempt, evidence=e.evidence[:16_000], fields=dict(e.fields))

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import queue
-import shutil
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +29,16 @@ import zmq
 from agents.launcher import Launcher, RankExit, RankProcess, RankSpec
 from agents.rankstate import RankRecord, RankState
 from agents.runtime.progress import decode_progress
+from agents.stackdump import Dump, StackDumps
 from agents.watchers.hang import HangLimits, HangWatcher, QuietReading, QuietWatcher
 from agents.watchers.logscan import Catalog, LogScanner, fingerprint
+from agents.watchers.stacks import StackReading, read_stack
 from supervisor.shared.vocab import Accelerator, Signal
 
-#: Enough of a stack dump to see where each rank is stuck, bounded for the wire.
-_EVIDENCE_LIMIT = 12 * 1024
+#: The stacks of one `hang.observed`, bounded for the wire (a frame holds 256 KiB): each
+#: rank's up to STACK_CHARS, ranks outside a collective (the likely culprits) first.
+STACK_CHARS = 8 * 1024
+STACKS_BUDGET = 96 * 1024
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,23 @@ class RankEvent:
 
     name: str
     job: str
-    rank: int
+    rank: int | None  # None: about the job's ranks on this node (`hang.observed`)
     attempt: int | None
     observed_at: float  # wall clock
     evidence: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Stall:
+    """A job seen stalled, while its ranks' stacks are being dumped."""
+
+    how: str  # "heartbeat" or "quiet"
+    summary: str
+    observed_at: float  # wall clock
+    attempt: int | None
+    steps: dict[int, tuple[int, str, float]]  # rank -> (step, phase, stalled for), from heartbeats
+    cpu: dict[int, float] | None = None  # rank -> CPU seconds over the quiet checks
     fields: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,6 +116,10 @@ class RankMonitor:
         self._lines_since: dict[str, int] = {}
         self._cpu_seen: dict[int, float] = {}
         self._heartbeating: set[str] = set()
+        self._quiet_cpu: dict[str, dict[int, float]] = {}
+        #: Jobs seen stalled whose ranks' stacks are being dumped (in the background).
+        self.stacks = StackDumps()
+        self._stalls: dict[str, _Stall] = {}
         self._pull = zmq.Context.instance().socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.setsockopt(zmq.RCVHWM, 10_000)
@@ -110,6 +129,7 @@ class RankMonitor:
         self.bad_progress = 0
 
     def close(self) -> None:
+        self.stacks.close()
         self._pull.close(linger=0)
 
     # --- hands -----------------------------------------------------------------------
@@ -213,14 +233,73 @@ class RankMonitor:
         observations += self._drain_lines()
         observations += self._exited(self.launcher.poll())
         for finding in self.hang.check(now):
-            observations.append(
-                Observation(Signal.HANG, finding.job, finding.rank, self._hang_evidence(finding.job, finding.evidence),
-                            time.time(), "hang",
-                            {"step": finding.step, "phase": finding.phase,
-                             "stalled_for_s": round(finding.stalled_for, 1), "limit_s": finding.limit},
-                            self._chips.get((finding.job, finding.rank)), self._attempt_of(finding.job, finding.rank))
-            )
+            if finding.job not in self._stalls:
+                self._stall(finding.job, "heartbeat", finding.evidence, now,
+                            {"limit_s": finding.limit, "first_rank": finding.rank})
+        self._collect(now)
         return observations
+
+    # --- hangs: one view per job and node, with stacks -------------------------------
+
+    def _stall(self, job: str, how: str, summary: str, now: float, fields: dict[str, Any],
+               cpu: dict[int, float] | None = None) -> None:
+        """A job stopped stepping: hold its other ranks' reports (they wait for the one
+        that stopped) and dump every rank's stack in the background; `_collect` sends
+        the view once the dumps are in."""
+        ranks = {r: p for (j, r), p in self.launcher.ranks.items() if j == job}
+        if not ranks:
+            return
+        self.hang.hold(job)
+        attempt = _attempt(next(iter(ranks.values())).spec.attempt)
+        self._stalls[job] = _Stall(how, summary, time.time(), attempt,
+                                   self.hang.snapshot(job, now) if how == "heartbeat" else {}, cpu, fields)
+        self.stacks.start(job, {r: p.pid for r, p in ranks.items()}, now)
+
+    def _collect(self, now: float) -> None:
+        for job, dumps in self.stacks.poll(now).items():
+            stall = self._stalls.pop(job, None)
+            if stall is not None:
+                self._events.append(self._view(job, stall, dumps))
+
+    def _view(self, job: str, stall: _Stall, dumps: list[Dump]) -> RankEvent:
+        """`hang.observed`: each rank's step, where its stack is and the stack itself."""
+        readings = {d.rank: read_stack(d.text) if d.text else StackReading("unknown", f"no stack: {d.error}")
+                    for d in dumps}
+        order = {"elsewhere": 0, "unknown": 1, "collective": 2}
+        budget = STACKS_BUDGET
+        stacks: dict[int, str] = {}
+        for d in sorted(dumps, key=lambda d: (order[readings[d.rank].where], d.rank)):
+            stack = d.text.strip()[:STACK_CHARS]
+            if stack and len(stack) <= budget:
+                stacks[d.rank] = stack
+                budget -= len(stack)
+        ranks = []
+        lines = [stall.summary]
+        for d in dumps:
+            step, phase, stalled = stall.steps.get(d.rank, (None, "train", None))
+            view: dict[str, Any] = {"rank": d.rank, "pid": d.pid, "step": step, "phase": phase,
+                                    "stalled_for_s": round(stalled, 1) if stalled is not None else None,
+                                    "where": readings[d.rank].where, "summary": readings[d.rank].summary[:1000],
+                                    "stack": stacks.get(d.rank, ""),
+                                    "cpu_s": round(stall.cpu[d.rank], 3) if stall.cpu and d.rank in stall.cpu else None}
+            ranks.append({k: v for k, v in view.items() if v is not None})
+            where = {"collective": "inside a collective", "elsewhere": "outside any collective"}.get(
+                view["where"], "position unknown")
+            at = f"step {step} ({phase})" if step is not None else "no step"
+            cpu = f", cpu {view['cpu_s']:.2f}s" if view.get("cpu_s") is not None else ""
+            lines.append(f"rank {d.rank} (pid {d.pid}): {at}{cpu}, {where}: {readings[d.rank].summary[:300]}")
+        errors: dict[str, list[int]] = {}
+        for d in dumps:
+            if d.error:
+                errors.setdefault(d.error, []).append(d.rank)
+        note = "; ".join(f"rank{'s' if len(r) > 1 else ''} {', '.join(map(str, r))}: {e}" for e, r in errors.items())
+        if note:
+            lines.append(f"no stack for {note}")
+        fields: dict[str, Any] = {"how": stall.how, "ranks": ranks, **stall.fields}
+        if note:
+            fields["stacks_note"] = note[:2000]
+        return RankEvent("hang.observed", job, None, stall.attempt, stall.observed_at, "\n".join(lines)[:16_000],
+                         {k: v for k, v in fields.items() if v is not None})
 
     def _attempt_of(self, job: str, rank: int) -> int | None:
         process = self.launcher.ranks.get((job, rank))
@@ -238,6 +317,7 @@ class RankMonitor:
                 self._heartbeating.discard(exit.job)
                 self._lines_since.pop(exit.job, None)
                 self.quiet.forget(exit.job)
+                self._quiet_cpu.pop(exit.job, None)
                 self.hang.set_limits(exit.job, None)
             scanner = self._scanners.pop((exit.job, exit.rank), None)
             attempt = _attempt(exit.attempt)
@@ -302,6 +382,7 @@ class RankMonitor:
                 continue
             cpu = 0.0
             utils: list[float] = []
+            per_rank: dict[int, float] = {}
             for (j, rank), process in self.launcher.ranks.items():
                 if j != job:
                     continue
@@ -310,16 +391,25 @@ class RankMonitor:
                     total = times.user + times.system + times.children_user + times.children_system
                 except psutil.Error:
                     continue
-                cpu += max(0.0, total - self._cpu_seen.get(process.pid, 0.0))
+                used = max(0.0, total - self._cpu_seen.get(process.pid, 0.0))
+                per_rank[rank] = used
+                cpu += used
                 self._cpu_seen[process.pid] = total
                 for chip in process.spec.chips:
                     if chip_utilisation.get(chip) is not None:
                         utils.append(chip_utilisation[chip])  # type: ignore[arg-type]
             reading = QuietReading(self._lines_since.pop(job, 0), cpu, max(utils) if utils else None)
             finding = self.quiet.observe(job, reading, interval)
-            if finding is not None:
-                out.append(Observation(Signal.HANG, job, None, self._hang_evidence(job, finding.evidence), time.time(),
-                                       "hang", {"how": "quiet", "quiet_checks": self.quiet.checks}))
+            # Each rank's CPU over the quiet spell: the one that used none stands out.
+            spell = self._quiet_cpu.setdefault(job, {})
+            if self.quiet.count(job) == 0:
+                spell.clear()
+            else:
+                for rank, used in per_rank.items():
+                    spell[rank] = spell.get(rank, 0.0) + used
+            if finding is not None and job not in self._stalls:
+                self._stall(job, "quiet", finding.evidence, time.monotonic(),
+                            {"quiet_checks": self.quiet.checks}, cpu=dict(spell))
         return out
 
     def _flush_scanners(self, job: str) -> list[Observation]:
@@ -348,40 +438,3 @@ class RankMonitor:
             fields.update(unrecognised=True, fingerprint=failure)
         return Observation(finding.signal, job, rank, finding.evidence, time.time(), "logscan", fields,
                            self._chips.get((job, rank)), attempt if attempt is not None else self._attempt_of(job, rank))
-
-    def _hang_evidence(self, job: str, summary: str) -> str:
-        """The finding plus where every rank of the job is: py-spy stacks when installed,
-        else last steps and CPU use (and a note saying py-spy would show more)."""
-        ranks = {r: p for (j, r), p in self.launcher.ranks.items() if j == job}
-        parts = [summary]
-        pyspy = shutil.which("py-spy")
-        if pyspy is None:
-            parts.append("py-spy is not installed, so no stack dumps; last steps and CPU use:")
-        dumps: dict[int, subprocess.Popen[str]] = {}
-        if pyspy is not None:
-            # All ranks at once, with one short deadline: this runs on the agent's loop,
-            # which must keep heartbeating (a rank hung in the driver can hang py-spy too).
-            for rank, process in ranks.items():
-                try:
-                    dumps[rank] = subprocess.Popen([pyspy, "dump", "--pid", str(process.pid)], stdout=subprocess.PIPE,
-                                                   stderr=subprocess.STDOUT, text=True)
-                except OSError:
-                    pass
-        deadline = time.monotonic() + 3.0
-        for rank, process in sorted(ranks.items()):
-            if rank in dumps:
-                try:
-                    dump, _ = dumps[rank].communicate(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    dumps[rank].kill()
-                    dump = "py-spy did not answer within 3s"
-                parts.append(f"--- rank {rank} (pid {process.pid}) ---\n{(dump or '').strip()}")
-            elif pyspy is not None:
-                parts.append(f"--- rank {rank} (pid {process.pid}) --- py-spy could not run")
-            else:
-                try:
-                    cpu = psutil.Process(process.pid).cpu_percent(interval=0.1)
-                except psutil.Error:
-                    cpu = float("nan")
-                parts.append(f"rank {rank} (pid {process.pid}): last step {self.hang.last_step(job, rank)}, cpu {cpu:.0f}%")
-        return "\n".join(parts)[:_EVIDENCE_LIMIT]

@@ -10,6 +10,11 @@ process group, which the launcher made a new session), writes the child's pid to
 wrapper notes and ignores SIGTERM, SIGINT and SIGUSR1 (a signal to the group reaches the
 rank; the wrapper only waits); caught, not ignored, so that the rank, after exec, gets
 them at their defaults. Standard library only: it starts in a few milliseconds.
+
+Where the kernel restricts ptrace to a process's ancestors (Yama ptrace_scope=1, the
+default of most distributions), the agent's py-spy — the agent's child, not the rank's
+ancestor — could not read a hung rank's stack. So the rank declares the agent that
+started it as its one reader (PR_SET_PTRACER: the agent and its children; nothing wider).
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+#: prctl(2) option of the Yama LSM: "this process may be ptraced by PID and its descendants".
+PR_SET_PTRACER = 0x59616D61
 
 
 class StatusError(ValueError):
@@ -77,15 +85,34 @@ def read_pid(status: Path) -> int | None:
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
+def reader_declaration(agent: int) -> Callable[[], None] | None:
+    """A preexec function that makes `agent` (and its children: py-spy) the reader of
+    the rank about to be exec'd; None where there is no such thing (not Linux)."""
+    if not sys.platform.startswith("linux") or agent <= 1:
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def declare() -> None:
+        prctl(PR_SET_PTRACER, agent, 0, 0, 0)  # EINVAL without Yama: nothing to declare then
+
+    return declare
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
         print("usage: python -m agents.rankwrap STATUS_FILE -- ARGV...", file=sys.stderr)
         return 2
     status = Path(argv[0])
+    agent = os.getppid()  # the launcher starts this wrapper itself
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, lambda *_: None)
     try:
-        child = subprocess.Popen(argv[2:])
+        child = subprocess.Popen(argv[2:], preexec_fn=reader_declaration(agent))
     except OSError as exc:
         print(f"trainguard: cannot start {argv[2]!r}: {exc.strerror or exc}", file=sys.stderr, flush=True)
         write_atomic(status, encode_status(os.getpid(), 127))

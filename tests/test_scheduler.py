@@ -924,3 +924,54 @@ def test_a_failover_to_another_world_size_says_the_resume_is_not_exact() -> None
     out = sim.tick(14)
     changed = events(out, "job.world_size_changed")
     assert changed and (changed[0]["then"], changed[0]["now"]) == (2, 1)
+
+
+# --- hangs: the nodes' views joined into one signal ----------------------------------------
+
+
+def view(rank: int, step: int, where: str, stack: str = "") -> dict[str, Any]:
+    return {"rank": rank, "pid": 4000 + rank, "step": step, "phase": "train", "stalled_for_s": 6.0,
+            "where": where, "summary": f"MainThread (idle): f (x.py:{rank})", "stack": stack}
+
+
+def test_hang_views_of_two_nodes_are_one_signal_hang_on_the_culprit_and_one_incident() -> None:
+    sim = Sim()
+    sim.submit(0)
+    sim.run_attempt(1)
+    out = sim.event("a1", "hang.observed", 10, how="heartbeat", ranks=[view(0, 325, "collective")])
+    assert events(out, "signal.hang") == []  # a2 has not reported: still joining
+    out = sim.event("a2", "hang.observed", 10.4, how="heartbeat", ranks=[view(1, 324, "elsewhere", "Thread 1 ...")])
+    [change] = [c for c in out.changes if c.event == "signal.hang"]
+    assert change.node == "a2"
+    hang = change.fields
+    assert (hang["rank"], hang["culprit_by"], hang["step"], hang["attempt"]) == (1, "stack", 324, 1)
+    assert hang["observed_at"] == at(10).wall and hang["nodes_reported"] == ["a1", "a2"]
+    assert hang["evidence"].splitlines()[2] == "Thread 1 ..."
+    # A view that comes after the signal (an agent that re-reports) is not a second one.
+    assert events(sim.event("a1", "hang.observed", 11, ranks=[view(0, 325, "collective")]), "signal.hang") == []
+    [incident] = events(sim.tick(13.5), "job.incident")
+    assert (incident["signal"], incident["node"], incident["rank"]) == ("hang", "a2", 1)
+    assert decisions(sim)[0]["action"] == "restart"
+
+
+def test_a_node_that_never_reports_leaves_the_signal_to_the_join_window_and_says_so() -> None:
+    sim = Sim()
+    sim.submit(0)
+    sim.run_attempt(1)
+    sim.event("a2", "hang.observed", 10, how="heartbeat", ranks=[view(1, 324, "elsewhere")],
+              stacks_note="rank 1: py-spy did not answer within 4s")
+    assert sim.jobs.next_deadline() == at(14).mono
+    assert events(sim.tick(13.9), "signal.hang") == []
+    [hang] = events(sim.tick(14), "signal.hang")
+    assert "rank" not in hang and hang["culprit_by"] == "none"
+    assert "no view from a1 within 4s" in hang["evidence"]
+    assert "a2: rank 1: py-spy did not answer" in hang["evidence"]
+
+
+def test_a_malformed_view_is_a_note_not_a_crash() -> None:
+    sim = Sim()
+    sim.submit(0)
+    sim.run_attempt(1)
+    sim.event("a1", "hang.observed", 10, ranks=[{"rank": -1, "where": "nowhere"}])
+    [hang] = events(sim.event("a2", "hang.observed", 10.2, ranks="garbage"), "signal.hang")
+    assert hang["culprit_by"] == "none" and "was malformed" in hang["evidence"]

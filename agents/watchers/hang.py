@@ -83,6 +83,17 @@ class HangWatcher:
         p = self._ranks.get((job, rank))
         return p.step if p else None
 
+    def hold(self, job: str) -> None:
+        """One stall of a job is one report: its other ranks (waiting for the stalled
+        one, most likely) are not reported on their own until they step again."""
+        for (j, _), p in self._ranks.items():
+            if j == job:
+                p.reported = True
+
+    def snapshot(self, job: str, now: float) -> dict[int, tuple[int, str, float]]:
+        """Each rank of `job`: (last step, phase, seconds since it last advanced)."""
+        return {r: (p.step, p.phase, now - p.since) for (j, r), p in self._ranks.items() if j == job}
+
     def check(self, now: float) -> list[HangFinding]:
         findings = []
         for (job, rank), p in self._ranks.items():
@@ -133,6 +144,10 @@ class QuietWatcher:
             f"job {job}: no log output, under {self.cpu_floor}s CPU per check and chips at {chips} "
             f"for {count} consecutive checks ({count * interval:.0f}s); the script sends no heartbeats",
         )
+
+    def count(self, job: str) -> int:
+        """Quiet checks in a row so far (0: the job showed a sign of life last check)."""
+        return self._quiet.get(job, 0)
 
     def forget(self, job: str) -> None:
         """The job has no rank left: drop its count."""

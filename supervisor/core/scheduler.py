@@ -24,6 +24,9 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import msgspec
+
+from supervisor.core.hangs import HangJoin
 from supervisor.core.incidents import DEFAULT_WINDOW, Incident, IncidentTracker
 from supervisor.core.jobs import Attempt, Failover, JobRecord, JobState, NodeAttempt, ettr
 from supervisor.core.jobspec import JobSpec
@@ -32,7 +35,14 @@ from supervisor.core.placement import NoCapacity, NodeView, Placement, place
 from supervisor.policy.engine import Decision, JobPolicy, SignalEvent
 from supervisor.policy.schema import ExcludeTarget, Policy
 from supervisor.shared.clock import Instant
-from supervisor.shared.protocol import AnyCommandArgs, CheckpointArgs, StartRanksArgs, StopRanksArgs
+from supervisor.shared.protocol import (
+    MAX_RANKS_PER_NODE,
+    AnyCommandArgs,
+    CheckpointArgs,
+    HangRank,
+    StartRanksArgs,
+    StopRanksArgs,
+)
 from supervisor.shared.vocab import Action, Health, NodeState, Signal
 
 #: A command not confirmed within this is sent again (idempotent on the node).
@@ -92,6 +102,9 @@ class _Live:
     next_checkpoint: float | None = None  # mono
     incident_started: float | None = None  # wall time of the last incident's root, for recovery time
     no_capacity_health: dict[str, int] | None = None  # pool health when no_capacity was last reported
+    hang: HangJoin | None = None  # the nodes' views of a hang being joined
+    hang_observed_at: float | None = None  # wall time of the first view of that hang
+    hang_named: int | None = None  # the attempt whose hang was given its one signal
 
 
 class Jobs:
@@ -119,6 +132,7 @@ class Jobs:
 
     def next_deadline(self) -> float | None:
         times = [d for live in self._live.values() if (d := live.incidents.next_deadline()) is not None]
+        times += [live.hang.deadline for live in self._live.values() if live.hang is not None]
         return min(times, default=None)
 
     # --- restore ---------------------------------------------------------------------
@@ -274,6 +288,9 @@ class Jobs:
                 if record.checkpoint_wanted and (record.step is None or step >= (record.step or 0) - 1):
                     record.checkpoint_wanted = False
                 out.records[record.id] = record
+        elif name == "hang.observed":
+            if record.state in (JobState.STARTING, JobState.RUNNING):
+                self._hang_view(record, node, fields, now, out)
         elif name.startswith("signal."):
             try:
                 signal = Signal(name.removeprefix("signal."))
@@ -350,6 +367,8 @@ class Jobs:
             live = self._live.get(record.id)
             if live is None:
                 continue
+            if live.hang is not None and live.hang.complete(now.mono):
+                self._name_hang(record, live, now, out)
             incident = live.incidents.due(now.mono)
             if incident is not None:
                 self._decide(record, incident, now, out)
@@ -425,7 +444,7 @@ class Jobs:
 
     # --- carrying out ------------------------------------------------------------------------
 
-    def _signal(self, record: JobRecord, signal: Signal, node: str, fields: Mapping[str, Any], now: Instant,
+    def _signal(self, record: JobRecord, signal: Signal, node: str | None, fields: Mapping[str, Any], now: Instant,
                 out: JobOutcome, rank: int | None = None) -> None:
         live = self._live.get(record.id)
         if live is None:
@@ -439,6 +458,60 @@ class Jobs:
         # Not SIGABRT: that is how a process ends after an error it has already printed.
         killed = signal is Signal.CRASH and fields.get("signal_name") in ("SIGKILL", "SIGSEGV", "SIGBUS", "SIGILL")
         live.incidents.add(event, record.attempt, now.mono, killed_by_signal=killed)
+
+    def _hang_view(self, record: JobRecord, node: str, fields: Mapping[str, Any], now: Instant,
+                   out: JobOutcome) -> None:
+        """One node's view of a stalled job (`hang.observed`): joined with the other
+        nodes' into the attempt's one `signal.hang` (`hangs.py`)."""
+        live = self._live.get(record.id)
+        if live is None or live.hang_named == record.attempt:
+            return  # this attempt's hang has its signal; a late view stays in the events
+        note = str(fields.get("stacks_note") or "")[:500] or None
+        try:
+            ranks = msgspec.convert(fields.get("ranks") or [], list[HangRank])[:MAX_RANKS_PER_NODE]
+        except msgspec.ValidationError as exc:
+            ranks, note = [], f"its view of the ranks was malformed ({str(exc)[:200]})"
+        if live.hang is None or live.hang.attempt != record.attempt:
+            live.hang = HangJoin(record.attempt, now.mono, frozenset(record.nodes()))
+            observed = fields.get("observed_at")
+            live.hang_observed_at = float(observed) if isinstance(observed, (int, float)) else now.wall
+        live.hang.add(node, ranks, note, str(fields.get("how") or "heartbeat"))
+        if live.hang.complete(now.mono):
+            self._name_hang(record, live, now, out)
+
+    def _name_hang(self, record: JobRecord, live: _Live, now: Instant, out: JobOutcome) -> None:
+        """The joined views as one `signal.hang` on the culprit's node and rank (or on
+        none, saying why), fed to the job's incident like any signal."""
+        join, live.hang = live.hang, None
+        if join is None:
+            return
+        live.hang_named = join.attempt
+        current = record.current
+        verdict, text, _ = join.verdict(current.world_size if current is not None else None)
+        culprit = verdict.culprit
+        nodes = sorted(join.views)
+        node = culprit.node if culprit is not None else (nodes[0] if len(nodes) == 1 else None)
+        chip = None
+        if culprit is not None and current is not None:
+            share = current.node(culprit.node)
+            assigned = next((r for r in share.ranks if r.rank == culprit.view.rank), None) if share else None
+            chip = assigned.chips[0] if assigned is not None and assigned.chips else None
+        fields: dict[str, Any] = {
+            "job": record.id, "attempt": join.attempt, "signal": Signal.HANG.value, "evidence": text,
+            "observed_at": live.hang_observed_at or now.wall, "how": join.how, "culprit_by": verdict.by,
+            "rank": culprit.view.rank if culprit is not None else None, "chip": chip,
+            "step": culprit.view.step if culprit is not None else None,
+            "phase": culprit.view.phase if culprit is not None else None,
+            "stalled_for_s": culprit.view.stalled_for_s if culprit is not None else None,
+            "nodes_reported": nodes,
+            "ranks": [{"node": s.node, "rank": s.view.rank, "step": s.view.step, "where": s.view.where}
+                      for s in join.seen()[:MAX_RANKS_PER_NODE]],
+        }
+        fields = {k: v for k, v in fields.items() if v is not None}
+        out.changes.append(NodeChange("signal.hang", node or "*", fields))
+        if join.attempt == record.attempt and record.state in (JobState.STARTING, JobState.RUNNING):
+            self._signal(record, Signal.HANG, node, fields, now, out,
+                         rank=culprit.view.rank if culprit is not None else None)
 
     def _decide(self, record: JobRecord, incident: Incident, now: Instant, out: JobOutcome) -> None:
         live = self._live[record.id]

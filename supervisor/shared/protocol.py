@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
@@ -111,6 +111,23 @@ class RunningRank(msgspec.Struct, frozen=True, kw_only=True):
     loss: Reading | None = None
 
 
+class HangRank(msgspec.Struct, frozen=True, kw_only=True):
+    """One rank of a job, as its agent saw it when the job stopped stepping: the
+    `ranks` of a `hang.observed` event. The daemon joins the nodes' lists and names the
+    culprit (`supervisor.core.hangs`). `where`: its main thread is waiting in a
+    collective, is somewhere else, or the stack cannot say (or there is none)."""
+
+    rank: Rank
+    pid: Pid | None = None
+    step: Count | None = None
+    phase: Annotated[str, msgspec.Meta(max_length=32)] = "train"
+    stalled_for_s: Seconds | None = None
+    where: Literal["collective", "elsewhere", "unknown"] = "unknown"
+    summary: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+    stack: Evidence = ""
+    cpu_s: Seconds | None = None  # CPU time it used over the quiet checks (no heartbeats)
+
+
 # --- messages -------------------------------------------------------------------------
 
 
@@ -155,7 +172,8 @@ class Heartbeat(Message, tag="heartbeat"):
 #: The events an agent may report. Anything else (a `node.lost` for another node, say)
 #: is refused at decode: a node speaks about itself, in its own words.
 AGENT_EVENTS = frozenset(
-    {"chip.health_changed", "host.health_changed", "rank.started", "rank.exited", "rank.checkpoint_saved"}
+    {"chip.health_changed", "host.health_changed", "rank.started", "rank.exited", "rank.checkpoint_saved",
+     "hang.observed"}
     | {f"signal.{s.value}" for s in Signal}
 )
 
