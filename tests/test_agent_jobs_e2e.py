@@ -339,5 +339,9 @@ def test_a_jobs_own_hang_timeout_judges_its_ranks_and_the_signal_names_the_attem
     assert result.ok, result.error
     wait_for((tmp_path / "hung").exists, 60, "the rank to hang")
     # (Importing torch may take longer than 1.5 s: a hang at step 0 may come first, rightly.)
-    (hang,) = daemon.wait(lambda: daemon.find("signal.hang", step=3), 20, "signal.hang at step 3")
-    assert hang.attempt == 4 and hang.job == "j1" and hang.rank == 0 and hang.fields["limit_s"] == 1.5
+    # The agent's view of the stalled job (the daemon names the culprit from the views).
+    (hang,) = daemon.wait(lambda: [e for e in daemon.find("hang.observed") if e.fields["ranks"][0].get("step") == 3],
+                          20, "hang.observed at step 3")
+    assert hang.attempt == 4 and hang.job == "j1" and hang.rank is None and hang.fields["limit_s"] == 1.5
+    assert hang.fields["ranks"][0]["rank"] == 0 and hang.fields["ranks"][0]["where"] == "elsewhere"
+    assert not daemon.find("signal.hang"), "the agent reports a view, not a signal"

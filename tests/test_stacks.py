@@ -66,3 +66,16 @@ def test_the_main_thread_decides_and_other_threads_are_parsed() -> None:
 @pytest.mark.parametrize("text", ["", "Error: Permission Denied\n", "Thread 1 (idle): \"MainThread\"\n"])
 def test_no_usable_dump_is_unknown(text: str) -> None:
     assert read_stack(text).where == "unknown"
+
+
+def test_a_rank_importing_torch_distributed_is_starting_up_not_waiting() -> None:
+    """Seen on a 4-rank job starting on a loaded machine: the imports of torch.distributed
+    run its functions too; that is startup, not a collective."""
+    text = ('Thread 23551 (active+gil): "MainThread"\n'
+            "    _get_pointwise_ops_from_tag (torch/distributed/tensor/_ops/_pointwise_ops.py:566)\n"
+            "    <module> (torch/distributed/tensor/_ops/_pointwise_ops.py:574)\n"
+            "    _call_with_frames_removed (<frozen importlib._bootstrap>:241)\n"
+            "    _find_and_load (<frozen importlib._bootstrap>:1176)\n"
+            "    <module> (train_gpt.py:20)\n")
+    reading = read_stack(text)
+    assert reading.where == "elsewhere" and reading.summary.endswith("(importing modules: starting up)")

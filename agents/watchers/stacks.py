@@ -27,6 +27,9 @@ _COLLECTIVE_NATIVE = re.compile(r"c10d::|gloo::|\bnccl|Nccl|\bhccl|Hccl|HcclComm
 #: Autograd's backward: under DDP the gradient all-reduce is waited for in here, so
 #: without native frames a rank in backward could be computing or waiting.
 _BACKWARD = ("torch/autograd/", "_engine_run_backward", "run_backward")
+#: A rank importing modules is starting up (torch.distributed's own modules included),
+#: not waiting for its peers.
+_IMPORTING = ("importlib._bootstrap", "_find_and_load")
 
 _THREAD = re.compile(r'^Thread (\S+) \(([^)]*)\)(?::\s*"(.*)")?\s*$')
 _FRAME = re.compile(r"^\s{4}(\S.*?)(?: \(([^()]*)\))?\s*$")
@@ -88,8 +91,14 @@ def parse_dump(text: str) -> list[Thread]:
 def _in_collective(frame: Frame) -> bool:
     if frame.native:
         return bool(_COLLECTIVE_NATIVE.search(frame.function))
+    if frame.function == "<module>":
+        return False  # a module of torch.distributed being imported
     path = frame.where.replace("\\", "/")
     return any(marker in path for marker in _COLLECTIVE_FILES)
+
+
+def _importing(thread: Thread) -> bool:
+    return any(any(m in f.where or m == f.function for m in _IMPORTING) for f in thread.frames)
 
 
 def _main(threads: list[Thread]) -> Thread | None:
@@ -110,6 +119,8 @@ def read_stack(text: str) -> StackReading:
     if main is None or not main.frames:
         return StackReading("unknown", "no Python stack in the dump")
     summary = summarise(main)
+    if _importing(main):
+        return StackReading("elsewhere", summary + " (importing modules: starting up)")
     if any(_in_collective(f) for f in main.frames):
         return StackReading("collective", summary)
     has_native = any(f.native for f in main.frames)
