@@ -13,8 +13,8 @@ from supervisor.cli.localcluster import wait_for
 from tests.conftest import trainguard
 from tests.jobsupport import (
     ASCEND,
-    REPO,
     NVIDIA,
+    REPO,
     events,
     inject,
     job_file,
