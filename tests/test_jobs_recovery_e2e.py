@@ -134,3 +134,14 @@ def test_one_sigkilled_rank_of_four_is_one_incident(make_cluster, tmp_path):
     assert len(incidents) == 1 and incidents[0]["signal"] == "crash" and incidents[0]["node"] == "ascend-1"
     assert len(incidents[0]["consequences"]) >= 1  # the peers' failures stay in the events
     assert show(cluster, job)["restarts"] == 1
+
+
+def test_a_script_without_heartbeats_that_goes_quiet_names_the_rank_outside_the_collective(make_cluster, tmp_path):
+    cluster = make_cluster()
+    start_pools(cluster, make_policy(tmp_path / "policies"), nvidia=False)
+    script = str(REPO / "tests" / "ranks" / "quiet_pair.py")
+    job = submit(cluster, job_file(tmp_path / "work", "quiet", steps=0, ascend=(1, 2),
+                                   command=[sys.executable, script, "--stop-at", "20", "--culprit", "1"]))
+    (hang,) = wait_for(lambda: events(cluster, "signal.hang", job=job), 120, "signal.hang")
+    assert (hang.get("rank"), hang["how"], hang["culprit_by"]) == (1, "quiet", "stack"), hang["evidence"]
+    assert "cpu" in hang["evidence"] and "quiet_pair.py" in hang["evidence"]

@@ -73,3 +73,19 @@ def test_status_and_pid_files_absent_say_nothing(tmp_path):
     assert read_pid(status) == 1234
     pid_path(status).write_text("-3\n")
     assert read_pid(status) is None
+
+
+def test_the_rank_wrapper_names_the_agent_as_the_ranks_one_reader():
+    """PR_SET_PTRACER(agent) in the rank before exec (Yama ptrace_scope=1 lets only
+    ancestors read a process; py-spy is the agent's child). Without Yama the call fails
+    harmlessly; it must never stop the rank from starting."""
+    import os
+    import sys
+
+    from agents.rankwrap import reader_declaration
+
+    declare = reader_declaration(os.getpid())
+    if sys.platform.startswith("linux"):
+        assert callable(declare)
+        declare()  # EINVAL without Yama, accepted with it: never raises
+    assert reader_declaration(1) is None  # init is never a reader to declare

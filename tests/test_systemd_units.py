@@ -59,3 +59,13 @@ def test_sysusers_and_tmpfiles_are_shipped():
     assert "u trainguard" in (UNITS / "trainguard.sysusers").read_text()
     tmpfiles = (UNITS / "trainguard.tmpfiles").read_text()
     assert "d /etc/trainguard/keys       0750 root trainguard" in tmpfiles
+
+
+def test_the_agent_may_read_its_own_ranks_stacks_and_no_more():
+    """py-spy needs ptrace and process_vm_readv; no capability is granted, so it reads
+    only processes of the agent's user that allow it (the rank wrapper names the agent)."""
+    text = (UNITS / "trainguard-agent.service").read_text()
+    filters = [line.split("=", 1)[1].split() for line in text.splitlines() if line.startswith("SystemCallFilter=")]
+    assert ["ptrace", "process_vm_readv"] in filters
+    assert "CapabilityBoundingSet=\n" in text and "AmbientCapabilities=\n" in text
+    assert "CAP_SYS_PTRACE" not in text

@@ -170,6 +170,10 @@ class Checkpointer:
             target=self._write, args=(step, main, mine, self.last_stall), name=f"checkpoint-{step}"
         )
         self._thread.start()
+        # The snapshot is taken and the write goes on in the background: the loop trains
+        # again, and is judged by the train limit again (a rank that stops right after a
+        # save must not hide behind the much longer checkpoint limit).
+        heartbeat(step, phase="train")
 
     def wait(self) -> BaseException | None:
         """Block until the save in flight (if any) is written; return its error, if any."""
