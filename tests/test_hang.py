@@ -37,12 +37,20 @@ def test_checkpoint_and_eval_phases_have_their_own_longer_limits():
     assert [f.rank for f in w.check(60.0)] == [0]
 
 
-def test_a_rank_that_never_reports_is_hung_after_the_train_limit_from_its_start():
-    w = HangWatcher(LIMITS)
+def test_a_rank_that_never_reports_is_hung_after_the_startup_limit_or_the_train_limit_if_longer():
+    """Starting (import torch, the model, the process group) is not a hang under a short
+    train limit; a rank whose start never ends still is one."""
+    w = HangWatcher(LIMITS)  # train 10 s, startup the default 60 s
     w.started("j", 3, 100.0)
-    assert w.check(109.0) == []
-    (finding,) = w.check(110.0)
-    assert finding.rank == 3 and finding.step == 0
+    assert w.check(159.0) == []
+    (finding,) = w.check(160.0)
+    assert finding.rank == 3 and finding.step == 0 and finding.phase == "startup"
+    long = HangWatcher(HangLimits(train=300.0))
+    long.started("j", 0, 0.0)
+    assert long.check(299.0) == [] and len(long.check(300.0)) == 1
+    w.started("j", 4, 200.0)
+    w.progress("j", 4, 1, "train", 203.0)  # its first step: the train limit from now on
+    assert w.check(212.9) == [] and len(w.check(213.0)) == 1
 
 
 def test_forgotten_ranks_are_not_reported():

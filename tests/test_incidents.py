@@ -24,16 +24,34 @@ def test_every_signal_has_a_specificity() -> None:
 def test_killed_rank_is_the_root_over_its_peers_errors() -> None:
     tracker = IncidentTracker(window=3.0)
     killed = sig(Signal.CRASH, 10, node="a2", rank=1)
+    tracker.add(sig(Signal.NETWORK, 9.9), attempt=1, now=9.9)
     tracker.add(killed, attempt=1, now=10.0, killed_by_signal=True)
-    tracker.add(sig(Signal.NETWORK, 10.5), attempt=1, now=10.5)
-    tracker.add(sig(Signal.CRASH, 10.5), attempt=1, now=10.5)
-    assert tracker.due(12.9) is None
-    assert tracker.next_deadline() == 13.0
-    incident = tracker.due(13.0)
+    tracker.add(sig(Signal.CRASH, 10.1), attempt=1, now=10.1)
+    assert tracker.due(10.2) is None
+    assert tracker.next_deadline() == 10.25  # decisive: settled, not the whole window
+    incident = tracker.due(10.25)
     assert incident is not None and incident.root is killed
     assert [s.signal for s in incident.consequences] == [Signal.NETWORK, Signal.CRASH]
     assert incident.summary() == "crash on a2 rank 1 (and 2 consequences: crash, network)"
     assert tracker.due(100.0) is None and tracker.next_deadline() is None
+
+
+def test_signals_after_the_decision_join_the_decided_incident_never_a_second_one() -> None:
+    tracker = IncidentTracker(window=3.0)
+    tracker.add(sig(Signal.CHIP_ERROR, 10, chip=0), attempt=1, now=10.0)
+    incident = tracker.due(10.25)
+    assert incident is not None
+    tracker.add(sig(Signal.NETWORK, 11, rank=1), attempt=1, now=11.0)  # a peer, late
+    assert tracker.next_deadline() is None and tracker.due(20.0) is None
+    assert [s.signal for s in incident.consequences] == [Signal.NETWORK]
+    tracker.add(sig(Signal.CRASH, 30), attempt=2, now=30.0)  # the next attempt's fault is new
+    assert tracker.due(33.0).attempt == 2  # type: ignore[union-attr]
+
+
+def test_a_crash_with_an_exit_code_waits_the_window_for_a_more_specific_signal() -> None:
+    tracker = IncidentTracker(window=3.0)
+    tracker.add(sig(Signal.CRASH, 10), attempt=1, now=10.0)
+    assert tracker.next_deadline() == 13.0
 
 
 def test_chip_error_is_the_root_even_when_it_arrives_last() -> None:

@@ -14,6 +14,7 @@ standard libraries, so the text, and the losses, differ between machines.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -37,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt-dir", default=None, help="checkpoint directory (default: $TRAINGUARD_CKPT_DIR)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (0: only when asked)")
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
-    p.add_argument("--metrics", default=None, help="rank 0 appends one JSON line per step: step, loss, time")
+    p.add_argument("--metrics", default=None, help="rank 0 appends one JSON line per step: step, loss, time, pid")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--batch-size", type=int, default=8, help="sequences per rank per step")
     p.add_argument("--block", type=int, default=64, help="context length in bytes")
@@ -47,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--data-bytes", type=int, default=2_000_000, help="how much standard-library source to read")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per rank")
+    p.add_argument("--pg-timeout", type=float, default=600.0,
+                   help="seconds a collective may wait before the process group gives up")
     return p.parse_args(argv)
 
 
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
-    placement = init_distributed()
+    placement = init_distributed(datetime.timedelta(seconds=args.pg_timeout))
     a = assignment()
     rank, world = a.rank, a.world_size
 
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         step += 1
         value = loss.item()
         if metrics is not None:
-            metrics.write(json.dumps({"step": step, "loss": value, "time": time.time()}) + "\n")
+            metrics.write(json.dumps({"step": step, "loss": value, "time": time.time(), "pid": os.getpid()}) + "\n")
             metrics.flush()
         heartbeat(step, loss=value, lr=scheduler.get_last_lr()[0])
         if ckpt.due(step, args.checkpoint_every):

@@ -153,8 +153,12 @@ class _SimFaults:
     def __init__(self) -> None:
         self.path = os.environ.get("TRAINGUARD_SIM_CHIPS") or None
         self.accelerator = os.environ.get("TRAINGUARD_ACCELERATOR", "")
-        visible = os.environ.get("ASCEND_RT_VISIBLE_DEVICES") or os.environ.get("CUDA_VISIBLE_DEVICES") or ""
-        self.chip = int(visible.split(",")[0]) if visible.split(",")[0].isdigit() else None
+        visible = (os.environ.get("ASCEND_RT_VISIBLE_DEVICES") or os.environ.get("CUDA_VISIBLE_DEVICES") or "").split(",")
+        # This rank's chip: its only visible one (trainguard), or the LOCAL_RANK-th of
+        # several (torchrun gives every worker the node's list).
+        local = os.environ.get("LOCAL_RANK", "0")
+        index = int(local) if len(visible) > 1 and local.isdigit() and int(local) < len(visible) else 0
+        self.chip = int(visible[index]) if visible[index].isdigit() else None
         self.active = bool(self.path) and self.accelerator.startswith("sim-") and self.chip is not None
         self._next = 0.0
 

@@ -4,7 +4,8 @@ Two ways to see a hang:
 
 * `HangWatcher`: for ranks that call the runtime's `heartbeat()`. A rank whose step has
   not advanced for the limit of its phase (train: `hang_timeout`; checkpoint and eval
-  have their own, longer limits) is hung. One finding per stall: the rank must advance
+  have their own, longer limits; so does a rank's start, until its first step) is hung.
+  One finding per stall: the rank must advance
   again before it can be reported again.
 * `QuietWatcher`: for scripts that do not use the runtime. From what the node sees
   without code changes: no new log line, (almost) no CPU time used by any rank, and idle
@@ -23,8 +24,11 @@ class HangLimits:
     train: float = d.DEFAULT_HANG_TIMEOUT
     checkpoint: float = d.DEFAULT_CHECKPOINT_HANG_TIMEOUT
     eval: float = d.DEFAULT_EVAL_HANG_TIMEOUT
+    startup: float = d.DEFAULT_STARTUP_HANG_TIMEOUT
 
     def for_phase(self, phase: str) -> float:
+        if phase == "startup":  # launched, no step reported yet
+            return max(self.startup, self.train)
         return {"checkpoint": self.checkpoint, "eval": self.eval}.get(phase, self.train)
 
 
@@ -68,8 +72,8 @@ class HangWatcher:
         return self._job_limits.get(job, self.limits)
 
     def started(self, job: str, rank: int, now: float) -> None:
-        """A rank was launched: it has `train` limit to report its first step."""
-        self._ranks[(job, rank)] = _Progress(step=0, phase="train", since=now)
+        """A rank was launched: it has the startup limit to report its first step."""
+        self._ranks[(job, rank)] = _Progress(step=0, phase="startup", since=now)
 
     def progress(self, job: str, rank: int, step: int, phase: str, now: float) -> None:
         current = self._ranks.get((job, rank))

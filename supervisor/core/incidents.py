@@ -6,6 +6,12 @@ attempt of a job within `window` seconds of the first form one incident whose ro
 is the most specific of them (hardware over its consequences, the dead rank over its
 peers' network errors), earliest first among equals. The policy counts the incident
 once, by its root; the others stay in the events as its consequences.
+
+A root that nothing later can outrank — a rank killed by a signal, a chip error, a lost
+node — need not wait out the window: the incident is decided `SETTLE` seconds after it
+arrived (time for the signals already on the wire), so a restart starts sooner. Signals
+of the same attempt that come after its incident was decided join that incident as
+consequences; they never open a second one (the attempt is already being ended).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ SPECIFICITY = {
     Signal.STRAGGLER: 10,
 }
 DEFAULT_WINDOW = 3.0
+#: How long a decisive root waits for signals already in flight before it is decided.
+SETTLE = 0.25
 #: What a rank's own output can say about why it died.
 _WHY_A_RANK_DIED = (Signal.CHIP_ERROR, Signal.INTERCONNECT_TIMEOUT, Signal.OOM, Signal.USER_ERROR)
 
@@ -48,11 +56,19 @@ def rank_of(event: SignalEvent, killed_by_signal: bool = False) -> tuple[float, 
     return (float(specificity), event.at)
 
 
+def decisive(event: SignalEvent, killed_by_signal: bool) -> bool:
+    """Can a signal arriving later be more specific than this one? Not for a chip error
+    or a lost node (the most specific kinds), nor for a rank killed by a signal: what its
+    peers show next is what its death caused."""
+    return event.signal in (Signal.CHIP_ERROR, Signal.NODE_LOST) or (killed_by_signal and event.signal is Signal.CRASH)
+
+
 @dataclass
 class Incident:
     attempt: int
     opened_at: float  # monotonic
     signals: list[tuple[SignalEvent, bool]] = field(default_factory=list)  # (signal, killed by a signal)
+    decisive_at: float | None = None  # monotonic: when a decisive signal arrived
 
     @property
     def root(self) -> SignalEvent:
@@ -83,24 +99,39 @@ class Incident:
 class IncidentTracker:
     """The open incident of one job, if any."""
 
-    def __init__(self, window: float = DEFAULT_WINDOW) -> None:
+    def __init__(self, window: float = DEFAULT_WINDOW, settle: float = SETTLE) -> None:
         self.window = window
+        self.settle = settle
         self.open: Incident | None = None
+        self.decided: Incident | None = None  # the last one decided (its late signals join it)
 
     def add(self, signal: SignalEvent, attempt: int, now: float, killed_by_signal: bool = False) -> None:
+        if self.open is None and self.decided is not None and self.decided.attempt == attempt:
+            self.decided.signals.append((signal, killed_by_signal))
+            return
         if self.open is None or self.open.attempt != attempt:
             self.open = Incident(attempt, now)
         self.open.signals.append((signal, killed_by_signal))
+        if self.open.decisive_at is None and decisive(signal, killed_by_signal):
+            self.open.decisive_at = now
 
     def due(self, now: float) -> Incident | None:
-        """The incident, once its window has passed since its first signal."""
-        if self.open is not None and now >= self.open.opened_at + self.window:
+        """The incident, once its window has passed since its first signal, or its
+        settle time since a decisive signal."""
+        deadline = self.next_deadline()
+        if self.open is not None and deadline is not None and now >= deadline:
             incident, self.open = self.open, None
+            self.decided = incident
             return incident
         return None
 
     def next_deadline(self) -> float | None:
-        return None if self.open is None else self.open.opened_at + self.window
+        if self.open is None:
+            return None
+        deadline = self.open.opened_at + self.window
+        if self.open.decisive_at is not None:
+            deadline = min(deadline, self.open.decisive_at + self.settle)
+        return deadline
 
     def drop(self) -> None:
         self.open = None

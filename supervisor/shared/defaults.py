@@ -20,6 +20,10 @@ DEFAULT_PROBE_INTERVAL = 5.0
 DEFAULT_HANG_TIMEOUT = 300.0
 DEFAULT_CHECKPOINT_HANG_TIMEOUT = 1800.0
 DEFAULT_EVAL_HANG_TIMEOUT = 1800.0
+#: A rank's first step may come this late (or after the train limit, if longer): starting
+#: (import torch, build the model, join the process group, load a checkpoint) takes
+#: seconds to minutes, which a short hang_timeout must not call a hang.
+DEFAULT_STARTUP_HANG_TIMEOUT = 60.0
 
 DEFAULT_STATE_DIR = "/var/lib/trainguard"
 DEFAULT_AGENT_WORK_DIR = "/var/lib/trainguard/agent"
