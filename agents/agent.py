@@ -227,6 +227,7 @@ class Agent:
             self._say_goodbye()
             running = sorted({job for job, *_ in self.monitor.running()})
             log.info("agent.stopping", unsent_events=len(self.outbox), jobs_left_running=running)
+            self.commands.standbys.close()
             self.monitor.close()
             self.health.close()
             self.sock.close(linger=0)
@@ -461,11 +462,27 @@ class Agent:
             self._report(o)
         for e in self.monitor.events():
             self._rank_event(e)
+        self._keep_standbys()
         interval = self.commands.probe_interval_now()
         if interval != self.health.probe_interval:
             log.info("agent.probe_interval", probe_interval_s=interval, was_s=self.health.probe_interval)
             self.health.probe_interval = interval
             self.health.next_probe = min(self.health.next_probe, now + interval)
+
+    def _keep_standbys(self) -> None:
+        """Start a job's missing warm standbys once all its ranks here have stepped (not
+        while they start: a standby's import would slow them), and reap ended ones."""
+        standbys = self.commands.standbys
+        standbys.poll()
+        if not standbys.wanted:
+            return
+        running: dict[str, list[int | None]] = {}
+        for r in self.monitor.running():
+            running.setdefault(r.job, []).append(r.step)
+        for job in list(standbys.wanted):
+            steps = running.get(job)
+            if steps and all(s for s in steps):
+                standbys.refill(job)
 
     def _rank_event(self, e: RankEvent) -> None:
         """A rank's lifecycle event: logged here, queued for the daemon."""

@@ -23,6 +23,7 @@ from agents.monitor import RankMonitor
 from agents.probes.base import ChipProbe
 from agents.probes.sim import SimHardware, SimProbe
 from agents.rankstate import AttemptRecord
+from agents.standby import Standbys
 from agents.watchers.hang import HangLimits
 from supervisor.shared.paths import PathEscape, inside
 from supervisor.shared.protocol import (
@@ -44,7 +45,7 @@ class Refused(Exception):
 
 class CommandHandlers:
     def __init__(self, node: str, accelerator: Accelerator, chips: int, work_dir: Path, probe_interval: float,
-                 monitor: RankMonitor, chip_probe: ChipProbe) -> None:
+                 monitor: RankMonitor, chip_probe: ChipProbe, standbys: Standbys | None = None) -> None:
         self.node = node
         self.accelerator = accelerator
         self.chips = chips
@@ -52,6 +53,7 @@ class CommandHandlers:
         self.probe_interval = probe_interval
         self.monitor = monitor
         self.chip_probe = chip_probe
+        self.standbys = standbys if standbys is not None else Standbys(work_dir / "logs")
         self._handlers: dict[type, Callable[[Any], dict[str, Any]]] = {
             InjectArgs: self.inject,
             StartRanksArgs: self.start_ranks,
@@ -105,8 +107,10 @@ class CommandHandlers:
                      hang_limits=(limits.train, limits.checkpoint, limits.eval) if limits else None)
             for a in args.ranks
         ]
+        # A restart of a job with warm standbys hands them their ranks: no cold start.
+        warm = self.standbys.take(specs) if args.standby else {}
         try:
-            processes = self.monitor.launch_many(specs, time.monotonic())
+            processes = self.monitor.launch_many(specs, time.monotonic(), warm)
         except OSError as exc:
             self.monitor.request_stop(args.job, 0.0, args.attempt)  # no half-started attempt left behind
             raise Refused(f"cannot start {args.argv[0]!r} on node {self.node}: {exc.strerror or exc}") from exc
@@ -116,8 +120,12 @@ class CommandHandlers:
             self._probe_intervals[args.job] = args.probe_interval
         else:
             self._probe_intervals.pop(args.job, None)
+        if args.standby:
+            self.standbys.want(specs[0], len(specs))  # started once this attempt trains
+        else:
+            self.standbys.retire(args.job)
         log.info("job.attempt_started", job=args.job, attempt=args.attempt, ranks=[a.rank for a in args.ranks],
-                 master_port=port, killed_older=killed, logs=str(logs))
+                 master_port=port, killed_older=killed, logs=str(logs), warm=len(warm))
         return {**self._attempt_detail(args, record, already=False), "killed_older": killed, "logs": str(logs)}
 
     def _attempt_detail(self, args: StartRanksArgs, record: AttemptRecord, already: bool) -> dict[str, Any]:
@@ -140,7 +148,9 @@ class CommandHandlers:
         """SIGTERM now, SIGKILL after the grace (in the loop); answers at once. Nothing to
         stop is no error: the daemon resends after its own restart."""
         asked = self.monitor.request_stop(args.job, args.grace, args.attempt)
-        return {"node": self.node, "job": args.job, "attempt": args.attempt, "ranks_asked": asked}
+        retired = self.standbys.retire(args.job) if args.final else 0
+        return {"node": self.node, "job": args.job, "attempt": args.attempt, "ranks_asked": asked,
+                "standbys_ended": retired}
 
     def checkpoint(self, args: CheckpointArgs) -> dict[str, Any]:
         """SIGUSR1 to the attempt's rank processes; the ranks agree on the step."""

@@ -18,6 +18,7 @@ exit code or the name of the signal that killed it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -26,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol
 
 import psutil
 import structlog
@@ -140,6 +141,15 @@ class RankExit:
 
 LineCallback = Callable[[RankSpec, str], None]
 
+
+class WarmProcess(Protocol):
+    """What the launcher needs of a warm standby (agents/standby.py)."""
+
+    popen: subprocess.Popen[bytes]
+    wrapper: psutil.Process
+    assign_path: Path
+    status_path: Path
+
 #: How long a start waits for the wrapper to say the rank's pid.
 PID_WAIT = 10.0
 #: An adopted rank whose stop was asked before the agent restarted is SIGKILLed after this.
@@ -157,6 +167,7 @@ class RankProcess:
     rank: psutil.Process | None = None  # the rank itself, once the wrapper has said
     stop_requested: bool = False
     kill_at: float | None = None  # monotonic deadline of a requested stop
+    warm: bool = False  # a warm standby given this rank, not a process started for it
     # Every descendant seen, as psutil handles: they check the process's start time
     # before signalling, so a recycled pid is never hit.
     descendants: dict[int, psutil.Process] = field(default_factory=dict)
@@ -232,15 +243,18 @@ class Launcher:
     def start(self, spec: RankSpec) -> RankProcess:
         return self.start_many([spec])[0]
 
-    def start_many(self, specs: list[RankSpec]) -> list[RankProcess]:
-        """Start ranks (each under its wrapper), then wait until every wrapper has said
-        its rank's pid, so what is reported and signalled is the rank itself. Raises
+    def start_many(self, specs: list[RankSpec], standbys: Mapping[int, WarmProcess] | None = None) -> list[RankProcess]:
+        """Start ranks (each under its wrapper; a rank with a warm standby in `standbys`
+        is that standby, given its rank), then wait until every wrapper has said its
+        rank's pid, so what is reported and signalled is the rank itself. Raises
         OSError when a rank cannot be started (those started before stay: the caller
         stops them)."""
         started = []
+        standbys = standbys or {}
         try:
             for spec in specs:
-                started.append(self._spawn(spec))
+                warm = standbys.get(spec.rank)
+                started.append(self._spawn(spec) if warm is None else self.assign(spec, warm))
         finally:
             deadline = time.monotonic() + PID_WAIT
             for process in started:
@@ -275,6 +289,23 @@ class Launcher:
         process = RankProcess(spec, psutil.Process(popen.pid), popen, log_path, status_path)
         self._follow(process, start)
         self.ranks[key] = process
+        return process
+
+    def assign(self, spec: RankSpec, warm: WarmProcess) -> RankProcess:
+        """A warm standby becomes this rank: its assignment (the environment a rank is
+        started with, and its log) is written where it waits, atomically; it takes it
+        within milliseconds (agents/runtime/warm.py). Raises OSError if it cannot be written."""
+        log_path = inside(self.log_dir, *spec.log_parts())
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as out:
+            start = out.tell()
+        assignment = {"env": spec.environment({}), "log": str(log_path), "job": spec.job, "rank": spec.rank,
+                      "attempt": spec.attempt}
+        rankwrap.write_atomic(warm.assign_path, json.dumps(assignment))
+        process = RankProcess(spec, warm.wrapper, warm.popen, log_path, warm.status_path, warm=True)
+        process.resolve()
+        self._follow(process, start)
+        self.ranks[(spec.job, spec.rank)] = process
         return process
 
     def _follow(self, process: RankProcess, start: int) -> None:

@@ -21,12 +21,12 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import psutil
 import zmq
 
-from agents.launcher import Launcher, RankExit, RankProcess, RankSpec
+from agents.launcher import Launcher, RankExit, RankProcess, RankSpec, WarmProcess
 from agents.rankstate import RankRecord, RankState
 from agents.runtime.progress import decode_progress
 from agents.stackdump import Dump, StackDumps
@@ -137,14 +137,16 @@ class RankMonitor:
     def launch(self, spec: RankSpec, now: float) -> None:
         self.launch_many([spec], now)
 
-    def launch_many(self, specs: list[RankSpec], now: float) -> list[RankProcess]:
-        """Start ranks; each one's start is a `rank.started` event. Raises OSError as the
-        launcher does (the ranks started before the failure keep running)."""
+    def launch_many(self, specs: list[RankSpec], now: float,
+                    standbys: Mapping[int, WarmProcess] | None = None) -> list[RankProcess]:
+        """Start ranks (warm standbys, where given); each one's start is a `rank.started`
+        event. Raises OSError as the launcher does (the ranks started before the failure
+        keep running)."""
         for spec in specs:
             self.hang.set_limits(spec.job, HangLimits(*spec.hang_limits) if spec.hang_limits else None)
         started: list[RankProcess] = []
         try:
-            started = self.launcher.start_many(specs)
+            started = self.launcher.start_many(specs, standbys)
         finally:
             for process in self.launcher.ranks.values():
                 if process.spec in specs and (process.spec.job, process.spec.rank) not in self._scanners:
@@ -163,7 +165,7 @@ class RankMonitor:
         self._events.append(RankEvent("rank.started", spec.job, spec.rank, _attempt(spec.attempt), time.time(),
                                       f"rank {spec.rank} of job {spec.job} started (pid {process.pid})",
                                       {"pid": process.pid, "log": str(process.log_path), "chips": list(spec.chips),
-                                       "local_rank": spec.local_rank}))
+                                       "local_rank": spec.local_rank, "warm": process.warm}))
 
     def adopt(self, state: RankState, accelerator: Accelerator, now: float) -> list[RankProcess]:
         """Take over the ranks a previous agent left running; those that ended meanwhile

@@ -270,7 +270,7 @@ def bench_policy(directory: Path) -> Path:
     return directory
 
 
-def run_trainguard(root: Path, faults: list[str], trials: int) -> dict[str, Any]:
+def run_trainguard(root: Path, faults: list[str], trials: int, warm: bool = True) -> dict[str, Any]:
     root.mkdir(parents=True)
     cluster = LocalCluster(root / "cluster", heartbeat_timeout=5.0, heartbeat_interval=0.5, probe_interval=0.5)
     metrics = root / "metrics.jsonl"
@@ -283,7 +283,7 @@ def run_trainguard(root: Path, faults: list[str], trials: int) -> dict[str, Any]
         cluster.wait_nodes("up", nodes, timeout=60)
         spec = {"name": "bench", "command": [sys.executable, *trainer(10**7, metrics)], "workdir": str(root),
                 "checkpoint_dir": str(root / "ckpt"), "policy": "default",
-                "pools": {"ascend": {"nodes": 1, "ranks_per_node": 2}}}
+                "pools": {"ascend": {"nodes": 1, "ranks_per_node": 2}}, "warm_standby": warm}
         (root / "job.yaml").write_text(json.dumps(spec))
         submitted = subprocess.run([sys.executable, "-m", "supervisor", "job", "submit", "--ctl", cluster.ctl,
                                     "--json", str(root / "job.yaml")], capture_output=True, text=True, check=True)
@@ -298,12 +298,14 @@ def run_trainguard(root: Path, faults: list[str], trials: int) -> dict[str, Any]
             for _ in range(trials):
                 wait_for(lambda: show()["state"] == "running" and past_checkpoint(metrics), 180,
                          "trainguard's job past a checkpoint", 0.05)
+                if warm:  # the standbys are up (they start once the attempt trains)
+                    wait_for(lambda: _standbys_ready(root / "cluster", 2), 120, "the warm standbys", 0.05)
                 before = show()
                 node = before["nodes"][0]
                 old = {r["pid"] for r in lines(metrics)}
                 t0 = time.time()
                 if fault == "crash":
-                    victim = rank_pid(os.getpid(), lambda e: e.get("TRAINGUARD_JOB") == job and e.get("RANK") == "1")
+                    victim = _trainguard_rank_pid(root / "cluster" / "nodes" / node / "ranks.json", job, 1)
                     os.kill(victim, signal.SIGKILL)  # type: ignore[arg-type]
                 else:
                     _cli(cluster, ["inject"], node, fault, "--chip", "1")
@@ -321,6 +323,22 @@ def run_trainguard(root: Path, faults: list[str], trials: int) -> dict[str, Any]
     finally:
         cluster.stop_all(grace=3.0)
     return results
+
+
+def _trainguard_rank_pid(ranks_json: Path, job: str, rank: int) -> int:
+    """The rank's pid as its agent recorded it (a warm standby's environment in /proc
+    is the one it started with, not its rank's)."""
+    for r in json.loads(ranks_json.read_text())["ranks"]:
+        if r["job"] == job and r["rank"] == rank and r["pid"]:
+            return int(r["pid"])
+    raise RuntimeError(f"rank {rank} of {job} is not in {ranks_json}")
+
+
+def _standbys_ready(cluster_root: Path, count: int) -> bool:
+    """`count` standbys wait (their .ready marker, and no assignment taken yet)."""
+    ready = [p for p in cluster_root.glob("nodes/*/logs/*/standby/*.assign.ready")
+             if not p.with_name(p.name.removesuffix(".ready")).exists()]
+    return len(ready) >= count
 
 
 def _cli(cluster: LocalCluster, command: list[str], *args: str) -> None:
@@ -376,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             result["floor"] = run_floor(root / "floor", args.trials)
         if "trainguard" in systems:
             result["trainguard"] = run_trainguard(root / "trainguard", faults, args.trials)
+        if "trainguard-cold" in systems:  # the same, without warm standbys
+            result["trainguard_cold"] = run_trainguard(root / "trainguard-cold", faults, args.trials, warm=False)
         if "torchrun" in systems:
             result["torchrun"] = run_torchrun(root / "torchrun", faults, args.trials)
     import torch

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from agents.runtime import Checkpointer, ResumableSampler, assignment, heartbeat, init_distributed
+from agents.runtime import Checkpointer, ResumableSampler, assignment, heartbeat, init_distributed, standby
 from agents.runtime.progress import flush as flush_heartbeat
 
 
@@ -105,16 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
+    # What does not depend on the rank comes first: a warm standby has it done before a
+    # restart needs it, then waits in standby() for its rank (outside one: no wait).
+    data = load_corpus(args.data_bytes)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
+    model: nn.Module = GPT(256, args.block, args.layers, args.width, args.heads)
+    standby()
     placement = init_distributed(datetime.timedelta(seconds=args.pg_timeout))
     a = assignment()
     rank, world = a.rank, a.world_size
 
     random.seed(args.seed)
-    torch.manual_seed(args.seed)  # the same initial weights on every rank
-    data = load_corpus(args.data_bytes)
     chunks = (len(data) - 1) // args.block
     sampler = ResumableSampler(chunks, args.batch_size, rank, world, seed=args.seed)
-    model: nn.Module = GPT(256, args.block, args.layers, args.width, args.heads).to(placement.device)
+    model = model.to(placement.device)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)

@@ -34,6 +34,7 @@ __all__ = [
     "device",
     "heartbeat",
     "init_distributed",
+    "standby",
 ]
 
 _WHERE = {
@@ -48,6 +49,7 @@ _WHERE = {
     "Checkpointer": "agents.runtime.checkpoint",
     "Restored": "agents.runtime.checkpoint",
     "CheckpointError": "agents.runtime.checkpoint",
+    "standby": "agents.runtime.warm",
 }
 
 

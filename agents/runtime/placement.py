@@ -58,6 +58,12 @@ def device(assigned: Assignment | None = None) -> Placement:
 def init_distributed(timeout: datetime.timedelta = datetime.timedelta(minutes=10)) -> Placement:
     """device(), plus the default process group when WORLD_SIZE > 1 (env:// rendezvous,
     as torchrun and the trainguard launcher set it up)."""
+    from agents.runtime.warm import waiting
+
+    if waiting():
+        # A warm standby that did not wait for its rank would train on its own: refuse.
+        raise RuntimeError("this process is a trainguard warm standby: call agents.runtime.standby() before "
+                           "init_distributed() (or remove warm_standby from the job file)")
     a = assignment()
     placement = device(a)
     if placement.device.type == "cuda":

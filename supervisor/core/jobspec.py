@@ -50,6 +50,9 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     pools: dict[str, PoolShape]
     policy: str = "default"
     env: dict[str, dict[str, str]] = {}
+    #: Keep a warm standby per rank (a process with torch imported and the model built,
+    #: waiting in `agents.runtime.standby()` for its rank): a restart skips the cold start.
+    warm_standby: bool = False
 
 
 class JobSpecError(YamlProblems):
@@ -73,7 +76,8 @@ class _Checker(Checker):
     declared: tuple[str, ...] = ()
 
     def spec(self, root: yaml.Node) -> JobSpec | None:
-        top = self.mapping(root, "job", ("name", "command", "workdir", "checkpoint_dir", "policy", "pools", "env"),
+        top = self.mapping(root, "job", ("name", "command", "workdir", "checkpoint_dir", "policy", "pools", "env",
+                                   "warm_standby"),
                            required=("name", "command", "workdir", "checkpoint_dir", "pools"))
         if top is None:
             return None
@@ -87,10 +91,11 @@ class _Checker(Checker):
         policy = self.str_(top["policy"], "policy") if "policy" in top else "default"
         pools = self.pools(top["pools"]) if "pools" in top else None
         env = self.env(top["env"], self.declared) if "env" in top else {}
-        if self.problems or None in (name, command, workdir, ckpt, policy, pools, env):
+        standby = self.bool_(top["warm_standby"], "warm_standby") if "warm_standby" in top else False
+        if self.problems or None in (name, command, workdir, ckpt, policy, pools, env, standby):
             return None
         return JobSpec(name=name, command=command, workdir=workdir, checkpoint_dir=ckpt, policy=policy,  # type: ignore[arg-type]
-                       pools=pools, env=env)  # type: ignore[arg-type]
+                       pools=pools, env=env, warm_standby=bool(standby))  # type: ignore[arg-type]
 
     def command(self, node: yaml.Node) -> tuple[str, ...] | None:
         if not isinstance(node, yaml.SequenceNode) or not node.value:

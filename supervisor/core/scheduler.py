@@ -51,6 +51,9 @@ RESEND_AFTER = 5.0
 STOP_SLACK = 10.0
 #: SIGTERM → SIGKILL grace of a stop the policy asks for (the final checkpoint's time).
 DEFAULT_STOP_GRACE = 30.0
+#: ... after a fault, whose attempt can no longer agree on a final checkpoint (a rank
+#: died, or hangs): time for the other ranks to print their last lines, not to save.
+FAULT_STOP_GRACE = 1.0
 #: Chip healths that may take ranks.
 _USABLE = (Health.OK, Health.WARNING)
 
@@ -113,6 +116,8 @@ class Jobs:
         self.incident_window = incident_window
         self.records: dict[str, JobRecord] = {}
         self._live: dict[str, _Live] = {}
+        #: A tick is due again at once (a job changed state in the last one).
+        self._again: float | None = None
         #: Recovery times (seconds from an incident to the job running again), for metrics.
         self.recoveries: list[tuple[str, float]] = []
 
@@ -132,6 +137,8 @@ class Jobs:
 
     def next_deadline(self) -> float | None:
         times = [d for live in self._live.values() if (d := live.incidents.next_deadline()) is not None]
+        if self._again is not None:
+            times.append(self._again)
         times += [live.hang.deadline for live in self._live.values() if live.hang is not None]
         return min(times, default=None)
 
@@ -363,6 +370,7 @@ class Jobs:
 
     def tick(self, now: Instant, nodes: Mapping[str, NodeRecord]) -> JobOutcome:
         out = JobOutcome()
+        self._again = None
         for record in list(self.live()):
             live = self._live.get(record.id)
             if live is None:
@@ -372,12 +380,17 @@ class Jobs:
             incident = live.incidents.due(now.mono)
             if incident is not None:
                 self._decide(record, incident, now, out)
-            step = getattr(self, f"_tick_{record.state.value}", None)
+            state = record.state
+            step = getattr(self, f"_tick_{state.value}", None)
             if step is not None:
                 try:
                     step(record, live, now, nodes, out)
                 except Exception as exc:  # one job's bug (a reloaded policy without its pool) is not all jobs'
                     out.event("job.tick_failed", job=record.id, state=record.state.value, error=repr(exc)[:500])
+            if record.state is not state and not record.state.ended:
+                # The new state's step is due at once (restarting -> pending -> starting):
+                # a restart must not wait a poll interval per state.
+                self._again = now.mono
         return out
 
     def _tick_pending(self, record: JobRecord, live: _Live, now: Instant, nodes: Mapping[str, NodeRecord],
@@ -522,11 +535,12 @@ class Jobs:
                   consequences=[{"signal": s.signal.value, "node": s.node, "rank": s.rank} for s in incident.consequences])
         if record.state not in (JobState.STARTING, JobState.RUNNING) or incident.attempt != record.attempt:
             return  # the attempt is already being ended: the incident is recorded, nothing more
-        self._feed(record, root, now, out)
+        self._feed(record, root, now, out, grace=FAULT_STOP_GRACE)
         if record.state in (JobState.RESTARTING, JobState.FAILING_OVER):
             live.incident_started = root.at  # a recovery is timed from the fault that caused it
 
-    def _feed(self, record: JobRecord, event: SignalEvent, now: Instant, out: JobOutcome) -> None:
+    def _feed(self, record: JobRecord, event: SignalEvent, now: Instant, out: JobOutcome,
+              grace: float | None = None) -> None:
         live = self._live[record.id]
         health = self._pool_health_cache
         decisions = live.policy.on_signal(event, health, now.wall)
@@ -540,7 +554,7 @@ class Jobs:
         for decision in decisions:
             self._record_decision(record, decision, out)
             if not decision.blocked:
-                self._carry_out(record, decision, now, out)
+                self._carry_out(record, decision, now, out, grace)
 
     _pool_health_cache: dict[str, int] | None = None
 
@@ -555,7 +569,8 @@ class Jobs:
         fields = {k: v for k, v in data.items() if k not in ("job",)}
         out.changes.append(NodeChange(decision.event_name, "*", {"job": record.id, **fields}))
 
-    def _carry_out(self, record: JobRecord, decision: Decision, now: Instant, out: JobOutcome) -> None:
+    def _carry_out(self, record: JobRecord, decision: Decision, now: Instant, out: JobOutcome,
+                   grace: float | None = None) -> None:
         action = decision.action
         if action is Action.NONE:
             return
@@ -571,15 +586,16 @@ class Jobs:
             chip = decision.exclude_chip if rule is not None and rule.then.exclude is ExcludeTarget.CHIP else None
             out.drains.append((decision.exclude_node, f"excluded by rule {decision.rule} of job {record.id}", chip))
         if action in (Action.RESTART, Action.EXCLUDE):
-            self._begin_end(record, "restart", decision.reason, now, out)
+            self._begin_end(record, "restart", decision.reason, now, out, grace=grace)
         elif action is Action.FAILOVER:
             assert decision.to_pool is not None
-            self._begin_end(record, "failover", decision.reason, now, out, to_pool=decision.to_pool,
+            self._begin_end(record, "failover", decision.reason, now, out, grace=grace, to_pool=decision.to_pool,
                             checkpoint_first=decision.checkpoint_first, rule=decision.rule or "")
         elif action is Action.STOP:
-            self._begin_end(record, "stop", f"rule {decision.rule}: {decision.message or decision.reason}", now, out)
+            self._begin_end(record, "stop", f"rule {decision.rule}: {decision.message or decision.reason}", now, out,
+                            grace=grace)
         elif action is Action.FAIL:
-            self._begin_end(record, "fail", f"rule {decision.rule}: {decision.reason}", now, out)
+            self._begin_end(record, "fail", f"rule {decision.rule}: {decision.reason}", now, out, grace=grace)
 
     def _begin_end(self, record: JobRecord, what: str, reason: str, now: Instant, out: JobOutcome,
                    grace: float | None = None, to_pool: str | None = None, checkpoint_first: bool = False,
@@ -788,8 +804,10 @@ class Jobs:
             if node is None or node.state is NodeState.LOST:
                 continue
             for r in node.running:
-                if r.job == record.id and r.attempt == record.attempt:
-                    alive.add(f"{share.node}/{r.rank}")
+                key = f"{share.node}/{r.rank}"
+                # A rank.exited event is the agent's word; the heartbeat may not know yet.
+                if r.job == record.id and r.attempt == record.attempt and key not in current.exited:
+                    alive.add(key)
         return alive
 
     # --- commands --------------------------------------------------------------------------
@@ -820,6 +838,7 @@ class Jobs:
                 master_port=current.master_port, ckpt_dir=spec.checkpoint_dir, cwd=spec.workdir, env=env,
                 hang_timeout=policy.detect.hang_timeout, checkpoint_hang_timeout=policy.detect.checkpoint_hang_timeout,
                 eval_hang_timeout=policy.detect.eval_hang_timeout, probe_interval=policy.detect.probe_interval,
+                standby=spec.warm_standby,
             )))
 
     def _send_stops(self, record: JobRecord, now: Instant, out: JobOutcome, grace: float) -> None:
@@ -831,7 +850,8 @@ class Jobs:
             if live is not None:
                 live.sent[(share.node, f"stop-{record.attempt}")] = now.mono
             out.commands.append(JobCommand(share.node, record.id, record.attempt,
-                                           StopRanksArgs(job=record.id, attempt=record.attempt, grace=grace)))
+                                           StopRanksArgs(job=record.id, attempt=record.attempt, grace=grace,
+                                                         final=_final(record))))
 
     def _resend_stops(self, record: JobRecord, live: _Live, now: Instant, out: JobOutcome, grace: float) -> None:
         current = record.current
@@ -840,7 +860,8 @@ class Jobs:
         for share in current.nodes:
             if self._due(live, share.node, f"stop-{record.attempt}", now):
                 out.commands.append(JobCommand(share.node, record.id, record.attempt,
-                                               StopRanksArgs(job=record.id, attempt=record.attempt, grace=grace)))
+                                               StopRanksArgs(job=record.id, attempt=record.attempt, grace=grace,
+                                                             final=_final(record))))
 
     def _send_checkpoint(self, record: JobRecord, now: Instant, out: JobOutcome, why: str) -> None:
         current = record.current
@@ -892,3 +913,9 @@ def _sample(attempt: Attempt, step: int, at: float, limit: int = 2000) -> None:
     attempt.progress.append((step, at))
     if len(attempt.progress) > limit:
         attempt.progress[:] = attempt.progress[::2] + ([attempt.progress[-1]] if len(attempt.progress) % 2 == 0 else [])
+
+
+def _final(record: JobRecord) -> bool:
+    """A stop after which the job does not come back to these nodes: it ends, or it
+    leaves the pool (their warm standbys are stopped too). A restart's is not."""
+    return record.state in (JobState.STOPPING, JobState.FAILING_OVER)

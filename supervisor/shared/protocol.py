@@ -266,6 +266,9 @@ class StartRanksArgs(CommandArgs, tag="start_ranks"):
     checkpoint_hang_timeout: Seconds | None = None
     eval_hang_timeout: Seconds | None = None
     probe_interval: Seconds | None = None
+    #: Keep a warm standby per rank for the job's next attempt (the job file's
+    #: `warm_standby`; the script calls `agents.runtime.standby()`).
+    standby: bool = False
 
 
 class StopRanksArgs(CommandArgs, tag="stop_ranks"):
@@ -276,6 +279,8 @@ class StopRanksArgs(CommandArgs, tag="stop_ranks"):
     job: JobName
     attempt: Attempt | None = None
     grace: Seconds = 30.0
+    #: The job leaves this node (it ends, or fails over): its warm standbys go too.
+    final: bool = False
 
 
 class CheckpointArgs(CommandArgs, tag="checkpoint"):

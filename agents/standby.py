@@ -1,0 +1,189 @@
+"""The warm standbys an agent keeps for its jobs (`warm_standby: true`).
+
+A standby is the job's own command, started under the rank wrapper like a rank but
+without a rank: it imports torch, builds what does not depend on the rank, and waits in
+`agents.runtime.standby()` (see agents/runtime/warm.py). When the job restarts on this
+node, `take` hands the waiting standbys to the launcher, which gives each one its rank
+(`Launcher.assign`) instead of starting a process; new standbys are started once the new
+attempt trains (`wanted` / `refill`), not while it starts, so they never slow a restart.
+
+Standbys of a job end when it leaves the node (`retire`: a final stop), when the agent
+stops, and on their own when the agent that started them is gone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import structlog
+
+from agents import rankwrap
+from agents.launcher import RankSpec
+from supervisor.shared.paths import inside
+
+log = structlog.get_logger()
+
+#: A standby that has not said it waits within this is given up on (its log says why).
+READY_LIMIT = 600.0
+#: Standbys of a job that end before they wait, after which the job gets no more: its
+#: script does not run as a standby (it fails, or never calls standby()).
+MAX_FAILURES = 2
+
+
+@dataclass(frozen=True)
+class Blueprint:
+    """What a standby must match to stand in for a rank: the same command, directory
+    and job environment (the rank's own variables come with the assignment)."""
+
+    job: str
+    argv: tuple[str, ...]
+    cwd: str | None
+    env: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, spec: RankSpec) -> Blueprint:
+        return cls(spec.job, tuple(spec.argv), spec.cwd, tuple(sorted(spec.env.items())))
+
+
+@dataclass
+class Standby:
+    blueprint: Blueprint
+    popen: subprocess.Popen[bytes]
+    wrapper: psutil.Process
+    assign_path: Path
+    status_path: Path
+    log_path: Path
+    started_at: float  # monotonic
+    ready_logged: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.assign_path.with_name(self.assign_path.name + ".ready").exists()
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+@dataclass
+class Standbys:
+    log_dir: Path
+    #: Standbys per job, and how many each job wants (its ranks on this node).
+    ready: dict[str, list[Standby]] = field(default_factory=dict)
+    wanted: dict[str, tuple[Blueprint, int]] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def want(self, spec: RankSpec, count: int) -> None:
+        """Keep `count` standbys of this job, like `spec`, from the next `refill` on."""
+        self.wanted[spec.job] = (Blueprint.of(spec), count)
+
+    def refill(self, job: str) -> int:
+        """Start the standbys `job` still lacks; returns how many were started."""
+        if job not in self.wanted or self.failures.get(job, 0) >= MAX_FAILURES:
+            return 0
+        blueprint, count = self.wanted[job]
+        have = [s for s in self.ready.get(job, []) if s.alive() and s.blueprint == blueprint]
+        started = 0
+        for _ in range(count - len(have)):
+            try:
+                have.append(self._spawn(blueprint))
+                started += 1
+            except OSError as exc:
+                log.warning("standby.start_failed", job=job, error=str(exc),
+                            effect="the job's next restart starts its ranks cold")
+                break
+        self.ready[job] = have
+        return started
+
+    def take(self, specs: list[RankSpec]) -> dict[int, Standby]:
+        """Standbys for these ranks ({rank: standby}), all or none: a restart is as fast
+        as its slowest rank, and a mix buys nothing."""
+        if not specs:
+            return {}
+        blueprint = Blueprint.of(specs[0])
+        pool = [s for s in self.ready.get(blueprint.job, []) if s.alive() and s.blueprint == blueprint]
+        if len(pool) < len(specs) or any(Blueprint.of(s) != blueprint for s in specs):
+            return {}
+        taken = dict(zip((s.rank for s in specs), pool))
+        self.ready[blueprint.job] = [s for s in pool if s not in taken.values()]
+        return taken
+
+    def retire(self, job: str) -> int:
+        """The job left this node: end its standbys."""
+        self.wanted.pop(job, None)
+        self.failures.pop(job, None)
+        gone = self.ready.pop(job, [])
+        for standby in gone:
+            _end(standby)
+        return len(gone)
+
+    def poll(self) -> None:
+        """Reap standbys that ended (log why), note those now waiting, give up on those
+        that never got there."""
+        now = time.monotonic()
+        for job, standbys in list(self.ready.items()):
+            keep = []
+            for s in standbys:
+                if not s.alive():
+                    if not s.ready_logged:
+                        self.failures[job] = self.failures.get(job, 0) + 1
+                    given_up = self.failures.get(job, 0) >= MAX_FAILURES
+                    log.warning("standby.exited", job=job, code=s.popen.returncode, log=str(s.log_path),
+                                effect="no more standbys for this job: its restarts start cold; read the log"
+                                if given_up else "another is started")
+                    continue
+                if not s.ready_logged and s.ready:
+                    s.ready_logged = True
+                    log.info("standby.ready", job=job, pid=s.popen.pid, after_s=round(now - s.started_at, 2))
+                elif not s.ready_logged and now - s.started_at > READY_LIMIT:
+                    log.warning("standby.never_ready", job=job, log=str(s.log_path),
+                                effect="ended: does the script call agents.runtime.standby()?")
+                    _end(s)
+                    continue
+                keep.append(s)
+            self.ready[job] = keep
+
+    def close(self) -> None:
+        for job in list(self.ready):
+            self.retire(job)
+
+    def _spawn(self, blueprint: Blueprint) -> Standby:
+        n = next(self._ids)
+        base = inside(self.log_dir, blueprint.job, "standby")
+        base.mkdir(parents=True, exist_ok=True)
+        log_path, status_path = base / f"standby-{n}.log", base / f"standby-{n}.status"
+        assign_path = base / f"standby-{n}.assign"
+        for stale in (status_path, rankwrap.pid_path(status_path), assign_path,
+                      assign_path.with_name(assign_path.name + ".ready")):
+            stale.unlink(missing_ok=True)
+        env = dict(os.environ)
+        env.update(dict(blueprint.env))
+        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(key, None)
+        env.update(TRAINGUARD_STANDBY=str(assign_path), TRAINGUARD_AGENT_PID=str(os.getpid()), PYTHONUNBUFFERED="1")
+        with open(log_path, "ab") as out:
+            popen = subprocess.Popen([sys.executable, "-m", "agents.rankwrap", str(status_path), "--", *blueprint.argv],
+                                     env=env, cwd=blueprint.cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        log.info("standby.started", job=blueprint.job, pid=popen.pid, log=str(log_path))
+        return Standby(blueprint, popen, psutil.Process(popen.pid), assign_path, status_path, log_path,
+                       time.monotonic())
+
+
+def _end(standby: Standby) -> None:
+    try:
+        os.killpg(standby.popen.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        standby.popen.wait(timeout=2.0)
+    except subprocess.TimeoutExpired:
+        pass
