@@ -104,3 +104,10 @@ def test_bad_pools(bad: bytes) -> None:
 @pytest.mark.parametrize("data", [b"", b"just a string\n", b"- a\n- list\n", b"\x00\x01binary"])
 def test_not_a_job_file(data: bytes) -> None:
     assert problems(data)
+
+
+def test_warm_standby_is_off_unless_asked_and_must_be_a_boolean() -> None:
+    assert load_jobspec(GOOD, "job.yaml").warm_standby is False
+    assert load_jobspec(GOOD + b"warm_standby: true\n", "job.yaml").warm_standby is True
+    [problem] = problems(GOOD + b"warm_standby: yes please\n")
+    assert "warm_standby must be true or false" in problem

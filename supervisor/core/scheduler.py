@@ -728,6 +728,10 @@ class Jobs:
                   failovers=len(record.failovers), ettr=ettr(record, record.ended_at or 0.0))
         self._live.pop(record.id, None)
         out.records[record.id] = record
+        if record.spec.warm_standby:  # the nodes it ran on end its standbys
+            for node in sorted({share.node for attempt in record.attempts for share in attempt.nodes}):
+                out.commands.append(JobCommand(node, record.id, record.attempt, StopRanksArgs(
+                    job=record.id, grace=0.0, final=True)))
 
     # --- attempts --------------------------------------------------------------------------
 

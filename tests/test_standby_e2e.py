@@ -1,0 +1,63 @@
+"""Warm standbys end to end: a job with `warm_standby: true` keeps a standby per rank on
+each node; a crash's restart hands them their ranks (no cold start), the losses are the
+fault-free run's, and the standbys end with the job."""
+
+from __future__ import annotations
+
+import json
+
+import psutil
+import pytest
+
+from supervisor.cli.localcluster import wait_for
+from tests.jobsupport import (
+    ASCEND,
+    events,
+    inject,
+    job_file,
+    losses,
+    make_policy,
+    reference_losses,
+    show,
+    start_pools,
+    submit,
+    wait_state,
+    wait_step,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def test_a_crash_restarts_on_warm_standbys_with_identical_losses_and_they_end_with_the_job(make_cluster, tmp_path):
+    steps = 300
+    reference = reference_losses(tmp_path / "ref", steps)
+    cluster = make_cluster()
+    start_pools(cluster, make_policy(tmp_path / "policies"), nvidia=False)
+    path = job_file(tmp_path / "work", "gpt", steps=steps)
+    spec = json.loads(path.read_text())
+    path.write_text(json.dumps({**spec, "warm_standby": True}))
+    job = submit(cluster, path)
+    wait_step(cluster, job, 20, 120)
+    ready = wait_for(lambda: all(cluster.find_events(n, "standby.ready", job=job) for n in ASCEND) and
+                     [cluster.find_events(n, "standby.ready", job=job)[0] for n in ASCEND], 120, "a standby per node")
+    pids = [r["pid"] for r in ready]
+    inject(cluster, "ascend-1", "crash")
+    wait_for(lambda: show(cluster, job)["attempt"] == 2, 60, "the restart")
+    started = wait_for(lambda: len(s := [e for n in ASCEND for e in cluster.find_events(n, "rank.started", job=job)
+                                          if e.get("attempt") == 2]) == 2 and s, 60, "attempt 2's ranks")
+    assert all(e["warm"] for e in started), "the restart took the standbys, not a cold start"
+    assert all(cluster.find_events(n, "job.attempt_started", job=job, attempt=2)[0]["warm"] == 1 for n in ASCEND)
+    done = wait_state(cluster, job, {"succeeded", "failed", "stopped"}, 240)
+    assert done["state"] == "succeeded" and done["restarts"] == 1, done
+    (incident,) = events(cluster, "job.incident", job=job)
+    assert incident["signal"] == "crash"
+    got = losses(tmp_path / "work" / "gpt-metrics.jsonl")
+    assert sorted(got) == list(range(1, steps + 1))
+    assert got == reference, "the losses after a restart on warm standbys differ from the fault-free run"
+    # The job is over: no standby of it is left (the ones taken ended as ranks; the new
+    # ones are ended by the job's final stop).
+    def standbys_left() -> list[int]:
+        return [p.pid for p in psutil.process_iter(["pid", "environ"])
+                if (p.info["environ"] or {}).get("TRAINGUARD_STANDBY", "").find(job) >= 0]
+    wait_for(lambda: not standbys_left(), 30, "the job's standbys to end")
+    assert all(not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE for pid in pids)
