@@ -309,14 +309,17 @@ def run_trainguard(root: Path, faults: list[str], trials: int, warm: bool = True
                     os.kill(victim, signal.SIGKILL)  # type: ignore[arg-type]
                 else:
                     _cli(cluster, ["inject"], node, fault, "--chip", "1")
+                    # A transient fault: gone once trainguard acted on it (the restarted
+                    # rank on that chip must not meet it again).
+                    wait_for(lambda: show()["attempt"] > before["attempt"], RECOVERY_LIMIT, "the restart", 0.01)
+                    _cli(cluster, ["inject"], node, "ok", "--chip", "1")
                 try:
                     row = wait_for(lambda: first_new_step(metrics, t0, old), RECOVERY_LIMIT, "a new step", 0.01)
                     times.append(row["time"] - t0)
                 except AssertionError:
                     times.append(None)
                 first_ok.append(show()["attempt"] == before["attempt"] + 1)
-                if fault != "crash":  # the chip is well again, and its node back in the pool
-                    _cli(cluster, ["inject"], node, "ok", "--chip", "1")
+                if fault != "crash":  # its node back in the pool (a chip error excluded it)
                     _cli(cluster, ["node", "undrain"], node)
                 print(f"  trainguard {fault}: {times[-1] if times[-1] is None else round(times[-1], 2)} s", flush=True)
             results[fault] = summarise(times, first_ok)

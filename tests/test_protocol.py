@@ -521,3 +521,18 @@ def test_a_status_reply_of_a_large_cluster_is_not_oversize_for_the_cli() -> None
     with pytest.raises(ProtocolError):
         decode(big)
     assert decode(big, limit=MAX_REPLY_BYTES).ok
+
+
+def test_a_status_reply_with_a_jobs_decisions_is_not_too_deep_but_a_peers_event_still_is() -> None:
+    """`status` lists jobs with their decisions and what each counted: depth 8. The CLI
+    refused it ("nested deeper than 6") once a job had had one decision."""
+    from supervisor.shared.protocol import CtlReply, Event, ProtocolError, decode, encode
+
+    condition = {"signal": ["crash"], "count": 1, "within": None}
+    status = {"nodes": [], "jobs": [{"id": "gpt-1", "decisions": [{"action": "restart", "counts": [
+        {"condition": condition, "seen": 1, "threshold": 1}]}]}]}
+    reply = decode(encode(CtlReply(id="r1", ts=1.0, ref="q1", ok=True, result=status)))
+    assert reply.result == status  # type: ignore[union-attr]
+    deep: dict = {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}
+    with pytest.raises(ProtocolError):
+        decode(encode(Event(id="e1", ts=1.0, node="n1", name="rank.started", observed_at=1.0e9 + 1, fields=deep)))

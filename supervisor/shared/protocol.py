@@ -354,15 +354,21 @@ AnyMessage = Union[Register, Heartbeat, Event, Goodbye, Command, Ack, Result, Ct
 #: accepted can be logged, stored as JSON and summed in metrics.
 MAX_FREEFORM_DEPTH = 6
 MAX_FREEFORM_ITEMS = 10_000
+#: The daemon's answers to the CLI are deeper and bigger by nature (`status` lists jobs,
+#: each with its decisions and what they counted; a page of 500 nodes with their chips);
+#: the frame itself is bounded by MAX_REPLY_BYTES.
+MAX_REPLY_DEPTH = 16
+MAX_REPLY_ITEMS = 2_000_000
 
 
-def _check_freeform(value: Any, where: str, depth: int = 0, budget: list[int] | None = None) -> None:
-    budget = budget if budget is not None else [MAX_FREEFORM_ITEMS]
+def _check_freeform(value: Any, where: str, depth: int = 0, budget: list[int] | None = None,
+                    max_depth: int = MAX_FREEFORM_DEPTH, max_items: int = MAX_FREEFORM_ITEMS) -> None:
+    budget = budget if budget is not None else [max_items]
     budget[0] -= 1
     if budget[0] < 0:
-        raise ValueError(f"{where}: more than {MAX_FREEFORM_ITEMS} items")
-    if depth > MAX_FREEFORM_DEPTH:
-        raise ValueError(f"{where}: nested deeper than {MAX_FREEFORM_DEPTH}")
+        raise ValueError(f"{where}: more than {max_items} items")
+    if depth > max_depth:
+        raise ValueError(f"{where}: nested deeper than {max_depth}")
     if value is None or isinstance(value, (bool, str, int)):
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 1 << 63:
             raise ValueError(f"{where}: integer out of range")
@@ -373,13 +379,13 @@ def _check_freeform(value: Any, where: str, depth: int = 0, budget: list[int] | 
         return
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            _check_freeform(item, f"{where}[{i}]", depth + 1, budget)
+            _check_freeform(item, f"{where}[{i}]", depth + 1, budget, max_depth, max_items)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValueError(f"{where}: key {_clip(repr(key), 40)} is not a string")
-            _check_freeform(item, f"{where}.{_clip(key, 40)}", depth + 1, budget)
+            _check_freeform(item, f"{where}.{_clip(key, 40)}", depth + 1, budget, max_depth, max_items)
         return
     raise ValueError(f"{where}: {type(value).__name__} values are not allowed")
 
@@ -395,7 +401,7 @@ def _check(message: AnyMessage) -> None:
     elif isinstance(message, CtlRequest):
         _check_freeform(message.args, "$.args")
     elif isinstance(message, CtlReply):
-        _check_freeform(message.result, "$.result")
+        _check_freeform(message.result, "$.result", max_depth=MAX_REPLY_DEPTH, max_items=MAX_REPLY_ITEMS)
 
 
 class _Envelope(msgspec.Struct):
