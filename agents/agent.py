@@ -245,6 +245,8 @@ class Agent:
             log.exception("agent.handler_failed", step="poll")
             self.handler_failures["poll"] += 1
             return False
+        if self.monitor.wake_fd in ready:
+            self.monitor.drain_wake()  # a rank printed or ended: the next turn looks at once
         if self.sock in ready:
             self._guarded("receive", self._drain)
         if self._sock_monitor in ready:
@@ -259,6 +261,7 @@ class Agent:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self._sock_monitor, zmq.POLLIN)
+        poller.register(self.monitor.wake_fd, zmq.POLLIN)
         return poller
 
     def _guarded(self, step: str, fn: Callable[..., Any], *args: Any) -> bool:

@@ -74,7 +74,9 @@ class NodeHealth:
                 return
             self._stuck = False
             probing, self._probing = self._probing, None
-            self.next_probe = now + self.probe_interval
+            # At a fixed rate from the read's start: a chip's fault is seen within one
+            # interval (plus the read), however long the reads take.
+            self.next_probe = max(now + 0.05, self._probing_since + self.probe_interval)
             self.apply(*probing.result())
             return
         self._probing = self._pool.submit(self.read)

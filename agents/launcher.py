@@ -232,9 +232,13 @@ class RankProcess:
 
 
 class Launcher:
-    def __init__(self, log_dir: Path, on_line: LineCallback | None = None, state_path: Path | None = None) -> None:
+    def __init__(self, log_dir: Path, on_line: LineCallback | None = None, state_path: Path | None = None,
+                 on_wake: Callable[[], None] | None = None) -> None:
         self.log_dir = log_dir
         self.on_line = on_line
+        #: Called (from the tailing threads) when a rank printed lines or ended, so the
+        #: agent's loop looks now rather than at its next timeout.
+        self.on_wake = on_wake
         self.state_path = state_path
         self.ranks: dict[tuple[str, int], RankProcess] = {}
         #: The last attempt started on this node, per job (persisted with the ranks).
@@ -330,12 +334,22 @@ class Launcher:
                     if len(pending) > 1_000_000:  # a "line" without end: deliver what we have
                         self._deliver(spec, pending)
                         pending = b""
+                    if lines:
+                        self._wake()
                     continue
                 if not process.alive():
                     if pending:
                         self._deliver(spec, pending)
+                    self._wake()
                     return
                 time.sleep(0.02)
+
+    def _wake(self) -> None:
+        if self.on_wake is not None:
+            try:
+                self.on_wake()
+            except Exception:
+                pass
 
     def _deliver(self, spec: RankSpec, raw: bytes) -> None:
         if self.on_line is not None:

@@ -16,6 +16,7 @@ them.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import time
@@ -99,8 +100,14 @@ class RankMonitor:
     def __init__(self, log_dir: Path, heartbeat_endpoint: str, limits: HangLimits, catalog: Catalog,
                  state_path: Path | None = None) -> None:
         self._lines: queue.SimpleQueue[tuple[str, int, int, str]] = queue.SimpleQueue()
+        # Written (a byte) when a rank prints or ends: the agent polls it, so an exit or a
+        # fault line is seen within milliseconds, not at the loop's next timeout.
+        self.wake_fd, self._wake_w = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        os.set_blocking(self._wake_w, False)
         self.launcher = Launcher(log_dir, state_path=state_path,
-                                 on_line=lambda spec, line: self._lines.put((spec.job, spec.rank, spec.attempt, line)))
+                                 on_line=lambda spec, line: self._lines.put((spec.job, spec.rank, spec.attempt, line)),
+                                 on_wake=self._wake)
         #: Rank lifecycle events not yet handed to the agent (`events()`).
         self._events: list[RankEvent] = []
         #: Observations made outside tick() (exits of killed older attempts), for the next.
@@ -131,6 +138,24 @@ class RankMonitor:
     def close(self) -> None:
         self.stacks.close()
         self._pull.close(linger=0)
+        for fd in (self.wake_fd, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass  # full (the loop will look anyway) or closed
+
+    def drain_wake(self) -> None:
+        try:
+            while os.read(self.wake_fd, 4096):
+                pass
+        except OSError:
+            pass
 
     # --- hands -----------------------------------------------------------------------
 
