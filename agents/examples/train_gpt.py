@@ -35,6 +35,9 @@ from agents.runtime.progress import flush as flush_heartbeat
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=200, help="train until this many steps are done")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="end this run after that step (the schedule still spans --steps): a reference for a run "
+                        "that was stopped there")
     p.add_argument("--ckpt-dir", default=None, help="checkpoint directory (default: $TRAINGUARD_CKPT_DIR)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (0: only when asked)")
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     offsets = torch.arange(args.block + 1)
     # ckpt.due() once per step on every rank (it agrees requests among the ranks), and
     # the stop checked after it: all ranks save and stop at the same step.
-    while step < args.steps:
+    end = min(args.steps, args.stop_at) if args.stop_at else args.steps
+    while step < end:
         rows = torch.tensor(sampler.next_batch()) * args.block
         window = data[rows[:, None] + offsets].to(placement.device)
         x, y = window[:, :-1], window[:, 1:]
