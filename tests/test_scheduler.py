@@ -947,6 +947,8 @@ def test_hang_views_of_two_nodes_are_one_signal_hang_on_the_culprit_and_one_inci
     assert (hang["rank"], hang["culprit_by"], hang["step"], hang["attempt"]) == (1, "stack", 324, 1)
     assert hang["observed_at"] == at(10).wall and hang["nodes_reported"] == ["a1", "a2"]
     assert hang["evidence"].splitlines()[2] == "Thread 1 ..."
+    # Every node reported: the hang is decided after the settle time, not the 3 s window.
+    assert sim.jobs.next_deadline() == pytest.approx(at(10.4).mono + 0.25)
     # A view that comes after the signal (an agent that re-reports) is not a second one.
     assert events(sim.event("a1", "hang.observed", 11, ranks=[view(0, 325, "collective")]), "signal.hang") == []
     [incident] = events(sim.tick(13.5), "job.incident")

@@ -8,7 +8,8 @@ peers' network errors), earliest first among equals. The policy counts the incid
 once, by its root; the others stay in the events as its consequences.
 
 A root that nothing later can outrank — a rank killed by a signal, a chip error, a lost
-node — need not wait out the window: the incident is decided `SETTLE` seconds after it
+node, a hang every node of the attempt has reported (all its ranks are accounted for) —
+need not wait out the window: the incident is decided `SETTLE` seconds after it
 arrived (time for the signals already on the wire), so a restart starts sooner. Signals
 of the same attempt that come after its incident was decided join that incident as
 consequences; they never open a second one (the attempt is already being ended).
@@ -105,14 +106,17 @@ class IncidentTracker:
         self.open: Incident | None = None
         self.decided: Incident | None = None  # the last one decided (its late signals join it)
 
-    def add(self, signal: SignalEvent, attempt: int, now: float, killed_by_signal: bool = False) -> None:
+    def add(self, signal: SignalEvent, attempt: int, now: float, killed_by_signal: bool = False,
+            settled: bool = False) -> None:
+        """`settled`: the caller knows nothing more specific is coming (a hang whose
+        every node has reported): decide after SETTLE, like a decisive kind."""
         if self.open is None and self.decided is not None and self.decided.attempt == attempt:
             self.decided.signals.append((signal, killed_by_signal))
             return
         if self.open is None or self.open.attempt != attempt:
             self.open = Incident(attempt, now)
         self.open.signals.append((signal, killed_by_signal))
-        if self.open.decisive_at is None and decisive(signal, killed_by_signal):
+        if self.open.decisive_at is None and (settled or decisive(signal, killed_by_signal)):
             self.open.decisive_at = now
 
     def due(self, now: float) -> Incident | None:

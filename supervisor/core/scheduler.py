@@ -458,7 +458,7 @@ class Jobs:
     # --- carrying out ------------------------------------------------------------------------
 
     def _signal(self, record: JobRecord, signal: Signal, node: str | None, fields: Mapping[str, Any], now: Instant,
-                out: JobOutcome, rank: int | None = None) -> None:
+                out: JobOutcome, rank: int | None = None, settled: bool = False) -> None:
         live = self._live.get(record.id)
         if live is None:
             return
@@ -470,7 +470,7 @@ class Jobs:
         # its own fatal fault (SIGSEGV, SIGBUS): the cause of what its peers then show.
         # Not SIGABRT: that is how a process ends after an error it has already printed.
         killed = signal is Signal.CRASH and fields.get("signal_name") in ("SIGKILL", "SIGSEGV", "SIGBUS", "SIGILL")
-        live.incidents.add(event, record.attempt, now.mono, killed_by_signal=killed)
+        live.incidents.add(event, record.attempt, now.mono, killed_by_signal=killed, settled=settled)
 
     def _hang_view(self, record: JobRecord, node: str, fields: Mapping[str, Any], now: Instant,
                    out: JobOutcome) -> None:
@@ -523,8 +523,11 @@ class Jobs:
         fields = {k: v for k, v in fields.items() if v is not None}
         out.changes.append(NodeChange("signal.hang", node or "*", fields))
         if join.attempt == record.attempt and record.state in (JobState.STARTING, JobState.RUNNING):
+            # Every node saw its ranks stall: the whole attempt is accounted for, and what
+            # its ranks would say next is only the hang's consequence.
             self._signal(record, Signal.HANG, node, fields, now, out,
-                         rank=culprit.view.rank if culprit is not None else None)
+                         rank=culprit.view.rank if culprit is not None else None,
+                         settled=join.expected <= set(join.views))
 
     def _decide(self, record: JobRecord, incident: Incident, now: Instant, out: JobOutcome) -> None:
         live = self._live[record.id]
