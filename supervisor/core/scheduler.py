@@ -538,7 +538,8 @@ class Jobs:
                   consequences=[{"signal": s.signal.value, "node": s.node, "rank": s.rank} for s in incident.consequences])
         if record.state not in (JobState.STARTING, JobState.RUNNING) or incident.attempt != record.attempt:
             return  # the attempt is already being ended: the incident is recorded, nothing more
-        self._feed(record, root, now, out, grace=FAULT_STOP_GRACE)
+        # A hung attempt has nothing to flush: its ranks are killed at once.
+        self._feed(record, root, now, out, grace=0.0 if root.signal is Signal.HANG else FAULT_STOP_GRACE)
         if record.state in (JobState.RESTARTING, JobState.FAILING_OVER):
             live.incident_started = root.at  # a recovery is timed from the fault that caused it
 
