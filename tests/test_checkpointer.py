@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import io
 import json
 import os
@@ -25,9 +24,10 @@ from typing import Any, Callable, Iterator
 import pytest
 import torch
 import torch.nn as nn
+import xxhash
 from torch.optim.lr_scheduler import LambdaLR
 
-from agents.runtime import checkpoint, progress
+from agents.runtime import checkpoint, progress, tensorfile
 from agents.runtime.checkpoint import Checkpointer, CheckpointError, Restored, verify
 from agents.runtime.env import Assignment, AssignmentError
 from agents.runtime.sampler import ResumableSampler
@@ -143,6 +143,12 @@ def step_dir(root: Path, step: int) -> Path:
     return root / f"step-{step:08d}"
 
 
+def read_state(final: Path, name: str = "state.ckpt") -> Any:
+    """A committed checkpoint's file, read and checked as load_latest reads it."""
+    meta = json.loads((final / "manifest.json").read_text())["files"][name]
+    return tensorfile.read(final / name, meta["bytes"], meta["xxh3_128"])
+
+
 @pytest.fixture(autouse=True)
 def no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     """save() sends a heartbeat: make sure it goes nowhere."""
@@ -163,16 +169,16 @@ def test_save_writes_a_committed_verified_directory(tmp_path: Path) -> None:
 
     final = step_dir(tmp_path, 5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000005"]
-    assert sorted(p.name for p in final.iterdir()) == ["manifest.json", "rank-0.pt", "state.pt"]
+    assert sorted(p.name for p in final.iterdir()) == ["manifest.json", "rank-0.ckpt", "state.ckpt"]
     manifest = json.loads((final / "manifest.json").read_text())
     assert manifest["format"] == checkpoint.FORMAT
     assert manifest["step"] == 5
     assert manifest["world_size"] == 1
     assert manifest["accelerator"] == "cpu"
-    assert sorted(manifest["files"]) == ["rank-0.pt", "state.pt"]
+    assert sorted(manifest["files"]) == ["rank-0.ckpt", "state.ckpt"]
     for name, meta in manifest["files"].items():
         data = (final / name).read_bytes()
-        assert meta == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        assert meta == {"xxh3_128": xxhash.xxh3_128(data).hexdigest(), "bytes": len(data)}
     assert verify(final) is None
     assert ckpt.committed() == [(5, final)]
 
@@ -249,34 +255,31 @@ def test_constructor_rejects_bad_arguments(tmp_path: Path) -> None:
 # --- asynchronous, snapshotting, one write at a time ------------------------------------
 
 
-class _Written:
-    """An `extra` value that notes when the background writer pickles it, with the steps
-    committed at that moment, and holds the writer of step 1 until the gate opens."""
-
-    def __init__(self, step: int, log: list, gate: threading.Event, committed: Callable[[], list[int]]) -> None:
-        self.step, self.log, self.gate, self.committed = step, log, gate, committed
-
-    def __deepcopy__(self, memo: dict) -> "_Written":  # save() snapshots extras; keep this one live
-        return self
-
-    def __reduce__(self) -> tuple:
-        self.log.append(("write", self.step, self.committed()))
-        if self.step == 1:
-            assert self.gate.wait(20), "the test never opened the gate"
-        return (int, (self.step,))
-
-
-def test_save_is_asynchronous_snapshots_and_serialises(tmp_path: Path, capfd) -> None:
+def test_save_is_asynchronous_snapshots_and_serialises(
+    tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The background writer notes each state file it starts, with the steps committed at
+    # that moment, and is held inside step 1's until the gate opens.
     gate = threading.Event()
     log: list[tuple[str, int, list[int]]] = []
+    real_write = tensorfile.write
+
+    def held_write(path: Path, snap: tensorfile.Snapshot) -> dict[str, Any]:
+        if path.name == "state.ckpt":
+            step = int(path.parent.name.split("-")[1].split(".")[0])
+            log.append(("write", step, [s for s, _ in ckpt.committed()]))
+            if step == 1:
+                assert gate.wait(20), "the test never opened the gate"
+        return real_write(path, snap)
+
+    monkeypatch.setattr(tensorfile, "write", held_write)
     run = make_run(3)
     run.train(1)
     at_save = {k: v.clone() for k, v in run.model.state_dict().items()}
     ckpt = Checkpointer(tmp_path, assigned=assigned())
-    committed = lambda: [s for s, _ in ckpt.committed()]  # noqa: E731
-    ckpt.save(1, **run.parts(), extra={"w": _Written(1, log, gate, committed)})
-    # save() returned while the writer is still held at the gate, inside step 1's state.pt.
-    wait_for(lambda: log, 20, "the writer to reach step 1's extras")
+    ckpt.save(1, **run.parts())
+    # save() returned while the writer is still held at the gate, inside step 1's state file.
+    wait_for(lambda: log, 20, "the writer to reach step 1's state file")
     assert log == [("write", 1, [])]
     assert ckpt.committed() == []
     assert 0 < ckpt.last_stall < 5
@@ -288,7 +291,7 @@ def test_save_is_asynchronous_snapshots_and_serialises(tmp_path: Path, capfd) ->
     run.train(1)
     after = {k: v.clone() for k, v in run.model.state_dict().items()}
 
-    second = threading.Thread(target=lambda: ckpt.save(2, **run.parts(), extra={"w": _Written(2, log, gate, committed)}))
+    second = threading.Thread(target=lambda: ckpt.save(2, **run.parts()))
     second.start()
     second.join(0.3)
     assert second.is_alive(), "the second save did not wait for the first"
@@ -300,9 +303,8 @@ def test_save_is_asynchronous_snapshots_and_serialises(tmp_path: Path, capfd) ->
 
     assert log == [("write", 1, []), ("write", 2, [1])]  # step 2 was written after step 1 was committed
     assert [s for s, _ in ckpt.committed()] == [1, 2]
-    first = torch.load(step_dir(tmp_path, 1) / "state.pt", weights_only=False)
-    assert same_tensors(first["model"], at_save)
-    assert same_tensors(torch.load(step_dir(tmp_path, 2) / "state.pt", weights_only=False)["model"], after)
+    assert same_tensors(read_state(step_dir(tmp_path, 1))["model"], at_save)
+    assert same_tensors(read_state(step_dir(tmp_path, 2))["model"], after)
     saved = events(capfd.readouterr().err, "runtime.checkpoint_saved")
     assert [e["step"] for e in saved] == [1, 2]
     assert all(e["stall_s"] >= 0 and e["bytes"] > 0 for e in saved)
@@ -357,11 +359,11 @@ def _truncate(path: Path) -> None:
 
 
 DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
-    "corrupted": (lambda d: _flip_a_byte(d / "state.pt"), "state.pt does not match its checksum"),
-    "truncated": (lambda d: _truncate(d / "state.pt"), "truncated"),
+    "corrupted": (lambda d: _flip_a_byte(d / "state.ckpt"), "state.ckpt does not match its checksum"),
+    "truncated": (lambda d: _truncate(d / "state.ckpt"), "truncated"),
     "no manifest": (lambda d: (d / "manifest.json").unlink(), "no manifest"),
     "garbled manifest": (lambda d: (d / "manifest.json").write_text("{not json"), "unreadable manifest"),
-    "rank file missing": (lambda d: (d / "rank-0.pt").unlink(), "rank-0.pt is missing"),
+    "rank file missing": (lambda d: (d / "rank-0.ckpt").unlink(), "rank-0.ckpt is missing"),
 }
 
 
@@ -393,7 +395,7 @@ def test_nothing_verifies_returns_none(tmp_path: Path, capfd) -> None:
     ckpt = Checkpointer(tmp_path, assigned=assigned())
     ckpt.save(1, model=nn.Linear(2, 2))
     assert ckpt.wait() is None
-    _flip_a_byte(step_dir(tmp_path, 1) / "state.pt")
+    _flip_a_byte(step_dir(tmp_path, 1) / "state.ckpt")
     assert ckpt.load_latest(model=nn.Linear(2, 2)) is None
     assert len(events(capfd.readouterr().err, "runtime.checkpoint_skipped")) == 1
 
@@ -444,9 +446,9 @@ def test_two_ranks_commit_together_and_load_at_world_size_one(tmp_path: Path, ca
     assert rank0.wait() is None
 
     final = step_dir(tmp_path, 5)
-    assert sorted(p.name for p in final.iterdir()) == ["manifest.json", "rank-0.pt", "rank-1.pt", "state.pt"]
+    assert sorted(p.name for p in final.iterdir()) == ["manifest.json", "rank-0.ckpt", "rank-1.ckpt", "state.ckpt"]
     manifest = json.loads((final / "manifest.json").read_text())
-    assert manifest["world_size"] == 2 and sorted(manifest["files"]) == ["rank-0.pt", "rank-1.pt", "state.pt"]
+    assert manifest["world_size"] == 2 and sorted(manifest["files"]) == ["rank-0.ckpt", "rank-1.ckpt", "state.ckpt"]
     # The global data position, as one rank with the same global batch would continue it.
     expected_batch = run0.sampler.next_batch() + rank1_sampler.next_batch()
     weights = {k: v.clone() for k, v in run0.model.state_dict().items()}
@@ -558,8 +560,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path: Path, capfd) -> Non
     files = {p.name: p.stat().st_size for p in step_dir(tmp_path / "measure", 1).iterdir()}
     one = sum(_pages(s) for s in files.values())
     # Room for one checkpoint (plus its small marker files while it commits), and for
-    # only half of the second one's state.pt.
-    size = one + 2 * PAGE + files["state.pt"] // 2 // PAGE * PAGE
+    # only half of the second one's state.ckpt.
+    size = one + 2 * PAGE + files["state.ckpt"] // 2 // PAGE * PAGE
 
     disk = tmp_path / "disk"
     with tmpfs(disk, size) as resize:
@@ -618,15 +620,15 @@ class _DiskFillsAfter:
 
 
 def test_a_full_disk_is_reported_as_enospc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
-    # Deterministic stand-in for the tmpfs above: state.pt's writes fail after 4 KiB.
+    # Deterministic stand-in for the tmpfs above: state.ckpt's writes fail after 4 KiB.
     real_open = open
 
     def full_disk_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if mode == "wb" and Path(file).name == "state.pt":
+        if mode == "wb" and Path(file).name == "state.ckpt":
             return _DiskFillsAfter(file, PAGE)
         return real_open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(tensorfile, "open", full_disk_open, raising=False)
     ckpt = Checkpointer(tmp_path, assigned=assigned())
     ckpt.save(1, model=nn.Linear(64, 64))
     error = ckpt.wait()
