@@ -1,6 +1,6 @@
 """How long does a checkpoint stall the training loop, and how fast does one load?
 
-    .venv/bin/python bench/checkpoint.py                 # 100 MB and 1 GB states (~1.5 min)
+    .venv/bin/python bench/checkpoint.py                 # 100 MB and 1 GB states (a few minutes)
     .venv/bin/python bench/checkpoint.py --quick         # 100 MB, 1 repeat: smoke check
     .venv/bin/python bench/checkpoint.py --sizes 100,1000 --repeat 3 --dir /mnt/ckpt
 
