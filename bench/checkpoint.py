@@ -1,6 +1,6 @@
 """How long does a checkpoint stall the training loop, and how fast does one load?
 
-    .venv/bin/python bench/checkpoint.py                 # 100 MB and 1 GB states (~1.5 min)
+    .venv/bin/python bench/checkpoint.py                 # 100 MB and 1 GB states (a few minutes)
     .venv/bin/python bench/checkpoint.py --quick         # 100 MB, 1 repeat: smoke check
     .venv/bin/python bench/checkpoint.py --sizes 100,1000 --repeat 3 --dir /mnt/ckpt
 
@@ -13,26 +13,33 @@ repeat so that they share the machine's noise, after one untimed warm-up round; 
 of --repeat runs (default 5) are reported, with the range for the two stalls compared:
 
   (a) Checkpointer.save(): the stall is the time until save() returns (copy of every
-      tensor to fresh host memory; the write continues in a background thread). Its
-      "total" is the time until wait() returns: torch.save + fsync + sha256 read-back +
-      manifest + atomic rename + prune. wait() is called at once, with the loop idle, so
-      the total is the write's own cost, not slowed by a training loop competing for the
-      CPUs (on a busy machine the background write takes longer and slows the loop).
+      tensor into the Checkpointer's host buffers, which the first save allocates and
+      later saves reuse; the write continues in a background thread). Its "total" is
+      the time until wait() returns: the files streamed from those buffers with their
+      checksum computed on the way, fsync, manifest, atomic rename, prune. wait() is
+      called at once, with the loop idle, so the total is the write's own cost, not
+      slowed by a training loop competing for the CPUs.
   (b) torch.save({"model", "optimizer"}) to an open file, then flush + fsync: a plain
       synchronous checkpoint that is durable when it returns. The stall is all of it.
   (c) the same torch.save without fsync, for reference: what a loop that does not
       care about durability pays (the kernel writes the dirty pages back later; the
       benchmark fsyncs them outside the timing so the next measurement starts clean).
   (d) copying every tensor into host buffers allocated once and reused, for reference:
-      the floor for the stall of any snapshot-then-write design. Checkpointer.save()
-      copies into fresh memory each time; the difference is the cost of allocating and
-      first-touching that memory.
+      the floor for the stall of any snapshot-then-write design.
+  (e) a plain sequential write of as many bytes as the Checkpointer's files hold, from
+      one reused 16 MiB buffer, into a new file in the same directory, then fsync: the
+      disk's sequential write bandwidth as the page cache and fsync deliver it.
 
   ratio = (b) / (a): how many times shorter the loop stalls with the Checkpointer.
+  write bandwidth = bytes / (total - stall) for (a), bytes / time for (e); their ratio
+  says how close the background write comes to the disk.
 
-Load: Checkpointer.load_latest() (sha256 of every file, then torch.load, then
-load_state_dict) into a freshly built model and optimizer, against the floor of reading
-the same files' bytes with plain Python reads of 16 MiB chunks. ratio = load / read.
+Load: Checkpointer.load_latest() (every file read once, its checksum computed as it is
+read, tensors into fresh memory, then load_state_dict) into a freshly built model and
+optimizer, against the floor of reading the same files' bytes with plain Python reads of
+16 MiB chunks into one reused buffer. ratio = load / read. For reference, the same reads
+into fresh memory the size of the files ("read into fresh memory"): what any load that
+keeps the bytes pays before it does anything with them.
 "warm" means the files are in the page cache. "cold" is measured only when the page
 cache can be emptied: as root through /proc/sys/vm/drop_caches, otherwise per file with
 posix_fadvise(POSIX_FADV_DONTNEED), which any user may do for clean pages; mincore()
@@ -73,7 +80,8 @@ sys.path.insert(0, str(REPO))  # the repo's agents/, even if the editable instal
 
 import torch  # noqa: E402
 
-from agents.runtime.checkpoint import STATE_FILE, Checkpointer, verify  # noqa: E402
+from agents.runtime import tensorfile  # noqa: E402
+from agents.runtime.checkpoint import MANIFEST, STATE_FILE, Checkpointer, verify  # noqa: E402
 from agents.runtime.env import Assignment  # noqa: E402
 
 MB = 1_000_000
@@ -232,6 +240,37 @@ def plain_read(files: list[Path]) -> int:
     return n
 
 
+def read_fresh(files: list[Path]) -> int:
+    """Read every byte of the files into fresh memory of their size (kept until all are
+    read), in big chunks."""
+    held, n = [], 0
+    for path in files:
+        data = torch.empty(path.stat().st_size, dtype=torch.uint8)
+        view = memoryview(data.numpy()) if data.numel() else memoryview(bytearray(0))
+        with open(path, "rb", buffering=0) as f:
+            while n_read := f.readinto(view[: CHUNK]):
+                view = view[n_read:]
+                n += n_read
+        held.append(data)
+    return n
+
+
+def plain_write(path: Path, nbytes: int) -> dict[str, Any]:
+    """Write nbytes from one reused 16 MiB buffer into a new file, fsync it: the disk's
+    sequential write bandwidth, as the page cache and fsync deliver it."""
+    path.unlink(missing_ok=True)
+    buf = memoryview(os.urandom(CHUNK))
+    t0 = time.perf_counter()
+    with open(path, "wb", buffering=0) as f:
+        left = nbytes
+        while left:
+            left -= f.write(buf[: min(left, CHUNK)])
+        os.fsync(f.fileno())
+    took = time.perf_counter() - t0
+    path.unlink()
+    return {"stall_s": took, "bytes": nbytes, "mb_per_s": nbytes / MB / took}
+
+
 # --- measurements ----------------------------------------------------------------------
 
 
@@ -263,9 +302,12 @@ def save_checkpointer(ck: Checkpointer, step: int, model: torch.nn.Module, opt: 
     if error is not None:
         raise RuntimeError(f"Checkpointer failed to write step {step}: {error!r}")
     saved = [e for e in events_in(captured.getvalue()) if e.get("event") == "runtime.checkpoint_saved"]
+    nbytes = saved[-1].get("bytes") if saved else None
     return {
         "stall_s": t1 - t0,
         "total_s": t2 - t0,
+        # the background write's bandwidth, until wait() returned
+        "write_mb_per_s": nbytes / MB / (t2 - t1) if nbytes else None,
         "last_stall_s": ck.last_stall,  # the Checkpointer's own measure of the copy
         "write_s": saved[-1].get("write_s") if saved else None,  # background thread, its own clock
         "bytes": saved[-1].get("bytes") if saved else None,
@@ -332,11 +374,14 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
         stall, _ = timed(copy)
         return {"stall_s": stall}
 
+    ckpt_bytes: list[int] = []  # of the Checkpointer's files, known after its warm-up save
+
     methods: dict[str, Callable[[], dict[str, Any]]] = {
         "checkpointer": checkpointer,
         "torch_save_fsync": lambda: save_plain(plain, model, opt, fsync=True),
         "torch_save_nofsync": lambda: save_plain(plain, model, opt, fsync=False),
         "copy_reused_buffers": copy_reused,
+        "plain_write_fsync": lambda: plain_write(plain, ckpt_bytes[0]),
     }
     names = list(methods)
     # One untimed round first (kept in the JSON): the first write of a new size touches
@@ -345,6 +390,8 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
     warmup = {}
     for name in names:
         warmup[name] = methods[name]()
+        if name == "checkpointer":
+            ckpt_bytes.append(warmup[name]["bytes"])
         log(f"  save  warm-up {name:<18} stall {warmup[name]['stall_s']:.3f} s (not counted)")
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for i in range(repeat):
@@ -353,6 +400,8 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
             r = methods[name]()
             runs[name].append(r)
             extra = f", until wait() {r['total_s']:.3f} s" if "total_s" in r else ""
+            extra += f", {r['write_mb_per_s']:,.0f} MB/s written" if r.get("write_mb_per_s") else ""
+            extra += f", {r['mb_per_s']:,.0f} MB/s" if "mb_per_s" in r else ""
             log(f"  save  #{i + 1} {name:<20} stall {r['stall_s']:.3f} s{extra}")
 
     med = {n: statistics.median(r["stall_s"] for r in runs[n]) for n in names}
@@ -363,7 +412,10 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
         "median_stall_s": med,
         "median_checkpointer_total_s": statistics.median(r["total_s"] for r in runs["checkpointer"]),
         "ratio_sync_over_async": med["torch_save_fsync"] / med["checkpointer"],
+        "median_checkpointer_write_mb_per_s": statistics.median(r["write_mb_per_s"] for r in runs["checkpointer"]),
+        "median_plain_write_mb_per_s": statistics.median(r["mb_per_s"] for r in runs["plain_write_fsync"]),
     }
+    save["ratio_write_over_disk"] = save["median_checkpointer_write_mb_per_s"] / save["median_plain_write_mb_per_s"]
 
     # --- load: free the live state first (a resumed process has only the fresh one) ----
     expected = fingerprint(model, opt)
@@ -396,6 +448,11 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
         assert n == nbytes
         return {"s": took}
 
+    def read_fresh_once() -> dict[str, Any]:
+        took, n = timed(lambda: read_fresh(files))
+        assert n == nbytes
+        return {"s": took}
+
     def cold(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:
             evict(files)
@@ -403,7 +460,9 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
             return {**fn(), "resident_before": left}
         return run
 
-    load_methods: dict[str, Callable[[], dict[str, Any]]] = {"load_warm": load_once, "read_warm": read_once}
+    load_methods: dict[str, Callable[[], dict[str, Any]]] = {
+        "load_warm": load_once, "read_warm": read_once, "read_fresh_warm": read_fresh_once,
+    }
     if evict is not None:
         load_methods |= {"load_cold": cold(load_once), "read_cold": cold(read_once)}
     lnames = list(load_methods)
@@ -419,14 +478,16 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
             else:
                 lruns[name].append(load_methods[name]())
             log(f"  load  #{i + 1} {name:<20} {lruns[name][-1]['s']:.3f} s")
-        # Where load_latest's time goes (warm): verify = sha256 of every file; torch.load.
+        # Where load_latest's time goes (warm): verify = the checksum of every file, read
+        # into one reused buffer; read = the state file into fresh tensors, checksummed.
         plain_read(files)
         t_verify, problem = timed(lambda: verify(step_dir))
         assert problem is None, problem
-        t_torch_load, obj = timed(lambda: torch.load(step_dir / STATE_FILE, map_location="cpu", weights_only=False))
+        meta = json.loads((step_dir / MANIFEST).read_text())["files"][STATE_FILE]
+        t_read, obj = timed(lambda: tensorfile.read(step_dir / STATE_FILE, meta["bytes"], meta[tensorfile.CHECKSUM]))
         del obj
-        parts.append({"verify_s": t_verify, "torch_load_s": t_torch_load})
-        log(f"  load  #{i + 1} parts (warm)           verify {t_verify:.3f} s, torch.load {t_torch_load:.3f} s")
+        parts.append({"verify_s": t_verify, "read_state_s": t_read})
+        log(f"  load  #{i + 1} parts (warm)           verify {t_verify:.3f} s, read state file {t_read:.3f} s")
 
     lmed = {n: statistics.median(r["s"] for r in lruns[n]) for n in lnames}
     load: dict[str, Any] = {
@@ -436,9 +497,10 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
         "median_s": lmed,
         "mb_per_s": {n: nbytes / MB / s for n, s in lmed.items()},
         "ratio_load_over_read_warm": lmed["load_warm"] / lmed["read_warm"],
+        "ratio_load_over_read_fresh_warm": lmed["load_warm"] / lmed["read_fresh_warm"],
         "parts_warm": parts,
         "median_verify_s": statistics.median(p["verify_s"] for p in parts),
-        "median_torch_load_s": statistics.median(p["torch_load_s"] for p in parts),
+        "median_read_state_s": statistics.median(p["read_state_s"] for p in parts),
     }
     if evict is not None:
         load["ratio_load_over_read_cold"] = lmed["load_cold"] / lmed["read_cold"]
@@ -530,16 +592,24 @@ def table(results: list[dict[str, Any]], info: dict[str, Any], cache: dict[str, 
             f"| {s['ratio_sync_over_async']:.1f}x | {s['median_checkpointer_total_s']:.3f} s "
             f"| {med['torch_save_nofsync']:.3f} s | {med['copy_reused_buffers']:.3f} s |"
         )
+    lines += ["", "Write: the Checkpointer's background write (until wait() returns) against a plain "
+              "sequential write + fsync of as many bytes into the same directory", "",
+              "| state | Checkpointer write | plain write + fsync | ratio |", "|---|---:|---:|---:|"]
+    for r in results:
+        s = r["save"]
+        lines.append(f"| {r['state_bytes']['total'] / MB:.1f} MB | {s['median_checkpointer_write_mb_per_s']:,.0f} MB/s "
+                     f"| {s['median_plain_write_mb_per_s']:,.0f} MB/s | {s['ratio_write_over_disk']:.0%} |")
     cold = cache["method"] is not None
     lines += ["", f"Load: Checkpointer.load_latest() vs plain 16 MiB reads of the same files "
               f"({'warm = in page cache; cold = evicted by ' + cache['method'] if cold else 'warm cache: could not empty the page cache'})",
               ""]
-    head = "| checkpoint files | load_latest, warm | plain read, warm | ratio load / read, warm "
-    rule = "|---|---:|---:|---:"
+    head = ("| checkpoint files | load_latest, warm | plain read, warm | ratio load / read, warm "
+            "| read into fresh memory, warm (ref.) ")
+    rule = "|---|---:|---:|---:|---:"
     if cold:
         head += "| load_latest, cold | plain read, cold | ratio load / read, cold "
         rule += "|---:|---:|---:"
-    head += "| of which verify (sha256) / torch.load, warm |"
+    head += "| checksum of every file / read of the state file, warm |"
     rule += "|---:|"
     lines += [head, rule]
     for r in results:
@@ -550,10 +620,10 @@ def table(results: list[dict[str, Any]], info: dict[str, Any], cache: dict[str, 
             return f"{med[n]:.3f} s ({mbs[n]:,.0f} MB/s)"
 
         row = (f"| {ld['bytes'] / MB:.1f} MB | {cell('load_warm')} | {cell('read_warm')} "
-               f"| {ld['ratio_load_over_read_warm']:.1f}x ")
+               f"| {ld['ratio_load_over_read_warm']:.1f}x | {cell('read_fresh_warm')} ")
         if cold:
             row += f"| {cell('load_cold')} | {cell('read_cold')} | {ld['ratio_load_over_read_cold']:.1f}x "
-        row += f"| {ld['median_verify_s']:.3f} s / {ld['median_torch_load_s']:.3f} s |"
+        row += f"| {ld['median_verify_s']:.3f} s / {ld['median_read_state_s']:.3f} s |"
         lines.append(row)
     return "\n".join(lines)
 

@@ -317,7 +317,7 @@ def test_the_real_trainer_rendezvous_on_the_reported_port_checkpoints_and_stops_
     (saved,) = daemon.wait(lambda: daemon.find("rank.checkpoint_saved"), 60, "the checkpoint asked for")
     assert saved.attempt == 1 and Path(saved.fields["path"]) == ckpt / f"step-{saved.fields['step']:08d}"
     manifest = json.loads((ckpt / f"step-{saved.fields['step']:08d}" / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"state.pt", "rank-0.pt", "rank-1.pt"}
+    assert set(manifest["files"]) == {"state.ckpt", "rank-0.ckpt", "rank-1.ckpt"}
 
     stop = daemon.command(StopRanksArgs(job="j1", attempt=1, grace=60.0))
     assert stop.ok and stop.detail["ranks_asked"] == 2

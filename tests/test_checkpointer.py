@@ -25,9 +25,10 @@ from typing import Any, Callable, Iterator
 import pytest
 import torch
 import torch.nn as nn
+import xxhash
 from torch.optim.lr_scheduler import LambdaLR
 
-from agents.runtime import checkpoint, progress
+from agents.runtime import checkpoint, progress, tensorfile
 from agents.runtime.checkpoint import Checkpointer, CheckpointError, Restored, verify
 from agents.runtime.env import Assignment, AssignmentError
 from agents.runtime.sampler import ResumableSampler
@@ -143,6 +144,12 @@ def step_dir(root: Path, step: int) -> Path:
     return root / f"step-{step:08d}"
 
 
+def read_state(final: Path, name: str = "state.ckpt") -> Any:
+    """A committed checkpoint's file, read and checked as load_latest reads it."""
+    meta = json.loads((final / "manifest.json").read_text())["files"][name]
+    return tensorfile.read(final / name, meta["bytes"], meta["xxh3_128"])
+
+
 @pytest.fixture(autouse=True)
 def no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     """save() sends a heartbeat: make sure it goes nowhere."""
@@ -163,16 +170,16 @@ def test_save_writes_a_committed_verified_directory(tmp_path: Path) -> None:
 
     final = step_dir(tmp_path, 5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000005"]
-    assert sorted(p.name for p in final.iterdir()) == ["manifest.json", "rank-0.pt", "state.pt"]
+    assert sorted(p.name for p in final.iterdir()) == ["manifest.json", "rank-0.ckpt", "state.ckpt"]
     manifest = json.loads((final / "manifest.json").read_text())
     assert manifest["format"] == checkpoint.FORMAT
     assert manifest["step"] == 5
     assert manifest["world_size"] == 1
     assert manifest["accelerator"] == "cpu"
-    assert sorted(manifest["files"]) == ["rank-0.pt", "state.pt"]
+    assert sorted(manifest["files"]) == ["rank-0.ckpt", "state.ckpt"]
     for name, meta in manifest["files"].items():
         data = (final / name).read_bytes()
-        assert meta == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        assert meta == {"xxh3_128": xxhash.xxh3_128(data).hexdigest(), "bytes": len(data)}
     assert verify(final) is None
     assert ckpt.committed() == [(5, final)]
 
@@ -249,34 +256,31 @@ def test_constructor_rejects_bad_arguments(tmp_path: Path) -> None:
 # --- asynchronous, snapshotting, one write at a time ------------------------------------
 
 
-class _Written:
-    """An `extra` value that notes when the background writer pickles it, with the steps
-    committed at that moment, and holds the writer of step 1 until the gate opens."""
-
-    def __init__(self, step: int, log: list, gate: threading.Event, committed: Callable[[], list[int]]) -> None:
-        self.step, self.log, self.gate, self.committed = step, log, gate, committed
-
-    def __deepcopy__(self, memo: dict) -> "_Written":  # save() snapshots extras; keep this one live
-        return self
-
-    def __reduce__(self) -> tuple:
-        self.log.append(("write", self.step, self.committed()))
-        if self.step == 1:
-            assert self.gate.wait(20), "the test never opened the gate"
-        return (int, (self.step,))
-
-
-def test_save_is_asynchronous_snapshots_and_serialises(tmp_path: Path, capfd) -> None:
+def test_save_is_asynchronous_snapshots_and_serialises(
+    tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The background writer notes each state file it starts, with the steps committed at
+    # that moment, and is held inside step 1's until the gate opens.
     gate = threading.Event()
     log: list[tuple[str, int, list[int]]] = []
+    real_write = tensorfile.write
+
+    def held_write(path: Path, snap: tensorfile.Snapshot) -> dict[str, Any]:
+        if path.name == "state.ckpt":
+            step = int(path.parent.name.split("-")[1].split(".")[0])
+            log.append(("write", step, [s for s, _ in ckpt.committed()]))
+            if step == 1:
+                assert gate.wait(20), "the test never opened the gate"
+        return real_write(path, snap)
+
+    monkeypatch.setattr(tensorfile, "write", held_write)
     run = make_run(3)
     run.train(1)
     at_save = {k: v.clone() for k, v in run.model.state_dict().items()}
     ckpt = Checkpointer(tmp_path, assigned=assigned())
-    committed = lambda: [s for s, _ in ckpt.committed()]  # noqa: E731
-    ckpt.save(1, **run.parts(), extra={"w": _Written(1, log, gate, committed)})
-    # save() returned while the writer is still held at the gate, inside step 1's state.pt.
-    wait_for(lambda: log, 20, "the writer to reach step 1's extras")
+    ckpt.save(1, **run.parts())
+    # save() returned while the writer is still held at the gate, inside step 1's state file.
+    wait_for(lambda: log, 20, "the writer to reach step 1's state file")
     assert log == [("write", 1, [])]
     assert ckpt.committed() == []
     assert 0 < ckpt.last_stall < 5
@@ -288,7 +292,7 @@ def test_save_is_asynchronous_snapshots_and_serialises(tmp_path: Path, capfd) ->
     run.train(1)
     after = {k: v.clone() for k, v in run.model.state_dict().items()}
 
-    second = threading.Thread(target=lambda: ckpt.save(2, **run.parts(), extra={"w": _Written(2, log, gate, committed)}))
+    second = threading.Thread(target=lambda: ckpt.save(2, **run.parts()))
     second.start()
     second.join(0.3)
     assert second.is_alive(), "the second save did not wait for the first"
@@ -300,12 +304,240 @@ def test_save_is_asynchronous_snapshots_and_serialises(tmp_path: Path, capfd) ->
 
     assert log == [("write", 1, []), ("write", 2, [1])]  # step 2 was written after step 1 was committed
     assert [s for s, _ in ckpt.committed()] == [1, 2]
-    first = torch.load(step_dir(tmp_path, 1) / "state.pt", weights_only=False)
-    assert same_tensors(first["model"], at_save)
-    assert same_tensors(torch.load(step_dir(tmp_path, 2) / "state.pt", weights_only=False)["model"], after)
+    assert same_tensors(read_state(step_dir(tmp_path, 1))["model"], at_save)
+    assert same_tensors(read_state(step_dir(tmp_path, 2))["model"], after)
     saved = events(capfd.readouterr().err, "runtime.checkpoint_saved")
     assert [e["step"] for e in saved] == [1, 2]
     assert all(e["stall_s"] >= 0 and e["bytes"] > 0 for e in saved)
+
+
+# --- host buffers, the file format, integrity ----------------------------------------------
+
+
+def test_later_saves_reuse_the_host_buffers(tmp_path: Path, capfd) -> None:
+    run = make_run(1, width=64, out=64)
+    run.train(1)
+    ckpt = Checkpointer(tmp_path, keep=3, assigned=assigned())
+    expected = []
+    for step in (1, 2, 3):
+        run.train(1)
+        ckpt.save(step, **run.parts())
+        assert ckpt.wait() is None
+        expected.append({k: v.clone() for k, v in run.model.state_dict().items()})
+
+    saved = events(capfd.readouterr().err, "runtime.checkpoint_saved")
+    # model (64x64 + 64) and AdamW's two moments: 3 copies, float32
+    assert saved[0]["new_buffer_bytes"] >= 3 * (64 * 64 + 64) * 4
+    assert [e["new_buffer_bytes"] for e in saved[1:]] == [0, 0]
+    assert all(e["checksum"] == "xxh3_128" and e["mb_per_s"] > 0 for e in saved)
+    # Each file holds its own step's values: a reused buffer never carries a later step
+    # into an earlier checkpoint.
+    for step, values in zip((1, 2, 3), expected):
+        assert same_tensors(read_state(step_dir(tmp_path, step))["model"], values)
+    assert ckpt.close() is None
+
+
+def test_host_buffers_are_kept_by_shape_and_the_unused_ones_freed() -> None:
+    pool = tensorfile.HostBuffers()
+    square = (torch.float32, (4, 4), (4, 1), False)
+    short = (torch.bfloat16, (3,), (1,), False)
+    pool.begin()
+    a, b = pool.take(square), pool.take(short)
+    pool.end()
+    assert pool.new_bytes == 4 * 4 * 4 + 3 * 2
+    pool.begin()
+    assert pool.take(square) is a  # the same memory, not a copy of it
+    pool.end()
+    assert pool.new_bytes == 0
+    pool.begin()  # the last save took no bf16 buffer: it was freed, a new one is made
+    again = pool.take(short)
+    pool.end()
+    assert again is not b and pool.new_bytes == 6 and (again.dtype, again.shape) == (torch.bfloat16, (3,))
+
+
+class _Unpickled:
+    """An `extra` value that notes every time it is unpickled."""
+
+    seen: list[int] = []
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def __reduce__(self) -> tuple:
+        return (_note_unpickled, (self.step,))
+
+
+def _note_unpickled(step: int) -> int:
+    _Unpickled.seen.append(step)
+    return step
+
+
+@pytest.mark.parametrize("where", ["magic", "table length", "table", "objects", "tensor bytes", "last byte"])
+def test_a_byte_changed_anywhere_is_caught_before_anything_is_unpickled(tmp_path: Path, capfd, where: str) -> None:
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    model = nn.Linear(32, 32)
+    for step in (1, 2):
+        with torch.no_grad():
+            model.weight.fill_(step)
+        ckpt.save(step, model=model, extra={"who": _Unpickled(step)})
+        assert ckpt.wait() is None
+    state = step_dir(tmp_path, 2) / "state.ckpt"
+    data = bytearray(state.read_bytes())
+    table_len = int.from_bytes(data[8:16], "little")
+    table = json.loads(data[16:16 + table_len])
+    at = {
+        "magic": 0,
+        "table length": 9,
+        "table": 16 + table_len // 2,
+        "objects": 16 + table_len + table["objects"] // 2,
+        "tensor bytes": len(data) - 32 * 4 - 32 * 32 * 4 // 2,
+        "last byte": len(data) - 1,
+    }[where]
+    data[at] ^= 0x01
+    state.write_bytes(bytes(data))
+    _Unpickled.seen.clear()
+    capfd.readouterr()
+
+    fresh = nn.Linear(32, 32)
+    restored = Checkpointer(tmp_path, assigned=assigned()).load_latest(model=fresh)
+
+    assert restored is not None and restored.step == 1 and restored.extra == {"who": 1}
+    assert torch.all(fresh.weight == 1)
+    assert _Unpickled.seen == [1], "the damaged file was unpickled"
+    skipped = events(capfd.readouterr().err, "runtime.checkpoint_skipped")
+    assert len(skipped) == 1 and skipped[0]["step"] == 2
+    assert "state.ckpt" in skipped[0]["reason"] and ("corrupted" in skipped[0]["reason"] or "not a" in skipped[0]["reason"])
+
+
+def test_tensors_of_every_layout_round_trip(tmp_path: Path) -> None:
+    big = torch.randn(3 * tensorfile.CHUNK // 4 // 2)  # 1.5 chunks: written and read in pieces
+    base = torch.arange(24, dtype=torch.float32)
+    tied = torch.randn(5, 3)
+    param = nn.Parameter(torch.randn(2, 2))
+    state = {
+        "bf16": torch.randn(7, 3).to(torch.bfloat16),
+        "channels_last": torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
+        "strided_view": base[::2],
+        "tied": [tied, tied.detach()],  # two objects, one view (as tied weights in a state_dict)
+        "reshaped": tied.view(15),
+        "param": param,
+        "scalar": torch.tensor(3.5),
+        "empty": torch.empty(0, 4),
+        "bools": torch.tensor([True, False, True]),
+        "sparse": torch.eye(3).to_sparse(),
+        "big": big,
+        "plain": {"lr": 0.1, "betas": (0.9, 0.99), "name": "adamw"},
+    }
+    pool = tensorfile.HostBuffers()
+    pool.begin()
+    snap = tensorfile.snapshot(state, pool)
+    pool.end()
+    meta = tensorfile.write(tmp_path / "f", snap)
+    assert meta["bytes"] == (tmp_path / "f").stat().st_size
+    got = tensorfile.read(tmp_path / "f", meta["bytes"], meta["xxh3_128"])
+
+    for key in ("bf16", "channels_last", "strided_view", "scalar", "empty", "bools", "big"):
+        assert got[key].dtype == state[key].dtype and torch.equal(got[key], state[key]), key
+    assert got["channels_last"].stride() == state["channels_last"].stride()
+    assert got["tied"][0] is got["tied"][1] and torch.equal(got["tied"][0], tied)
+    assert torch.equal(got["reshaped"], tied.view(15))
+    assert len(snap.tensors) == 10  # the tied pair shares one buffer; the sparse one is pickled
+    assert isinstance(got["param"], nn.Parameter) and got["param"].requires_grad and torch.equal(got["param"], param)
+    assert torch.equal(got["sparse"].to_dense(), torch.eye(3))
+    assert got["plain"] == state["plain"]
+
+
+def test_a_state_that_cannot_be_pickled_is_reported_and_training_goes_on(tmp_path: Path, capfd) -> None:
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    model = nn.Linear(2, 2)
+    ckpt.save(1, model=model)
+    assert ckpt.wait() is None
+    capfd.readouterr()
+
+    ckpt.save(2, model=model, extra={"callback": lambda: None})  # returns: no exception in the loop
+
+    assert ckpt.wait() is not None and not ckpt.requested
+    failed = events(capfd.readouterr().err, "runtime.checkpoint_failed")
+    assert len(failed) == 1 and failed[0]["step"] == 2 and "lambda" in failed[0]["error"]
+    assert [s for s, _ in ckpt.committed()] == [1]
+    ckpt.save(3, model=model)
+    assert ckpt.wait() is None and [s for s, _ in ckpt.committed()] == [1, 3]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_tensors_are_copied_into_pinned_buffers(tmp_path: Path) -> None:
+    on_device = {"w": torch.randn(256, 256, device="cuda"), "step": torch.tensor(3.0, device="cuda")}
+    pool = tensorfile.HostBuffers()
+    for _ in range(2):
+        pool.begin()
+        snap = tensorfile.snapshot(on_device, pool)
+        pool.end()
+    assert pool.new_bytes == 0 and all(t.device.type == "cpu" and t.is_pinned() for t in snap.tensors)
+    meta = tensorfile.write(tmp_path / "f", snap)
+    got = tensorfile.read(tmp_path / "f", meta["bytes"], meta["xxh3_128"])
+    assert torch.equal(got["w"], on_device["w"].cpu()) and got["step"].item() == 3.0
+
+
+# --- checkpoints written by earlier versions ------------------------------------------------
+
+
+def write_format_1(root: Path, step: int, run: Run, extra: dict[str, Any]) -> None:
+    """A checkpoint as FORMAT 1 wrote it: torch.save files, sha256 in the manifest."""
+    final = step_dir(root, step)
+    final.mkdir(parents=True)
+    torch.save({
+        "format": 1, "step": step, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "scaler": None, "sampler": run.sampler.state_dict(), "extra": extra,
+    }, final / "state.pt")
+    torch.save({"format": 1, "step": step, "rank": 0, "rng": checkpoint.capture_rng()}, final / "rank-0.pt")
+    files = {}
+    for name in ("state.pt", "rank-0.pt"):
+        data = (final / name).read_bytes()
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (final / "manifest.json").write_text(json.dumps({
+        "format": 1, "step": step, "world_size": 1, "accelerator": "cpu", "torch": torch.__version__,
+        "written_at": 0.0, "files": files,
+    }))
+
+
+def test_a_format_1_checkpoint_still_loads_exactly(tmp_path: Path, capfd) -> None:
+    scramble_rng(5)
+    run = make_run(1)
+    run.train(3)
+    write_format_1(tmp_path, 3, run, {"tokens": 7})
+    expected_next, expected_batch = draws(), run.sampler.next_batch()
+    weights = {k: v.clone() for k, v in run.model.state_dict().items()}
+
+    scramble_rng(6)
+    fresh = make_run(2)
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    restored = ckpt.load_latest(**fresh.parts())
+
+    assert (restored.step, restored.exact, restored.extra) == (3, True, {"tokens": 7})
+    assert same_tensors(fresh.model.state_dict(), weights)
+    assert draws() == expected_next and fresh.sampler.next_batch() == expected_batch
+    # The next save is of the current format, and is the one loaded from then on.
+    ckpt.save(4, **fresh.parts())
+    assert ckpt.wait() is None
+    assert Checkpointer(tmp_path, assigned=assigned()).load_latest(**make_run(3).parts()).step == 4
+    assert json.loads((step_dir(tmp_path, 4) / "manifest.json").read_text())["format"] == checkpoint.FORMAT
+
+    _flip_a_byte(step_dir(tmp_path, 3) / "state.pt")  # a damaged FORMAT 1 file is caught too
+    assert "state.pt does not match its checksum" in verify(step_dir(tmp_path, 3))
+
+
+def test_a_checkpoint_of_an_unknown_format_is_refused_by_name(tmp_path: Path, capfd) -> None:
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    for step in (1, 2):
+        ckpt.save(step, model=nn.Linear(2, 2))
+        assert ckpt.wait() is None
+    manifest = step_dir(tmp_path, 2) / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 3}))
+    capfd.readouterr()
+
+    assert ckpt.load_latest(model=nn.Linear(2, 2)).step == 1
+    skipped = events(capfd.readouterr().err, "runtime.checkpoint_skipped")
+    assert "format 3" in skipped[0]["reason"] and "newer version" in skipped[0]["reason"]
 
 
 # --- pruning and abandoned writes --------------------------------------------------------
@@ -357,11 +589,11 @@ def _truncate(path: Path) -> None:
 
 
 DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
-    "corrupted": (lambda d: _flip_a_byte(d / "state.pt"), "state.pt does not match its checksum"),
-    "truncated": (lambda d: _truncate(d / "state.pt"), "truncated"),
+    "corrupted": (lambda d: _flip_a_byte(d / "state.ckpt"), "state.ckpt does not match its checksum"),
+    "truncated": (lambda d: _truncate(d / "state.ckpt"), "truncated"),
     "no manifest": (lambda d: (d / "manifest.json").unlink(), "no manifest"),
     "garbled manifest": (lambda d: (d / "manifest.json").write_text("{not json"), "unreadable manifest"),
-    "rank file missing": (lambda d: (d / "rank-0.pt").unlink(), "rank-0.pt is missing"),
+    "rank file missing": (lambda d: (d / "rank-0.ckpt").unlink(), "rank-0.ckpt is missing"),
 }
 
 
@@ -393,7 +625,7 @@ def test_nothing_verifies_returns_none(tmp_path: Path, capfd) -> None:
     ckpt = Checkpointer(tmp_path, assigned=assigned())
     ckpt.save(1, model=nn.Linear(2, 2))
     assert ckpt.wait() is None
-    _flip_a_byte(step_dir(tmp_path, 1) / "state.pt")
+    _flip_a_byte(step_dir(tmp_path, 1) / "state.ckpt")
     assert ckpt.load_latest(model=nn.Linear(2, 2)) is None
     assert len(events(capfd.readouterr().err, "runtime.checkpoint_skipped")) == 1
 
@@ -444,9 +676,9 @@ def test_two_ranks_commit_together_and_load_at_world_size_one(tmp_path: Path, ca
     assert rank0.wait() is None
 
     final = step_dir(tmp_path, 5)
-    assert sorted(p.name for p in final.iterdir()) == ["manifest.json", "rank-0.pt", "rank-1.pt", "state.pt"]
+    assert sorted(p.name for p in final.iterdir()) == ["manifest.json", "rank-0.ckpt", "rank-1.ckpt", "state.ckpt"]
     manifest = json.loads((final / "manifest.json").read_text())
-    assert manifest["world_size"] == 2 and sorted(manifest["files"]) == ["rank-0.pt", "rank-1.pt", "state.pt"]
+    assert manifest["world_size"] == 2 and sorted(manifest["files"]) == ["rank-0.ckpt", "rank-1.ckpt", "state.ckpt"]
     # The global data position, as one rank with the same global batch would continue it.
     expected_batch = run0.sampler.next_batch() + rank1_sampler.next_batch()
     weights = {k: v.clone() for k, v in run0.model.state_dict().items()}
@@ -558,8 +790,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path: Path, capfd) -> Non
     files = {p.name: p.stat().st_size for p in step_dir(tmp_path / "measure", 1).iterdir()}
     one = sum(_pages(s) for s in files.values())
     # Room for one checkpoint (plus its small marker files while it commits), and for
-    # only half of the second one's state.pt.
-    size = one + 2 * PAGE + files["state.pt"] // 2 // PAGE * PAGE
+    # only half of the second one's state.ckpt.
+    size = one + 2 * PAGE + files["state.ckpt"] // 2 // PAGE * PAGE
 
     disk = tmp_path / "disk"
     with tmpfs(disk, size) as resize:
@@ -618,15 +850,15 @@ class _DiskFillsAfter:
 
 
 def test_a_full_disk_is_reported_as_enospc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
-    # Deterministic stand-in for the tmpfs above: state.pt's writes fail after 4 KiB.
+    # Deterministic stand-in for the tmpfs above: state.ckpt's writes fail after 4 KiB.
     real_open = open
 
     def full_disk_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if mode == "wb" and Path(file).name == "state.pt":
+        if mode == "wb" and Path(file).name == "state.ckpt":
             return _DiskFillsAfter(file, PAGE)
         return real_open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(tensorfile, "open", full_disk_open, raising=False)
     ckpt = Checkpointer(tmp_path, assigned=assigned())
     ckpt.save(1, model=nn.Linear(64, 64))
     error = ckpt.wait()

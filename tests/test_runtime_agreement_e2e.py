@@ -57,4 +57,4 @@ def test_sigusr1_to_one_rank_gives_one_checkpoint_of_both_and_training_goes_on(t
     committed = sorted(p.name for p in (tmp_path / "ckpt").iterdir() if not p.name.startswith("."))
     assert committed == [f"step-{step:08d}"]
     manifest = json.loads((tmp_path / "ckpt" / committed[0] / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"state.pt", "rank-0.pt", "rank-1.pt"}, "both ranks saved that step"
+    assert set(manifest["files"]) == {"state.ckpt", "rank-0.ckpt", "rank-1.ckpt"}, "both ranks saved that step"

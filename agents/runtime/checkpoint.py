@@ -3,26 +3,28 @@
 Layout of one checkpoint directory:
 
     step-00000100/
-        manifest.json      format, step, world size, accelerator, sha256 + size of each file
-        state.pt           rank 0: model, optimizer, scheduler, AMP scaler, sampler, extras
-        rank-0.pt ...      every rank: its RNG states (Python, NumPy, torch CPU and device)
+        manifest.json      format, step, world size, accelerator, size + XXH3-128 of each file
+        state.ckpt         rank 0: model, optimizer, scheduler, AMP scaler, sampler, extras
+        rank-0.ckpt ...    every rank: its RNG states (Python, NumPy, torch CPU and device)
 
 Every tensor is copied to CPU memory before it is written, so a checkpoint written on an
-Ascend NPU loads on an Nvidia GPU. `save` returns once that copy is made; a background
-thread writes the files into `.step-00000100.tmp/`, fsyncs them, and marks the rank done;
-rank 0 waits for every rank's mark, writes the manifest, renames the directory into place
+Ascend NPU loads on an Nvidia GPU. `save` returns once that copy is made, into host
+buffers allocated by the first save and reused by the next ones (pinned for accelerator
+tensors; `tensorfile` has the file format); a background thread streams them into
+`.step-00000100.tmp/`, checksumming as it writes, fsyncs, and marks the rank done; rank 0
+waits for every rank's mark, writes the manifest, renames the directory into place
 (atomic) and prunes old checkpoints. A checkpoint without a manifest, or whose files do
-not match it, is never loaded: `load_latest` skips it with a warning and takes the one
-before. A failed write (disk full) removes its temp directory and leaves the previous
-checkpoint as it was; training goes on, and the failure is logged and kept in
-`last_error`.
+not match it, is never loaded: `load_latest` checks every byte as it reads it, skips a
+damaged checkpoint with a warning and takes the one before. A failed write (disk full)
+removes its temp directory and leaves the previous checkpoint as it was; training goes
+on, and the failure is logged and kept in `last_error`. Checkpoints of FORMAT 1
+(torch.save files and sha256, written before version 2) still load.
 
 Ranks must share the checkpoint directory (one node, or a shared filesystem).
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -38,12 +40,16 @@ from typing import Any
 
 import torch
 
+from agents.runtime import tensorfile
 from agents.runtime.env import Assignment, AssignmentError, assignment, emit
 from agents.runtime.progress import heartbeat
+from agents.runtime.tensorfile import Damaged
 
-FORMAT = 1
+FORMAT = 2
+FORMATS_LOADED = (1, 2)  # 1: torch.save files, sha256 (before the host buffers)
 MANIFEST = "manifest.json"
-STATE_FILE = "state.pt"
+STATE_FILE = "state.ckpt"
+_STATE_FILES = {1: "state.pt", 2: STATE_FILE}
 _COMMITTED = re.compile(r"^step-(\d{8,})$")
 _TEMP = re.compile(r"^\.step-(\d{8,})\.tmp$")
 
@@ -95,6 +101,8 @@ class Checkpointer:
         #: Seconds the training loop waited in the last save() (the copy to host memory).
         self.last_stall: float = 0.0
         self._thread: threading.Thread | None = None
+        # Host memory for snapshots, reused save after save (released by close()).
+        self._buffers = tensorfile.HostBuffers()
         # What this rank was asked (by a signal) and has not yet agreed with its peers.
         self._asked = False
         self._asked_stop = False
@@ -147,27 +155,43 @@ class Checkpointer:
         extra: dict[str, Any] | None = None,
     ) -> None:
         """Snapshot the training state to host memory and write it in the background.
-        Waits first for the previous save to finish (one write in flight at a time)."""
+        Waits first for the previous save to finish (one write in flight at a time).
+
+        The snapshot pickles the state with every tensor copied into this Checkpointer's
+        host buffers (the same buffers each save). A state that cannot be snapshotted
+        (an object pickle refuses) is reported like a failed write: training goes on."""
         self.wait()
         started = time.monotonic()
         heartbeat(step, phase="checkpoint")
-        main = None
-        if self.rank == 0:
-            main = {
-                "format": FORMAT,
-                "step": step,
-                "model": _to_cpu(_unwrap(model).state_dict()),
-                "optimizer": _to_cpu(optimizer.state_dict()) if optimizer is not None else None,
-                "scheduler": copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None,
-                "scaler": _to_cpu(scaler.state_dict()) if scaler is not None else None,
-                "sampler": copy.deepcopy(sampler.state_dict()) if sampler is not None else None,
-                "extra": _to_cpu(extra or {}),
-            }
-        mine = {"format": FORMAT, "step": step, "rank": self.rank, "rng": capture_rng()}
         self.requested = False
+        try:
+            self._buffers.begin()
+            main = None
+            if self.rank == 0:
+                main = tensorfile.snapshot({
+                    "format": FORMAT,
+                    "step": step,
+                    "model": _unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "sampler": sampler.state_dict() if sampler is not None else None,
+                    "extra": extra or {},
+                }, self._buffers)
+            mine = tensorfile.snapshot(
+                {"format": FORMAT, "step": step, "rank": self.rank, "rng": capture_rng()}, self._buffers
+            )
+            self._buffers.end()
+        except Exception as exc:
+            self._buffers.end()
+            self.last_stall = time.monotonic() - started
+            self._failed(step, exc)
+            heartbeat(step, phase="train")
+            return
         self.last_stall = time.monotonic() - started
         self._thread = threading.Thread(
-            target=self._write, args=(step, main, mine, self.last_stall), name=f"checkpoint-{step}"
+            target=self._write, args=(step, main, mine, self.last_stall, self._buffers.new_bytes),
+            name=f"checkpoint-{step}",
         )
         self._thread.start()
         # The snapshot is taken and the write goes on in the background: the loop trains
@@ -183,9 +207,14 @@ class Checkpointer:
         return self.last_error
 
     def close(self) -> BaseException | None:
-        return self.wait()
+        """Wait for the last write and free the host buffers."""
+        error = self.wait()
+        self._buffers.release()
+        return error
 
-    def _write(self, step: int, main: dict[str, Any] | None, mine: dict[str, Any], stall: float) -> None:
+    def _write(
+        self, step: int, main: tensorfile.Snapshot | None, mine: tensorfile.Snapshot, stall: float, new_bytes: int
+    ) -> None:
         started = time.monotonic()
         tmp = self.directory / f".step-{step:08d}.tmp"
         written: list[Path] = []
@@ -193,22 +222,34 @@ class Checkpointer:
             tmp.mkdir(exist_ok=True)
             files = {}
             if main is not None:
-                files[STATE_FILE] = _write_file(tmp / STATE_FILE, main)
                 written.append(tmp / STATE_FILE)
-            name = f"rank-{self.rank}.pt"
-            files[name] = _write_file(tmp / name, mine)
+                files[STATE_FILE] = tensorfile.write(tmp / STATE_FILE, main)
+            name = f"rank-{self.rank}.ckpt"
             written.append(tmp / name)
-            _write_json(tmp / f"rank-{self.rank}.done", {"files": files})
+            files[name] = tensorfile.write(tmp / name, mine)
+            data_s = time.monotonic() - started
             written.append(tmp / f"rank-{self.rank}.done")
+            # A mark is read by rank 0 of this run and removed before the commit; the files
+            # it vouches for are fsynced already, and a crash clears the temp dir: it needs
+            # no fsync of its own (one fewer journal commit per rank and checkpoint).
+            _write_json(tmp / f"rank-{self.rank}.done", {"files": files}, durable=False)
             if self.rank == 0:
                 final = self._commit(step, tmp)
+                nbytes = sum(f.stat().st_size for f in final.iterdir())
+                write_s = time.monotonic() - started
                 emit(
                     "runtime.checkpoint_saved",
                     step=step,
                     path=str(final),
-                    bytes=sum(f.stat().st_size for f in final.iterdir()),
+                    bytes=nbytes,
                     stall_s=round(stall, 4),
-                    write_s=round(time.monotonic() - started, 3),
+                    write_s=round(write_s, 3),
+                    # rank 0's own files: written, checksummed and fsynced (before the commit)
+                    data_s=round(data_s, 3),
+                    mb_per_s=round(sum(m["bytes"] for m in files.values()) / 1e6 / max(data_s, 1e-9), 1),
+                    checksum=tensorfile.CHECKSUM,
+                    # host memory this save had to allocate: 0 once the buffers are reused
+                    new_buffer_bytes=new_bytes,
                 )
             self.last_error = None
         except BaseException as exc:
@@ -218,13 +259,17 @@ class Checkpointer:
             else:
                 for path in written:
                     path.unlink(missing_ok=True)
-            emit(
-                "runtime.checkpoint_failed",
-                step=step,
-                rank=self.rank,
-                error=f"{type(exc).__name__}: {exc}",
-                action="the previous checkpoint is intact; training continues",
-            )
+            self._failed(step, exc)
+
+    def _failed(self, step: int, exc: BaseException) -> None:
+        self.last_error = exc
+        emit(
+            "runtime.checkpoint_failed",
+            step=step,
+            rank=self.rank,
+            error=f"{type(exc).__name__}: {exc}",
+            action="the previous checkpoint is intact; training continues",
+        )
 
     def _commit(self, step: int, tmp: Path) -> Path:
         deadline = time.monotonic() + self.commit_timeout
@@ -251,6 +296,7 @@ class Checkpointer:
         )
         for mark in marks:
             mark.unlink()
+        _fsync_dir(tmp)  # the files' names are durable before the directory's new name is
         final = self.directory / f"step-{step:08d}"
         if final.exists():  # the same step saved again (a final save after a resume)
             old = self.directory / f".step-{step:08d}.old"
@@ -317,13 +363,12 @@ class Checkpointer:
         if self.rank == 0:
             self._clear_leftovers()
         for step, path in reversed(self.committed()):
-            problem = verify(path)
-            if problem is not None:
-                emit("runtime.checkpoint_skipped", step=step, path=str(path), reason=problem,
+            try:
+                manifest, main, mine = _read_checkpoint(path, self.rank)
+            except Damaged as exc:
+                emit("runtime.checkpoint_skipped", step=step, path=str(path), reason=str(exc),
                      action="trying the previous checkpoint")
                 continue
-            manifest = json.loads((path / MANIFEST).read_text())
-            main = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
             try:
                 _unwrap(model).load_state_dict(main["model"])
                 if optimizer is not None and main["optimizer"] is not None:
@@ -338,9 +383,8 @@ class Checkpointer:
                 raise CheckpointError(
                     f"checkpoint {path} does not fit this run (a different model, optimizer or data?): {exc}"
                 ) from exc
-            exact = manifest["world_size"] == self.world_size
+            exact = manifest["world_size"] == self.world_size and mine is not None
             if exact:
-                mine = torch.load(path / f"rank-{self.rank}.pt", map_location="cpu", weights_only=False)
                 restore_rng(mine["rng"])
             else:
                 emit(
@@ -367,29 +411,79 @@ class Checkpointer:
 
 
 def verify(path: Path) -> str | None:
-    """Why the checkpoint at `path` must not be loaded, or None when it verifies."""
+    """Why the checkpoint at `path` must not be loaded, or None when it verifies (every
+    file's size and checksum)."""
+    try:
+        manifest = _manifest(path)
+        for name, meta in manifest["files"].items():
+            _check_file(path / name, meta, manifest["format"])
+    except Damaged as exc:
+        return str(exc)
+    return None
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the checkpoint at `path`, with every file it lists present and of
+    the size it says (cheap: no file is read); `Damaged` says what is wrong."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError:
-        return "no manifest (the write did not finish)"
+        raise Damaged("no manifest (the write did not finish)") from None
     except (OSError, ValueError) as exc:
-        return f"unreadable manifest: {exc}"
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        return f"manifest format {manifest.get('format') if isinstance(manifest, dict) else '?'!r}, expected {FORMAT}"
-    files = manifest.get("files") or {}
-    if STATE_FILE not in files:
-        return f"manifest lists no {STATE_FILE}"
+        raise Damaged(f"unreadable manifest: {exc}") from None
+    version = manifest.get("format") if isinstance(manifest, dict) else "?"
+    if version not in FORMATS_LOADED:
+        raise Damaged(f"manifest format {version!r}: this trainguard loads formats "
+                      f"{', '.join(map(str, FORMATS_LOADED))} (written by a newer version?)")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(m, dict) for m in files.values()):
+        raise Damaged("unreadable manifest: no table of files")
+    if _STATE_FILES[version] not in files:
+        raise Damaged(f"manifest lists no {_STATE_FILES[version]}")
     for name, meta in files.items():
-        file = path / name
         try:
-            size = file.stat().st_size
+            size = (path / name).stat().st_size
         except FileNotFoundError:
-            return f"{name} is missing"
+            raise Damaged(f"{name} is missing") from None
         if size != meta.get("bytes"):
-            return f"{name} is {size} bytes, the manifest says {meta.get('bytes')} (truncated?)"
-        if _sha256(file) != meta.get("sha256"):
-            return f"{name} does not match its checksum (corrupted)"
-    return None
+            raise Damaged(f"{name} is {size} bytes, the manifest says {meta.get('bytes')} (truncated?)")
+    return manifest
+
+
+def _check_file(file: Path, meta: dict[str, Any], version: int) -> None:
+    """Read `file` through its checksum; `Damaged` if it does not match."""
+    try:
+        got = _sha256(file) if version == 1 else tensorfile.checksum(file)
+    except OSError as exc:
+        raise Damaged(f"{file.name} is unreadable: {exc}") from None
+    if got != meta.get("sha256" if version == 1 else tensorfile.CHECKSUM):
+        raise Damaged(f"{file.name} does not match its checksum (corrupted)")
+
+
+def _read_checkpoint(path: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """(manifest, rank 0's state, this rank's own state or None) of a checkpoint that
+    verifies; `Damaged` otherwise. Every file is checked, so that all ranks take the same
+    checkpoint; the large state file is checked as it is read into memory (one pass),
+    and unpickled only once its checksum matched."""
+    manifest = _manifest(path)
+    version, files = manifest["format"], manifest["files"]
+    state, own = _STATE_FILES[version], f"rank-{rank}.{'pt' if version == 1 else 'ckpt'}"
+    for name, meta in sorted(files.items()):
+        if name != state:
+            _check_file(path / name, meta, version)
+    if version == 1:
+        _check_file(path / state, files[state], version)
+        main = torch.load(path / state, map_location="cpu", weights_only=False)
+        mine = torch.load(path / own, map_location="cpu", weights_only=False) if own in files else None
+        return manifest, main, mine
+    try:
+        main = tensorfile.read(path / state, files[state]["bytes"], files[state].get(tensorfile.CHECKSUM))
+        mine = None
+        if own in files:
+            mine = tensorfile.read(path / own, files[own]["bytes"], files[own].get(tensorfile.CHECKSUM))
+    except OSError as exc:
+        raise Damaged(f"unreadable: {exc}") from None
+    return manifest, main, mine
 
 
 # --- state capture -------------------------------------------------------------------
@@ -457,20 +551,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def _to_cpu(obj: Any) -> Any:
-    """A deep copy with every tensor copied to CPU memory (so later training steps, which
-    change the live tensors in place, cannot change what is being written)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return type(obj)((k, _to_cpu(v)) for k, v in obj.items())
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_cpu(v) for v in obj)
-    return copy.deepcopy(obj)
-
-
 def _detected_accelerator() -> str:
     try:
         from agents.runtime.placement import device
@@ -483,32 +563,18 @@ def _detected_accelerator() -> str:
 # --- files ---------------------------------------------------------------------------
 
 
-def _write_file(path: Path, obj: Any) -> dict[str, Any]:
-    with open(path, "wb") as f:
-        try:
-            torch.save(obj, f)
-        except RuntimeError as exc:
-            # torch's writer reports a failed write (ENOSPC, EIO) as an opaque "enforce
-            # fail ... unexpected pos"; the OSError that caused it is what on-call needs.
-            if isinstance(exc.__context__, OSError):
-                raise exc.__context__ from exc
-            raise
-        f.flush()
-        os.fsync(f.fileno())
-    # The checksum is of the bytes as they are on disk, read back.
-    return {"sha256": _sha256(path), "bytes": path.stat().st_size}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def _write_json(path: Path, data: dict[str, Any], durable: bool = True) -> None:
+    """Write `data` to `path` whole or not at all (rename), fsynced unless not `durable`."""
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     os.rename(tmp, path)
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path) -> str:  # FORMAT 1
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(4 * 1024 * 1024):
