@@ -53,11 +53,14 @@ def schedule(minutes: float, mean: float, seed: int) -> list[tuple[float, str]]:
     """(seconds from the start, fault kind), seeded: the same for both supervisors."""
     rng = random.Random(seed)
     out, t = [], 30.0  # the first after the job has trained a little
+    kinds: list[str] = []
     while True:
         t += max(20.0, rng.expovariate(1.0 / mean))
         if t > minutes * 60 - 20:
             return out
-        out.append((round(t, 1), rng.choice(KINDS)))
+        if not kinds:  # every kind once per round, in a random order
+            kinds = rng.sample(KINDS, len(KINDS))
+        out.append((round(t, 1), kinds.pop()))
 
 
 def ettr_of(metrics: Path, started: float) -> dict[str, Any]:
