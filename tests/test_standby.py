@@ -1,0 +1,66 @@
+"""Which warm standbys a restart may take (`agents/standby.py`): all or none per node, only
+standbys of the same command, directory and job environment, never a dead one."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from agents.launcher import RankSpec
+from agents.standby import Blueprint, Standby, Standbys
+from supervisor.shared.vocab import Accelerator
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class _Process:
+    """What a standby's process answers to `poll()`: None while it runs."""
+
+    def __init__(self, code: int | None = None) -> None:
+        self.returncode = code
+        self.pid = 4242
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+
+def spec(rank: int, argv: tuple[str, ...] = ("python", "train.py"), env: dict[str, str] | None = None) -> RankSpec:
+    return RankSpec(job="j1", rank=rank, local_rank=rank, world_size=2, local_world_size=2, argv=argv,
+                    master_addr="a", master_port=1, accelerator=Accelerator.SIM_ASCEND, chips=(rank,), cwd="/w",
+                    env=env or {"HCCL_CONNECT_TIMEOUT": "120"}, attempt=2)
+
+
+def standby(tmp_path: Path, blueprint: Blueprint, n: int, code: int | None = None) -> Standby:
+    return Standby(blueprint, _Process(code), None, tmp_path / f"s{n}.assign", tmp_path / f"s{n}.status",  # type: ignore[arg-type]
+                   tmp_path / f"s{n}.log", time.monotonic())
+
+
+def test_a_restart_takes_a_standby_for_every_rank_or_none(tmp_path: Path) -> None:
+    standbys = Standbys(tmp_path)
+    blueprint = Blueprint.of(spec(0))
+    standbys.ready["j1"] = [standby(tmp_path, blueprint, 1)]
+    assert standbys.take([spec(0), spec(1)]) == {}, "one standby for two ranks: start both cold"
+    standbys.ready["j1"].append(standby(tmp_path, blueprint, 2))
+    taken = standbys.take([spec(0), spec(1)])
+    assert sorted(taken) == [0, 1] and len({id(s) for s in taken.values()}) == 2
+    assert standbys.ready["j1"] == [], "taken standbys are no longer waiting"
+
+
+def test_only_a_standby_of_the_same_command_and_environment_stands_in(tmp_path: Path) -> None:
+    standbys = Standbys(tmp_path)
+    other = Blueprint.of(spec(0, argv=("python", "other.py")))
+    standbys.ready["j1"] = [standby(tmp_path, other, 1), standby(tmp_path, other, 2)]
+    assert standbys.take([spec(0), spec(1)]) == {}
+    changed_env = Blueprint.of(spec(0, env={"HCCL_CONNECT_TIMEOUT": "300"}))
+    standbys.ready["j1"] = [standby(tmp_path, changed_env, 1), standby(tmp_path, changed_env, 2)]
+    assert standbys.take([spec(0), spec(1)]) == {}
+
+
+def test_a_dead_standby_is_never_taken(tmp_path: Path) -> None:
+    standbys = Standbys(tmp_path)
+    blueprint = Blueprint.of(spec(0))
+    standbys.ready["j1"] = [standby(tmp_path, blueprint, 1), standby(tmp_path, blueprint, 2, code=1)]
+    assert standbys.take([spec(0), spec(1)]) == {}
+    assert len(standbys.take([spec(0)])) == 1
