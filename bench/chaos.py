@@ -130,9 +130,9 @@ def run_trainguard(root: Path, plan: list[tuple[float, str]], minutes: float) ->
                 cluster.wait_nodes("up", [node], timeout=60)
                 rb._cli(cluster, ["node", "undrain"], node)
             else:
-                rb._cli(cluster, ["inject"], node, kind, "--chip", "1")
+                rb.inject(cluster, node, kind)
+                rb.clear_when_acted_on(cluster, show, j["attempt"], node)
                 wait_for(lambda: show()["attempt"] > j["attempt"], 120, "the restart")
-                rb._cli(cluster, ["inject"], node, "ok", "--chip", "1")
                 rb._cli(cluster, ["node", "undrain"], node)  # (a chip error excluded it)
         time.sleep(max(0.0, started + minutes * 60 - time.time()))
         final = wait_for(lambda: (j := show())["state"] == "running" and j, 120, "the job to run")

@@ -308,11 +308,8 @@ def run_trainguard(root: Path, faults: list[str], trials: int, warm: bool = True
                     victim = _trainguard_rank_pid(root / "cluster" / "nodes" / node / "ranks.json", job, 1)
                     os.kill(victim, signal.SIGKILL)  # type: ignore[arg-type]
                 else:
-                    _cli(cluster, ["inject"], node, fault, "--chip", "1")
-                    # A transient fault: gone once trainguard acted on it (the restarted
-                    # rank on that chip must not meet it again).
-                    wait_for(lambda: show()["attempt"] > before["attempt"], RECOVERY_LIMIT, "the restart", 0.01)
-                    _cli(cluster, ["inject"], node, "ok", "--chip", "1")
+                    inject(cluster, node, fault)
+                    clear_when_acted_on(cluster, show, before["attempt"], node)
                 try:
                     row = wait_for(lambda: first_new_step(metrics, t0, old), RECOVERY_LIMIT, "a new step", 0.01)
                     times.append(row["time"] - t0)
@@ -326,6 +323,20 @@ def run_trainguard(root: Path, faults: list[str], trials: int, warm: bool = True
     finally:
         cluster.stop_all(grace=3.0)
     return results
+
+
+def inject(cluster: LocalCluster, node: str, fault: str, chip: int = 1) -> None:
+    """In-process (milliseconds), not through the CLI (a Python start)."""
+    request(cluster.ctl, "inject", {"node": node, "fault": fault, "chip": chip}, timeout=10)
+
+
+def clear_when_acted_on(cluster: LocalCluster, show: Callable[[], dict[str, Any]], attempt: int, node: str) -> None:
+    """A transient fault: gone once trainguard decided on it (the attempt is ending), so
+    that the restarted rank on that chip — a warm standby steps within a second — does
+    not meet it again."""
+    wait_for(lambda: (j := show())["attempt"] > attempt or j["state"] != "running", RECOVERY_LIMIT,
+             "the fault to be acted on", 0.01)
+    inject(cluster, node, "ok")
 
 
 def _trainguard_rank_pid(ranks_json: Path, job: str, rank: int) -> int:
