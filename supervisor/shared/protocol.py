@@ -355,7 +355,7 @@ def _check_freeform(value: Any, where: str, depth: int = 0, budget: list[int] | 
     budget = budget if budget is not None else [MAX_FREEFORM_ITEMS]
     budget[0] -= 1
     if budget[0] < 0:
-        raise ValueError(f"{where}: more than {MAX_FREEFORM_ITEMS} items")
+        raise ValueError(f"{where}: more items than allowed ({MAX_FREEFORM_ITEMS:,} in a message, one per byte in a reply)")
     if depth > MAX_FREEFORM_DEPTH:
         raise ValueError(f"{where}: nested deeper than {MAX_FREEFORM_DEPTH}")
     if value is None or isinstance(value, (bool, str, int)):
@@ -390,7 +390,9 @@ def _check(message: AnyMessage) -> None:
     elif isinstance(message, CtlRequest):
         _check_freeform(message.args, "$.args")
     elif isinstance(message, CtlReply):
-        _check_freeform(message.result, "$.result")
+        # A status page of 500 eight-chip nodes holds ~100,000 items: a reply is bounded
+        # by its size (MAX_REPLY_BYTES; every item takes at least a byte), not by count.
+        _check_freeform(message.result, "$.result", budget=[MAX_REPLY_BYTES])
 
 
 class _Envelope(msgspec.Struct):
