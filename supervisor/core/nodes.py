@@ -77,6 +77,10 @@ class NodeTable:
         self.heard: set[str] = set()
         #: Nodes forgotten since the store last saved (their rows must go).
         self.forgotten: set[str] = set()
+        #: Bumped by every change to what placement reads of a node (its state, drain,
+        #: accelerator, chips and their health), so a count over all nodes can be kept
+        #: until it moves. Readings alone (temperature, power) leave it.
+        self.placement_version = 0
 
     # --- queries -------------------------------------------------------------------
 
@@ -106,6 +110,7 @@ class NodeTable:
         """Load records saved by an earlier daemon. Nodes that were alive become
         `pending`: they get a full heartbeat_timeout from now to re-register."""
         changes = []
+        self.placement_version += 1
         for record in records:
             if record.state not in (NodeState.LOST, NodeState.LEFT):
                 record.state = NodeState.PENDING
@@ -152,6 +157,7 @@ class NodeTable:
         self._session[msg.node] = msg.agent_instance
         self._touch(msg.node, now)
         self.dirty.add(msg.node)
+        self.placement_version += 1
 
         fields: dict[str, Any] = {
             "accelerator": msg.accelerator.value,
@@ -180,7 +186,11 @@ class NodeTable:
         if record is None or self._session.get(msg.node) != msg.agent_instance:
             raise Unregistered(msg.node)
         # A lost node left the session in expire(), so a registered node here is up.
-        if record.chips != msg.chips or record.host != msg.host or record.running != msg.running:
+        if record.chips != msg.chips:
+            self.dirty.add(msg.node)
+            if _placement(record.chips) != _placement(msg.chips):
+                self.placement_version += 1
+        elif record.host != msg.host or record.running != msg.running:
             self.dirty.add(msg.node)
         record.chips = msg.chips
         record.host = msg.host
@@ -208,6 +218,7 @@ class NodeTable:
             chips.sort(key=lambda c: c.index)
         record.chips = tuple(chips)
         self.dirty.add(node)
+        self.placement_version += 1
 
     def expire(self, now: Instant) -> list[NodeChange]:
         """Mark every node not heard from for heartbeat_timeout as lost."""
@@ -225,6 +236,7 @@ class NodeTable:
             record.state = NodeState.LOST
             record.state_since = now.wall
             self.dirty.add(node)
+            self.placement_version += 1
             changes.append(
                 NodeChange(
                     "node.lost",
@@ -260,6 +272,7 @@ class NodeTable:
         record.state_since = now.wall
         record.running = ()
         self.dirty.add(node)
+        self.placement_version += 1
         return [NodeChange("node.left", node, {"previous_state": previous.value, "reason": reason,
                                                "hostname": record.hostname})]
 
@@ -268,6 +281,7 @@ class NodeTable:
         record = self._nodes.get(node)
         if record is None:
             return None
+        self.placement_version += 1
         if chip is not None and reason is not None:
             if chip in record.drained_chips:
                 return None
@@ -305,6 +319,7 @@ class NodeTable:
         known = self._nodes.pop(node, None) is not None
         if known:
             self.forgotten.add(node)
+            self.placement_version += 1
         return known
 
     # --- internals -----------------------------------------------------------------
@@ -319,3 +334,8 @@ class NodeTable:
             old.node,
             {"down_for_s": round(max(0.0, now.wall - old.state_since), 3)},
         )
+
+
+def _placement(chips: tuple[ChipStatus, ...]) -> list[tuple[int, Health]]:
+    """What placement and pool health read of a node's chips."""
+    return [(c.index, c.health) for c in chips]
