@@ -21,7 +21,8 @@ def _chips(*health: Health, temperature: float = 40.0) -> tuple[ChipStatus, ...]
 
 
 def _beat(node: str, chips: tuple[ChipStatus, ...], seq: int = 1) -> Heartbeat:
-    return msgspec.structs.replace(heartbeat(node), id=f"hb-{node}-{seq}", seq=seq, chips=chips)
+    return msgspec.structs.replace(heartbeat(node), id=f"hb-{node}-{seq}", seq=seq, chips=chips,
+                                   running=register(node).running)
 
 
 def test_readings_alone_leave_the_placement_version_and_chip_health_moves_it() -> None:
@@ -69,3 +70,25 @@ def test_pool_health_follows_chip_health_and_drains_without_recounting_every_tur
     assert health(5) == 2
     deliver(cluster, _beat("n2", _chips(Health.OK, Health.WARNING), seq=6), at(5.5))
     assert health(6) == 3
+
+
+def test_a_heartbeats_readings_and_time_are_saved_within_the_period_and_changes_at_once() -> None:
+    """Regression: every heartbeat's readings and time were written every second, one row
+    update per node (50 µs of the loop per heartbeat at 10,000 nodes)."""
+    cluster = Cluster(CONFIG, instance="d", started=T0)
+    table = cluster.nodes
+    deliver(cluster, register("n1"), at(0))
+    deliver(cluster, register("n2"), at(0))
+    table.saved(sorted(table.dirty))
+    table.dirty.clear()
+    deliver(cluster, _beat("n1", _chips(Health.OK, Health.OK, temperature=61.0)), at(1))  # new readings
+    deliver(cluster, _beat("n2", table.get("n2").chips), at(2))  # heard from, nothing new
+    assert table.dirty == set()
+    assert table.due_saves(at(10.9).mono, 10.0, 100) == ([], [])
+    assert table.due_saves(at(11).mono, 10.0, 100) == (["n1"], [])
+    assert table.due_saves(at(12).mono, 10.0, 100) == (["n1"], ["n2"])
+    assert table.due_saves(at(12).mono, 10.0, 1) == (["n1"], [])  # oldest first, bounded per flush
+    table.saved(["n1", "n2"])
+    assert table.due_saves(at(100).mono, 10.0, 100) == ([], [])
+    deliver(cluster, _beat("n2", _chips(Health.OK, Health.ALARM), seq=2), at(101))  # health: at once
+    assert table.dirty == {"n2"}
