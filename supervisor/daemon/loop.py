@@ -102,6 +102,8 @@ class Daemon:
         self._fd_warned = False
         self._ctl_paused = False
         self._fd_high = 0
+        #: Outcomes of the batch of frames being handled, waiting for its one commit.
+        self._held: list[Outcome] | None = None
         self.metrics = DaemonMetrics()
         self._sockets: list[zmq.Socket] = []
         self._ipc_paths: list[Path] = []
@@ -495,12 +497,21 @@ class Daemon:
         self._lock_file.close()
 
     def _drain(self, sock: zmq.Socket, handler: Any) -> None:
-        for _ in range(_BATCH):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self._guarded("message", handler, frames)
+        """Up to _BATCH frames of one socket. What they change is committed once, after
+        the batch, and only then are their replies sent: a transaction per register was
+        the loop's main cost when thousands of agents registered at once."""
+        self._held = []
+        try:
+            for _ in range(_BATCH):
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
+                self._guarded("message", handler, frames)
+        finally:
+            held, self._held = self._held, None
+            if held:
+                self._guarded("commit", self._release, held)
 
     # --- agent frames --------------------------------------------------------------
 
@@ -574,12 +585,27 @@ class Daemon:
     def _apply(self, outcome: Outcome, now: Instant) -> None:
         self._record(outcome.changes, now)
         self._pending_jobs.update(outcome.jobs)
+        if self._held is not None and (self._held or outcome.changes or outcome.jobs):
+            # Within a batch of agent frames, one commit for all of them (`_drain`);
+            # what comes after a held outcome waits too, so replies keep their order.
+            self._held.append(outcome)
+            return
         committed = True
         if outcome.changes or outcome.jobs:
             # A state change is saved before anyone is told of it, so a daemon killed
             # right after cannot have announced something it then forgets. Heartbeat-
             # only updates (last seen, readings) wait for the periodic flush.
             committed = self._flush()
+        self._send(outcome, now, committed)
+
+    def _release(self, held: list[Outcome]) -> None:
+        """Commit once what a batch of frames changed, then send their replies."""
+        now = system_now()
+        committed = self._flush()
+        for outcome in held:
+            self._send(outcome, now, committed)
+
+    def _send(self, outcome: Outcome, now: Instant, committed: bool) -> None:
         if outcome.jobs and not committed:
             # A job transition that is not in the store must not be acted on: a daemon
             # killed now would not know it had started (or stopped) those ranks. The
