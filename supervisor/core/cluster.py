@@ -145,6 +145,8 @@ class Cluster:
         self.bad_frames = BadFrameCounter()
         #: The policy directory, when the daemon was given one (read by control verbs).
         self.policies: PolicyDirectory | None = None
+        #: (node table's placement_version, policies) the jobs' pool health was counted at.
+        self._pool_health_key: tuple[int, tuple[tuple[str, int], ...]] | None = None
 
     @property
     def heartbeat_timeout(self) -> float:
@@ -378,10 +380,17 @@ class Cluster:
                 out.extend(self._jobs_outcome(self.jobs.on_node_lost(change.node, now), now))
         if self.jobs.live():
             if self.policies is not None:
-                health: dict[str, int] = {}
-                for loaded in self.policies.by_name.values():
-                    health.update(self.jobs.pool_health(nodes, loaded.policy))
-                self.jobs.set_pool_health(health)
+                # Counted again only when a node's placement could have changed (or a
+                # policy did): counting walks every chip of every node, and this runs
+                # every turn of the daemon's loop.
+                key = (self.nodes.placement_version,
+                       tuple((name, id(loaded.policy)) for name, loaded in self.policies.by_name.items()))
+                if key != self._pool_health_key:
+                    health: dict[str, int] = {}
+                    for loaded in self.policies.by_name.values():
+                        health.update(self.jobs.pool_health(nodes, loaded.policy))
+                    self.jobs.set_pool_health(health)
+                    self._pool_health_key = key
             out.extend(self._jobs_outcome(self.jobs.tick(now, nodes), now))
         for command_id, waiting in list(self._waiting.items()):
             if now.mono >= waiting.deadline:

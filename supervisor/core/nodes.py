@@ -75,8 +75,18 @@ class NodeTable:
         self.dirty: set[str] = set()
         #: Nodes heard from since the store last saved their last_seen time.
         self.heard: set[str] = set()
+        #: Nodes whose readings (chip temperatures, host load, steps) changed since the
+        #: store last saved their record: saved at most every `save_every` seconds, not
+        #: with every heartbeat (see `due_saves`).
+        self.refreshed: set[str] = set()
+        #: Nodes with a heartbeat not yet saved, by the monotonic time of the first.
+        self._unsaved: OrderedDict[str, float] = OrderedDict()
         #: Nodes forgotten since the store last saved (their rows must go).
         self.forgotten: set[str] = set()
+        #: Bumped by every change to what placement reads of a node (its state, drain,
+        #: accelerator, chips and their health), so a count over all nodes can be kept
+        #: until it moves. Readings alone (temperature, power) leave it.
+        self.placement_version = 0
 
     # --- queries -------------------------------------------------------------------
 
@@ -106,6 +116,7 @@ class NodeTable:
         """Load records saved by an earlier daemon. Nodes that were alive become
         `pending`: they get a full heartbeat_timeout from now to re-register."""
         changes = []
+        self.placement_version += 1
         for record in records:
             if record.state not in (NodeState.LOST, NodeState.LEFT):
                 record.state = NodeState.PENDING
@@ -152,6 +163,7 @@ class NodeTable:
         self._session[msg.node] = msg.agent_instance
         self._touch(msg.node, now)
         self.dirty.add(msg.node)
+        self.placement_version += 1
 
         fields: dict[str, Any] = {
             "accelerator": msg.accelerator.value,
@@ -180,16 +192,54 @@ class NodeTable:
         if record is None or self._session.get(msg.node) != msg.agent_instance:
             raise Unregistered(msg.node)
         # A lost node left the session in expire(), so a registered node here is up.
-        if record.chips != msg.chips or record.host != msg.host or record.running != msg.running:
-            self.dirty.add(msg.node)
+        # A change of health, of the chips or of the ranks running is saved at the next
+        # flush; new readings alone (temperatures, load, steps) within `due_saves`.
+        if record.chips != msg.chips:
+            if _placement(record.chips) != _placement(msg.chips):
+                self.placement_version += 1
+                self.dirty.add(msg.node)
+            else:
+                self.refreshed.add(msg.node)
+        if record.host != msg.host:
+            (self.dirty if record.host is None or record.host.health != msg.host.health else self.refreshed).add(msg.node)
+        if record.running != msg.running:
+            (self.dirty if _ranks(record.running) != _ranks(msg.running) else self.refreshed).add(msg.node)
         record.chips = msg.chips
         record.host = msg.host
         record.running = msg.running
         record.handler_failures = msg.handler_failures
         record.last_seen = now.wall
         self.heard.add(msg.node)
+        if msg.node not in self._unsaved:
+            self._unsaved[msg.node] = now.mono
         self._touch(msg.node, now)
         return []
+
+    def due_saves(self, now: float, every: float, at_most: int) -> tuple[list[str], list[str]]:
+        """Nodes whose heartbeats are due to be saved at monotonic time `now`: (those whose
+        readings changed: the whole record; those only heard from: last_seen), each node
+        at most once every `every` seconds, oldest first, at most `at_most` in all, so a
+        flush of a large cluster costs about the same every second. Changes in `dirty` are
+        not here: those are saved at once. Call `saved` with what was written."""
+        records: list[str] = []
+        seen: list[str] = []
+        for node, first in self._unsaved.items():
+            if now - first < every or len(records) + len(seen) >= at_most:
+                break
+            if node in self.refreshed:
+                records.append(node)
+            elif node in self.heard:
+                seen.append(node)
+            else:
+                records.append(node)  # dropped from both meanwhile (written as dirty): nothing left to say
+        return records, seen
+
+    def saved(self, nodes: list[str]) -> None:
+        """The store has written these nodes' records or last_seen times."""
+        for node in nodes:
+            self._unsaved.pop(node, None)
+            self.refreshed.discard(node)
+            self.heard.discard(node)
 
     def is_registered(self, node: str, agent_instance: str | None = None) -> bool:
         instance = self._session.get(node)
@@ -208,6 +258,7 @@ class NodeTable:
             chips.sort(key=lambda c: c.index)
         record.chips = tuple(chips)
         self.dirty.add(node)
+        self.placement_version += 1
 
     def expire(self, now: Instant) -> list[NodeChange]:
         """Mark every node not heard from for heartbeat_timeout as lost."""
@@ -225,6 +276,7 @@ class NodeTable:
             record.state = NodeState.LOST
             record.state_since = now.wall
             self.dirty.add(node)
+            self.placement_version += 1
             changes.append(
                 NodeChange(
                     "node.lost",
@@ -260,6 +312,7 @@ class NodeTable:
         record.state_since = now.wall
         record.running = ()
         self.dirty.add(node)
+        self.placement_version += 1
         return [NodeChange("node.left", node, {"previous_state": previous.value, "reason": reason,
                                                "hostname": record.hostname})]
 
@@ -268,6 +321,7 @@ class NodeTable:
         record = self._nodes.get(node)
         if record is None:
             return None
+        self.placement_version += 1
         if chip is not None and reason is not None:
             if chip in record.drained_chips:
                 return None
@@ -302,9 +356,12 @@ class NodeTable:
         self._session.pop(node, None)
         self.dirty.discard(node)
         self.heard.discard(node)
+        self.refreshed.discard(node)
+        self._unsaved.pop(node, None)
         known = self._nodes.pop(node, None) is not None
         if known:
             self.forgotten.add(node)
+            self.placement_version += 1
         return known
 
     # --- internals -----------------------------------------------------------------
@@ -319,3 +376,13 @@ class NodeTable:
             old.node,
             {"down_for_s": round(max(0.0, now.wall - old.state_since), 3)},
         )
+
+
+def _ranks(running: tuple[RunningRank, ...]) -> list[tuple[str, int, int, int]]:
+    """Which ranks a node runs, without their progress."""
+    return [(r.job, r.attempt, r.rank, r.pid) for r in running]
+
+
+def _placement(chips: tuple[ChipStatus, ...]) -> list[tuple[int, Health]]:
+    """What placement and pool health read of a node's chips."""
+    return [(c.index, c.health) for c in chips]

@@ -358,36 +358,60 @@ MAX_FREEFORM_ITEMS = 10_000
 #: each with its decisions and what they counted; a page of 500 nodes with their chips);
 #: the frame itself is bounded by MAX_REPLY_BYTES.
 MAX_REPLY_DEPTH = 16
-MAX_REPLY_ITEMS = 2_000_000
+
+
+class _Refused(Exception):
+    """A free-form value refused: why, and the path to it (innermost part first)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.path: list[str] = []
 
 
 def _check_freeform(value: Any, where: str, depth: int = 0, budget: list[int] | None = None,
-                    max_depth: int = MAX_FREEFORM_DEPTH, max_items: int = MAX_FREEFORM_ITEMS) -> None:
-    budget = budget if budget is not None else [max_items]
+                    max_depth: int = MAX_FREEFORM_DEPTH) -> None:
+    """Raise ValueError naming the first item of `value` that is not JSON-safe. The path
+    to it is only built for a refusal: a status page has ~100,000 items, and formatting
+    each one's path cost the CLI more than the page's transfer and decode together."""
+    try:
+        _walk(value, depth, budget if budget is not None else [MAX_FREEFORM_ITEMS], max_depth)
+    except _Refused as exc:
+        raise ValueError(f"{where}{''.join(reversed(exc.path))}: {exc.reason}") from None
+
+
+def _walk(value: Any, depth: int, budget: list[int], max_depth: int) -> None:
     budget[0] -= 1
     if budget[0] < 0:
-        raise ValueError(f"{where}: more than {max_items} items")
+        raise _Refused(f"more items than allowed ({MAX_FREEFORM_ITEMS:,} in a message, one per byte in a reply)")
     if depth > max_depth:
-        raise ValueError(f"{where}: nested deeper than {max_depth}")
+        raise _Refused(f"nested deeper than {max_depth}")
     if value is None or isinstance(value, (bool, str, int)):
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 1 << 63:
-            raise ValueError(f"{where}: integer out of range")
+            raise _Refused("integer out of range")
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"{where}: {value!r} is not a finite number")
+            raise _Refused(f"{value!r} is not a finite number")
         return
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            _check_freeform(item, f"{where}[{i}]", depth + 1, budget, max_depth, max_items)
+            try:
+                _walk(item, depth + 1, budget, max_depth)
+            except _Refused as exc:
+                exc.path.append(f"[{i}]")
+                raise
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ValueError(f"{where}: key {_clip(repr(key), 40)} is not a string")
-            _check_freeform(item, f"{where}.{_clip(key, 40)}", depth + 1, budget, max_depth, max_items)
+                raise _Refused(f"key {_clip(repr(key), 40)} is not a string")
+            try:
+                _walk(item, depth + 1, budget, max_depth)
+            except _Refused as exc:
+                exc.path.append(f".{_clip(key, 40)}")
+                raise
         return
-    raise ValueError(f"{where}: {type(value).__name__} values are not allowed")
+    raise _Refused(f"{type(value).__name__} values are not allowed")
 
 
 def _check(message: AnyMessage) -> None:
@@ -401,7 +425,9 @@ def _check(message: AnyMessage) -> None:
     elif isinstance(message, CtlRequest):
         _check_freeform(message.args, "$.args")
     elif isinstance(message, CtlReply):
-        _check_freeform(message.result, "$.result", max_depth=MAX_REPLY_DEPTH, max_items=MAX_REPLY_ITEMS)
+        # A status page of 500 eight-chip nodes holds ~100,000 items: a reply is bounded
+        # by its size (MAX_REPLY_BYTES; every item takes at least a byte), not by count.
+        _check_freeform(message.result, "$.result", budget=[MAX_REPLY_BYTES], max_depth=MAX_REPLY_DEPTH)
 
 
 class _Envelope(msgspec.Struct):
