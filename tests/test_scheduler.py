@@ -1000,3 +1000,17 @@ def test_ranks_alive_stay_one_entry_each_through_events_heartbeats_exits_and_a_r
     sim.heartbeat("a1", 5, [(current.number, 0, 7)])
     sim.event("a1", "rank.exited", 5.5, rank=0, exit_code=1)
     assert restored.current.alive == [] and current.alive == ["a1/0"]
+
+
+def test_once_every_rank_has_ended_the_incident_is_decided_without_waiting_out_the_window() -> None:
+    sim = Sim()
+    sim.submit(0)
+    sim.run_attempt(1)
+    sim.event("a2", "signal.interconnect_timeout", 10, rank=1, evidence="EI0002 ...")
+    assert sim.jobs.next_deadline() == pytest.approx(at(13).mono)  # could be a chip error's consequence
+    sim.event("a2", "rank.exited", 10.2, rank=1, exit_code=1)
+    assert sim.jobs.next_deadline() == pytest.approx(at(13).mono)  # rank 0 may still say more
+    sim.event("a1", "rank.exited", 10.4, rank=0, exit_code=1)
+    assert sim.jobs.next_deadline() == pytest.approx(at(10.4).mono + 0.25)
+    [incident] = events(sim.tick(10.65), "job.incident")
+    assert incident["signal"] == "interconnect_timeout"

@@ -8,8 +8,8 @@ peers' network errors), earliest first among equals. The policy counts the incid
 once, by its root; the others stay in the events as its consequences.
 
 A root that nothing later can outrank — a rank killed by a signal, a chip error, a lost
-node, a hang every node of the attempt has reported (all its ranks are accounted for) —
-need not wait out the window: the incident is decided `SETTLE` seconds after it
+node, a hang every node of the attempt has reported, any root once every rank of the
+attempt has ended (all its ranks are accounted for) — need not wait out the window: the incident is decided `SETTLE` seconds after it
 arrived (time for the signals already on the wire), so a restart starts sooner. Signals
 of the same attempt that come after its incident was decided join that incident as
 consequences; they never open a second one (the attempt is already being ended).
@@ -102,7 +102,7 @@ class IncidentTracker:
 
     def __init__(self, window: float = DEFAULT_WINDOW, settle: float = SETTLE) -> None:
         self.window = window
-        self.settle = settle
+        self.settle_s = settle
         self.open: Incident | None = None
         self.decided: Incident | None = None  # the last one decided (its late signals join it)
 
@@ -117,6 +117,12 @@ class IncidentTracker:
             self.open = Incident(attempt, now)
         self.open.signals.append((signal, killed_by_signal))
         if self.open.decisive_at is None and (settled or decisive(signal, killed_by_signal)):
+            self.open.decisive_at = now
+
+    def settle(self, now: float) -> None:
+        """Nothing more of this attempt's ranks is coming (they have all ended): the open
+        incident is decided after SETTLE, not the rest of its window."""
+        if self.open is not None and (self.open.decisive_at is None or now < self.open.decisive_at):
             self.open.decisive_at = now
 
     def due(self, now: float) -> Incident | None:
@@ -134,7 +140,7 @@ class IncidentTracker:
             return None
         deadline = self.open.opened_at + self.window
         if self.open.decisive_at is not None:
-            deadline = min(deadline, self.open.decisive_at + self.settle)
+            deadline = min(deadline, self.open.decisive_at + self.settle_s)
         return deadline
 
     def drop(self) -> None:

@@ -302,6 +302,10 @@ class Jobs:
                 current.alive.remove(key)
             code = fields.get("exit_code")
             current.exited[key] = int(code) if isinstance(code, int) else -9
+            live = self._live.get(record.id)
+            if live is not None and len(current.exited) >= current.rank_count():
+                # Every rank has ended (and said how): what else they had to say is in.
+                live.incidents.settle(now.mono)
             self._maybe_succeeded(record, now, out)
             out.records[record.id] = record
         elif name == "rank.checkpoint_saved":
