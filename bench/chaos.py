@@ -13,8 +13,8 @@ ranks killed; it comes back empty 10 s later). After M minutes the job is stoppe
 (its final checkpoint) and a fault-free torchrun run of the same seed trains the same
 number of steps; every step's loss must be identical.
 
-ETTR, the same for both: (steps kept × the median step time) ÷ wall time from the start
-to the last step; trainguard's own `job show` ETTR is reported beside it.
+ETTR, the same for both: the time the kept steps took (each step's last run) ÷ wall time
+from the start to the last step; trainguard's own `job show` ETTR is reported beside it.
 """
 
 from __future__ import annotations
@@ -64,14 +64,22 @@ def schedule(minutes: float, mean: float, seed: int) -> list[tuple[float, str]]:
 
 
 def ettr_of(metrics: Path, started: float) -> dict[str, Any]:
+    """ETTR from the trainer's own lines: the time its kept steps took (each step's last
+    run, timed from the line before it in the same process; a process's first step at
+    the median) over the wall time from `started` to the last step. Lost: the start,
+    every recovery, and the steps redone after one."""
     rows = rb.lines(metrics)
-    kept = {r["step"]: r for r in rows}
-    gaps = [b["time"] - a["time"] for a, b in zip(rows, rows[1:]) if a["pid"] == b["pid"] and b["step"] == a["step"] + 1]
-    step_s = statistics.median(gaps) if gaps else 0.0
+    took: dict[int, float | None] = {}
+    for before, row in zip([None, *rows], rows):
+        same = before is not None and before["pid"] == row["pid"] and row["step"] == before["step"] + 1
+        took[row["step"]] = row["time"] - before["time"] if same else None  # type: ignore[index]
+    known = [t for t in took.values() if t is not None]
+    step_s = statistics.median(known) if known else 0.0
+    kept_s = sum(t if t is not None else step_s for t in took.values())
     wall = (rows[-1]["time"] - started) if rows else 0.0
-    return {"steps_kept": len(kept), "steps_done": len(rows), "steps_redone": len(rows) - len(kept),
-            "median_step_s": round(step_s, 4), "wall_s": round(wall, 1),
-            "ettr": round(len(kept) * step_s / wall, 4) if wall else None}
+    return {"steps_kept": len(took), "steps_done": len(rows), "steps_redone": len(rows) - len(took),
+            "median_step_s": round(step_s, 4), "kept_s": round(kept_s, 1), "wall_s": round(wall, 1),
+            "ettr": round(kept_s / wall, 4) if wall else None}
 
 
 def policy(directory: Path) -> Path:
