@@ -22,6 +22,7 @@ import random
 import sys
 import sysconfig
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -184,5 +185,26 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(code)
 
 
+def run() -> None:
+    """main(), and an end as prompt on an error as on success: after an exception the
+    interpreter's exit would free the DDP reducer and the gloo process group, which can
+    deadlock (see the end of main()), leaving a failed rank alive until it is killed and
+    its fault unseen until then."""
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    else:
+        code = 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    run()
