@@ -404,10 +404,16 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
     with tempfile.TemporaryDirectory(prefix="tg-recovery-") as tmp:
         root = Path(tmp) if args.keep is None else args.keep
+        def save() -> None:  # after each system: a long run cut short keeps what it measured
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2))
+
         if "floor" in systems:
             result["floor"] = run_floor(root / "floor", args.trials)
+            save()
         if "trainguard" in systems:
             result["trainguard"] = run_trainguard(root / "trainguard", faults, args.trials)
+            save()
         if "trainguard-cold" in systems:  # the same, without warm standbys
             result["trainguard_cold"] = run_trainguard(root / "trainguard-cold", faults, args.trials, warm=False)
         if "torchrun" in systems:
@@ -415,8 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     result["machine"]["torch"] = torch.__version__
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    save()
     print(table(result))
     print(f"\nJSON: {args.json}")
     return 0
