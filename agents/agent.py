@@ -474,7 +474,8 @@ class Agent:
 
     def _keep_standbys(self) -> None:
         """Start a job's missing warm standbys once all its ranks here have stepped (not
-        while they start: a standby's import would slow them), and reap ended ones."""
+        while they start: a standby's import would slow them), a spare node's at once
+        (the daemon asks once the job trains), and reap ended ones."""
         standbys = self.commands.standbys
         standbys.poll()
         if not standbys.wanted:
@@ -484,7 +485,7 @@ class Agent:
             running.setdefault(r.job, []).append(r.step)
         for job in list(standbys.wanted):
             steps = running.get(job)
-            if steps and all(s for s in steps):
+            if (steps and all(s for s in steps)) or (not steps and job in standbys.spares):
                 standbys.refill(job)
 
     def _rank_event(self, e: RankEvent) -> None:

@@ -23,7 +23,7 @@ from agents.monitor import RankMonitor
 from agents.probes.base import ChipProbe
 from agents.probes.sim import SimHardware, SimProbe
 from agents.rankstate import AttemptRecord
-from agents.standby import Standbys
+from agents.standby import Blueprint, Standbys
 from agents.watchers.hang import HangLimits
 from supervisor.shared.paths import PathEscape, inside
 from supervisor.shared.protocol import (
@@ -31,6 +31,7 @@ from supervisor.shared.protocol import (
     AnyCommandArgs,
     CheckpointArgs,
     InjectArgs,
+    KeepStandbysArgs,
     StartRanksArgs,
     StopRanksArgs,
 )
@@ -59,6 +60,7 @@ class CommandHandlers:
             StartRanksArgs: self.start_ranks,
             StopRanksArgs: self.stop_ranks,
             CheckpointArgs: self.checkpoint,
+            KeepStandbysArgs: self.keep_standbys,
         }
         #: Jobs that set the node's probe interval (their policy's detect section).
         self._probe_intervals: dict[str, float] = {}
@@ -151,6 +153,27 @@ class CommandHandlers:
         retired = self.standbys.retire(args.job) if args.final else 0
         return {"node": self.node, "job": args.job, "attempt": args.attempt, "ranks_asked": asked,
                 "standbys_ended": retired}
+
+    def keep_standbys(self, args: KeepStandbysArgs) -> dict[str, Any]:
+        """Standbys for a job whose ranks run elsewhere: this node is where a restart or
+        a failover would take it. Built as `start_ranks` builds a rank's blueprint, so
+        that its ranks take them."""
+        if self.monitor.attempts_running(args.job) or (args.job in self.standbys.wanted
+                                                        and args.job not in self.standbys.spares):
+            # The job's ranks run (or ran) here: their own standbys are kept already.
+            return {"node": self.node, "job": args.job, "standbys": "own"}
+        if args.count == 0:
+            ended = self.standbys.retire(args.job)
+            log.info("standby.spares_released", job=args.job, ended=ended)
+            return {"node": self.node, "job": args.job, "standbys_ended": ended}
+        if args.cwd is not None and not Path(args.cwd).is_dir():
+            raise Refused(f"working directory {args.cwd!r} does not exist on node {self.node}")
+        count = min(args.count, self.chips or MAX_RANKS_PER_NODE)
+        blueprint = Blueprint.make(args.job, args.argv, args.cwd, {**args.env, **self._sim_env()})
+        if self.standbys.wanted.get(args.job) != (blueprint, count):
+            log.info("standby.spares_wanted", job=args.job, count=count)
+        self.standbys.want_spares(blueprint, count)
+        return {"node": self.node, "job": args.job, "standbys": count}
 
     def checkpoint(self, args: CheckpointArgs) -> dict[str, Any]:
         """SIGUSR1 to the attempt's rank processes; the ranks agree on the step."""

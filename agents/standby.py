@@ -6,6 +6,8 @@ without a rank: it imports torch, builds what does not depend on the rank, and w
 node, `take` hands the waiting standbys to the launcher, which gives each one its rank
 (`Launcher.assign`) instead of starting a process; new standbys are started once the new
 attempt trains (`wanted` / `refill`), not while it starts, so they never slow a restart.
+A node that runs none of the job's ranks keeps standbys too when the daemon names it as
+where a restart or a failover would go (`keep_standbys`, `spares`).
 
 Standbys of a job end when it leaves the node (`retire`: a final stop), when the agent
 stops, and on their own when the agent that started them is gone.
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +53,11 @@ class Blueprint:
 
     @classmethod
     def of(cls, spec: RankSpec) -> Blueprint:
-        return cls(spec.job, tuple(spec.argv), spec.cwd, tuple(sorted(spec.env.items())))
+        return cls.make(spec.job, spec.argv, spec.cwd, spec.env)
+
+    @classmethod
+    def make(cls, job: str, argv: Sequence[str], cwd: str | None, env: Mapping[str, str]) -> Blueprint:
+        return cls(job, tuple(argv), cwd, tuple(sorted(env.items())))
 
 
 @dataclass
@@ -78,12 +85,21 @@ class Standbys:
     #: Standbys per job, and how many each job wants (its ranks on this node).
     ready: dict[str, list[Standby]] = field(default_factory=dict)
     wanted: dict[str, tuple[Blueprint, int]] = field(default_factory=dict)
+    #: Jobs wanted here as spares: none of their ranks run here, but a restart or a
+    #: failover would move them here (`keep_standbys`); refilled at once.
+    spares: set[str] = field(default_factory=set)
     failures: dict[str, int] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def want(self, spec: RankSpec, count: int) -> None:
         """Keep `count` standbys of this job, like `spec`, from the next `refill` on."""
         self.wanted[spec.job] = (Blueprint.of(spec), count)
+        self.spares.discard(spec.job)  # its ranks run here now
+
+    def want_spares(self, blueprint: Blueprint, count: int) -> None:
+        """Keep `count` standbys of a job that runs elsewhere but may move here."""
+        self.wanted[blueprint.job] = (blueprint, count)
+        self.spares.add(blueprint.job)
 
     def refill(self, job: str) -> int:
         """Start the standbys `job` still lacks; returns how many were started."""
@@ -119,6 +135,7 @@ class Standbys:
     def retire(self, job: str) -> int:
         """The job left this node: end its standbys."""
         self.wanted.pop(job, None)
+        self.spares.discard(job)
         self.failures.pop(job, None)
         gone = self.ready.pop(job, [])
         for standby in gone:

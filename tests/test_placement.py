@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor.core.placement import NoCapacity, NodeView, Placement, place
+from supervisor.core.placement import NoCapacity, NodeView, Placement, first_usable, place
 
 
 def view(node: str, chips: tuple[int, ...] = (0, 1), family: str = "ascend", **kw) -> NodeView:
@@ -32,6 +32,13 @@ def test_skips_other_families_down_drained_and_busy() -> None:
     placed = place("ascend", "ascend", 1, 2, nodes)
     assert isinstance(placed, Placement)
     assert placed.node_names() == ["d"] and [r.chips for r in placed.nodes[0].ranks] == [(1,), (3,)]
+
+
+def test_first_usable_are_where_a_placement_would_go_even_too_few() -> None:
+    nodes = [view("e"), view("a", up=False), view("b", chips=(0,)), view("d"), view("c"), view("n", family="nvidia")]
+    assert first_usable("ascend", 2, nodes, 2) == ["c", "d"]
+    assert first_usable("ascend", 2, nodes, 5) == ["c", "d", "e"]
+    assert first_usable("ascend", 2, [view("a", drained="bad")], 1) == []
 
 
 def test_no_capacity_says_what_is_missing() -> None:

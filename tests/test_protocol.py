@@ -25,6 +25,7 @@ from supervisor.shared.protocol import (
     Heartbeat,
     HostStatus,
     InjectArgs,
+    KeepStandbysArgs,
     ProtocolError,
     RankAssignment,
     Register,
@@ -164,7 +165,8 @@ COMMANDS = [InjectArgs(fault=Fault.HANG),
             StartRanksArgs(job="gpt", attempt=3, argv=("python",), ranks=(RankAssignment(rank=2, local_rank=0, chips=(1,)),),
                            world_size=4, local_world_size=1, master_addr="10.0.0.1", ckpt_dir="/ckpt/gpt",
                            master_port=29511, hang_timeout=30.0),
-            StopRanksArgs(job="gpt", attempt=3, grace=60.0), CheckpointArgs(job="gpt", attempt=3)]
+            StopRanksArgs(job="gpt", attempt=3, grace=60.0), CheckpointArgs(job="gpt", attempt=3),
+            KeepStandbysArgs(job="gpt", argv=("python", "train.py"), count=2, cwd="/w", env={"NCCL_DEBUG": "WARN"})]
 
 
 def test_every_command_kind_round_trips() -> None:

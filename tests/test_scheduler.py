@@ -1014,3 +1014,53 @@ def test_once_every_rank_has_ended_the_incident_is_decided_without_waiting_out_t
     assert sim.jobs.next_deadline() == pytest.approx(at(10.4).mono + 0.25)
     [incident] = events(sim.tick(10.65), "job.incident")
     assert incident["signal"] == "interconnect_timeout"
+
+
+# --- warm spares ---------------------------------------------------------------------------
+
+
+def spare_commands(out: JobOutcome) -> dict[str, int]:
+    return {c.node: c.args.count for c in out.commands if c.args.kind == "keep_standbys"}
+
+
+def test_a_warm_standby_job_keeps_spares_where_a_restart_or_failover_would_go() -> None:
+    nodes = [make_node("a1"), make_node("a2"), make_node("a3"), make_node("a4"),
+             make_node("n1", Accelerator.NVIDIA, chips=2)]
+    sim = Sim(nodes, spec=msgspec.structs.replace(SPEC, warm_standby=True))
+    sim.submit(0)
+    sim.run_attempt(1, step=5)
+    out = sim.tick(2)
+    # Its own pool without its nodes (a1, a2 run it): a3 and a4; the pool the shipped
+    # policy fails over to: n1, with that pool's ranks per node and environment.
+    assert spare_commands(out) == {"a3": 1, "a4": 1, "n1": 2}
+    by_node = {c.node: c.args for c in out.commands if c.args.kind == "keep_standbys"}
+    assert by_node["a3"].argv == SPEC.command and by_node["a3"].cwd == "/w"
+    assert by_node["a3"].env == {"HCCL_CONNECT_TIMEOUT": "120", "TRAINGUARD_CKPT_KEEP": "3"}
+    assert by_node["n1"].env == {"NCCL_DEBUG": "WARN", "TRAINGUARD_CKPT_KEEP": "3"}
+    [chosen] = events(out, "job.spares_chosen")
+    assert chosen["nodes"] == ["a3", "a4", "n1"] and chosen["pools"] == ["ascend", "nvidia"]
+    assert sim.record.spare_nodes == ["a3", "a4", "n1"] and sim.job in out.records
+
+    # Nothing new while the placement stands still (the cluster sets pool health on a change).
+    assert spare_commands(sim.keep(sim.jobs.tick(at(3), sim.nodes))) == {}
+
+    # a3 is lost: a4 would still take the place of a lost a1 or a2; a3 is told to end
+    # its standbys (should it come back with them).
+    sim.nodes["a3"].state = NodeState.LOST
+    out = sim.tick(4)
+    assert spare_commands(out) == {"a3": 0, "a4": 1, "n1": 2}
+    assert sim.record.spare_nodes == ["a4", "n1"]
+
+    # The job ends: its final stop reaches its nodes and its spares.
+    sim.keep(sim.jobs.stop(sim.job, 30.0, at(5)))
+    sim.ranks_gone(6)
+    sim.tick(7)
+    finals = {c.node for o in sim.outs for c in o.commands if c.args.kind == "stop_ranks" and c.args.final}
+    assert {"a1", "a2", "a4", "n1"} <= finals
+
+
+def test_a_job_without_warm_standby_keeps_no_spares() -> None:
+    sim = Sim()
+    sim.submit(0)
+    sim.run_attempt(1, step=5)
+    assert spare_commands(sim.tick(2)) == {} and sim.record.spare_nodes == []

@@ -10,8 +10,10 @@ import psutil
 import pytest
 
 from supervisor.cli.localcluster import wait_for
+from tests.conftest import trainguard
 from tests.jobsupport import (
     ASCEND,
+    NVIDIA,
     events,
     inject,
     job_file,
@@ -61,3 +63,47 @@ def test_a_crash_restarts_on_warm_standbys_with_identical_losses_and_they_end_wi
                 if (p.info["environ"] or {}).get("TRAINGUARD_STANDBY", "").find(job) >= 0]
     wait_for(lambda: not standbys_left(), 30, "the job's standbys to end")
     assert all(not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE for pid in pids)
+
+
+def test_a_restart_that_moves_nodes_and_a_failover_start_on_warm_spares(make_cluster, tmp_path):
+    """The job runs on one Ascend node; the other Ascend node and the Nvidia node keep
+    its spares. A chip error moves it to the other Ascend node, an operator's failover
+    to Nvidia: both start on the spares' standbys, with the fault-free run's losses."""
+    steps = 700
+    reference = reference_losses(tmp_path / "ref", steps)
+    cluster = make_cluster()
+    start_pools(cluster, make_policy(tmp_path / "policies"))
+    path = job_file(tmp_path / "work", "gpt", steps=steps, ascend=(1, 2), nvidia=(1, 2))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "warm_standby": True}))
+    job = submit(cluster, path)
+    assert wait_step(cluster, job, 10, 120)["nodes"] == ["ascend-0"]
+    for node in ("ascend-1", NVIDIA):
+        wait_for(lambda n=node: len(cluster.find_events(n, "standby.ready", job=job)) >= 2, 120, f"spares on {node}")
+    (chosen,) = events(cluster, "job.spares_chosen", job=job, attempt=1)
+    assert chosen["nodes"] == ["ascend-1", NVIDIA]
+
+    inject(cluster, "ascend-0", "chip_error")  # chip 0 is excluded: 1 chip left, the job needs 2
+    moved = wait_for(lambda: (j := show(cluster, job))["attempt"] == 2 and j["state"] == "running" and j, 120,
+                     "the restart on ascend-1")
+    assert moved["nodes"] == ["ascend-1"]
+    (started,) = cluster.find_events("ascend-1", "job.attempt_started", job=job, attempt=2)
+    assert started["warm"] == 2, "the restart on another node took that node's spares"
+
+    wait_for(lambda: len(cluster.find_events(NVIDIA, "standby.ready", job=job)) >= 2, 120, "the Nvidia spares")
+    result = trainguard("job", "failover", "--ctl", cluster.ctl, job, "--to", "nvidia")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: (j := show(cluster, job))["pool"] == "nvidia" and j["state"] == "running", 180,
+             "the job to run on nvidia")
+    (started,) = cluster.find_events(NVIDIA, "job.attempt_started", job=job, attempt=3)
+    assert started["warm"] == 2, "the failover took the Nvidia node's spares"
+
+    done = wait_state(cluster, job, {"succeeded", "failed", "stopped"}, 240)
+    assert done["state"] == "succeeded", done
+    got = losses(tmp_path / "work" / "gpt-metrics.jsonl")
+    assert sorted(got) == list(range(1, steps + 1))
+    assert got == reference, "the losses after moving onto spares differ from the fault-free run"
+
+    def standbys_left() -> list[int]:
+        return [p.pid for p in psutil.process_iter(["pid", "environ"])
+                if (p.info["environ"] or {}).get("TRAINGUARD_STANDBY", "").find(job) >= 0]
+    wait_for(lambda: not standbys_left(), 30, "the job's standbys, spares included, to end")

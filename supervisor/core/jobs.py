@@ -162,6 +162,9 @@ class JobRecord(msgspec.Struct, kw_only=True):
     #: The stop of the current attempt: its SIGTERM → SIGKILL grace, and whether it was sent.
     stop_grace: float = 30.0
     stop_sent: bool = False
+    #: Nodes that keep warm standbys for the job without running its ranks (where a
+    #: restart or failover would go); told to end them when the job ends.
+    spare_nodes: list[str] = []
 
     @property
     def current(self) -> Attempt | None:

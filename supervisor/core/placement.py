@@ -65,6 +65,14 @@ class NoCapacity:
     reason: str
 
 
+def first_usable(family: str, ranks_per_node: int, nodes: list[NodeView], limit: int) -> list[str]:
+    """The first `limit` nodes, in placement order, that could take `ranks_per_node`
+    ranks: where a placement among them would go (fewer when fewer qualify)."""
+    usable = [v.node for v in sorted(nodes, key=lambda v: v.node)
+              if v.family == family and _unusable(v, ranks_per_node) is None]
+    return usable[:limit]
+
+
 def place(pool: str, family: str, nodes_needed: int, ranks_per_node: int, nodes: list[NodeView]) -> Placement | NoCapacity:
     chosen: list[NodePlacement] = []
     excluded: list[str] = []

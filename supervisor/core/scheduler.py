@@ -31,7 +31,7 @@ from supervisor.core.incidents import DEFAULT_WINDOW, Incident, IncidentTracker
 from supervisor.core.jobs import Attempt, Failover, JobRecord, JobState, NodeAttempt, ettr
 from supervisor.core.jobspec import JobSpec
 from supervisor.core.nodes import NodeChange, NodeRecord
-from supervisor.core.placement import NoCapacity, NodeView, Placement, place
+from supervisor.core.placement import NoCapacity, NodeView, Placement, first_usable, place
 from supervisor.policy.engine import Decision, JobPolicy, SignalEvent
 from supervisor.policy.schema import ExcludeTarget, Policy
 from supervisor.shared.clock import Instant
@@ -40,6 +40,7 @@ from supervisor.shared.protocol import (
     AnyCommandArgs,
     CheckpointArgs,
     HangRank,
+    KeepStandbysArgs,
     StartRanksArgs,
     StopRanksArgs,
 )
@@ -108,6 +109,7 @@ class _Live:
     hang: HangJoin | None = None  # the nodes' views of a hang being joined
     hang_observed_at: float | None = None  # wall time of the first view of that hang
     hang_named: int | None = None  # the attempt whose hang was given its one signal
+    spares_key: tuple[int, int] | None = None  # (attempt, placement epoch) spares were chosen at
 
 
 class Jobs:
@@ -462,6 +464,8 @@ class Jobs:
             self._carry_out(record, decision, now, out)
         if record.state is not JobState.RUNNING:
             return
+        if record.spec.warm_standby:
+            self._keep_spares(record, live, nodes, out)
         every = live.policy.policy.checkpoint.every
         if every is None:
             return
@@ -586,8 +590,12 @@ class Jobs:
     _pool_health_cache: dict[str, int] | None = None
 
     def set_pool_health(self, health: dict[str, int]) -> None:
-        """Healthy undrained nodes per pool, as the engine's failover guard wants them."""
+        """Healthy undrained nodes per pool, as the engine's failover guard wants them.
+        Called whenever a node's placement could have changed."""
         self._pool_health_cache = health
+        self._placement_epoch += 1
+
+    _placement_epoch = 0
 
     def _record_decision(self, record: JobRecord, decision: Decision, out: JobOutcome) -> None:
         data = decision.to_dict()
@@ -755,10 +763,50 @@ class Jobs:
                   failovers=len(record.failovers), ettr=ettr(record, record.ended_at or 0.0))
         self._live.pop(record.id, None)
         out.records[record.id] = record
-        if record.spec.warm_standby:  # the nodes it ran on end its standbys
-            for node in sorted({share.node for attempt in record.attempts for share in attempt.nodes}):
+        if record.spec.warm_standby:  # the nodes it ran on, and its spares, end its standbys
+            ran_on = {share.node for attempt in record.attempts for share in attempt.nodes}
+            for node in sorted(ran_on | set(record.spare_nodes)):
                 out.commands.append(JobCommand(node, record.id, record.attempt, StopRanksArgs(
                     job=record.id, grace=0.0, final=True)))
+
+    # --- warm spares -----------------------------------------------------------------------
+
+    def _keep_spares(self, record: JobRecord, live: _Live, nodes: Mapping[str, NodeRecord],
+                     out: JobOutcome) -> None:
+        """Warm standbys where the job would go next, so that a restart that leaves its
+        nodes (a lost node, an excluded one) and a failover start warm too: in its pool,
+        the nodes a placement would take in place of the current ones (the first usable
+        ones, as many as the job has nodes); in each pool its policy may fail over to,
+        those a placement there would take. Chosen again when the attempt or a node's
+        placement changes; nodes no longer chosen are told to end theirs."""
+        key = (record.attempt, self._placement_epoch)
+        current = record.current
+        if current is None or live.spares_key == key:
+            return
+        live.spares_key = key
+        policy = live.policy.policy
+        here = {share.node for share in current.nodes}
+        views = [v for v in self._views(nodes, record.id) if v.node not in here]
+        chosen: dict[str, str] = {}  # node -> pool
+        for pool in _next_pools(record, policy):
+            shape = record.spec.pools[pool]
+            for node in first_usable(policy.pools[pool].accelerator, shape.ranks_per_node,
+                                     [v for v in views if v.node not in chosen], shape.nodes):
+                chosen[node] = pool
+        spec = record.spec
+        for node, pool in sorted(chosen.items()):
+            out.commands.append(JobCommand(node, record.id, record.attempt, KeepStandbysArgs(
+                job=record.id, argv=spec.command, cwd=spec.workdir, env=_rank_env(spec, pool, policy),
+                count=spec.pools[pool].ranks_per_node)))
+        for node in sorted(set(record.spare_nodes) - set(chosen) - here):
+            out.commands.append(JobCommand(node, record.id, record.attempt, KeepStandbysArgs(
+                job=record.id, argv=spec.command, count=0)))
+        spares = sorted(chosen)
+        if spares != record.spare_nodes:
+            out.event("job.spares_chosen", job=record.id, attempt=record.attempt, nodes=spares,
+                      pools=sorted(set(chosen.values())), released=sorted(set(record.spare_nodes) - set(chosen)))
+            record.spare_nodes = spares
+            out.records[record.id] = record
 
     # --- attempts --------------------------------------------------------------------------
 
@@ -856,9 +904,7 @@ class Jobs:
             return
         policy = live.policy.policy
         spec = record.spec
-        env = dict(spec.env.get(record.pool, {}))
-        # The policy's checkpoint.keep: the runtime's Checkpointer prunes to it.
-        env.setdefault("TRAINGUARD_CKPT_KEEP", str(policy.checkpoint.keep))
+        env = _rank_env(spec, record.pool, policy)
         shares = current.nodes if current.master_port else current.nodes[:1]
         for share in shares:
             if share.started or not self._due(live, share.node, f"start-{record.attempt}", now):
@@ -944,6 +990,26 @@ def _sample(attempt: Attempt, step: int, at: float, limit: int = 2000) -> None:
     attempt.progress.append((step, at))
     if len(attempt.progress) > limit:
         attempt.progress[:] = attempt.progress[::2] + ([attempt.progress[-1]] if len(attempt.progress) % 2 == 0 else [])
+
+
+def _rank_env(spec: JobSpec, pool: str, policy: Policy) -> dict[str, str]:
+    """The job's environment for its ranks on `pool` (a warm standby must match it)."""
+    env = dict(spec.env.get(pool, {}))
+    # The policy's checkpoint.keep: the runtime's Checkpointer prunes to it.
+    env.setdefault("TRAINGUARD_CKPT_KEEP", str(policy.checkpoint.keep))
+    return env
+
+
+def _next_pools(record: JobRecord, policy: Policy) -> list[str]:
+    """Where the job may go next: its own pool, then each pool a rule of its policy
+    fails it over to (that the job has a shape for)."""
+    pools = [record.pool]
+    for rule in policy.rules:
+        to = rule.then.to
+        if rule.then.action is Action.FAILOVER and to and to not in pools and to in record.spec.pools \
+                and to in policy.pools:
+            pools.append(to)
+    return [p for p in pools if p in policy.pools and p in record.spec.pools]
 
 
 def _final(record: JobRecord) -> bool:

@@ -291,7 +291,20 @@ class CheckpointArgs(CommandArgs, tag="checkpoint"):
     attempt: Attempt
 
 
-AnyCommandArgs = Union[InjectArgs, StartRanksArgs, StopRanksArgs, CheckpointArgs]
+class KeepStandbysArgs(CommandArgs, tag="keep_standbys"):
+    """Keep `count` warm standbys of a job on this node, which runs none of its ranks:
+    the node a restart or a failover would move the job to (a job with `warm_standby`).
+    The fields are those a `start_ranks` here would carry, so that its ranks take these
+    standbys. `count` 0: this node is no longer one the job would move to; end them."""
+
+    job: JobName
+    argv: Annotated[tuple[Arg, ...], msgspec.Meta(min_length=1, max_length=4096)]
+    count: Annotated[int, msgspec.Meta(ge=0, le=MAX_RANKS_PER_NODE)]
+    cwd: PathText | None = None
+    env: Annotated[dict[EnvName, EnvValue], msgspec.Meta(max_length=1024)] = {}
+
+
+AnyCommandArgs = Union[InjectArgs, StartRanksArgs, StopRanksArgs, CheckpointArgs, KeepStandbysArgs]
 
 
 class Command(Message, tag="command"):
