@@ -1045,8 +1045,10 @@ def test_a_warm_standby_job_keeps_spares_where_a_restart_or_failover_would_go() 
     assert spare_commands(sim.keep(sim.jobs.tick(at(3), sim.nodes))) == {}
 
     # a3 is lost: a4 would still take the place of a lost a1 or a2; a3 is told to end
-    # its standbys (should it come back with them).
+    # its standbys (should it come back with them). Looked at again once SPARES_EVERY
+    # has passed since the last choice.
     sim.nodes["a3"].state = NodeState.LOST
+    assert spare_commands(sim.tick(3.5)) == {}
     out = sim.tick(4)
     assert spare_commands(out) == {"a3": 0, "a4": 1, "n1": 2}
     assert sim.record.spare_nodes == ["a4", "n1"]

@@ -50,6 +50,9 @@ from supervisor.shared.vocab import Action, Health, NodeState, Signal
 RESEND_AFTER = 5.0
 #: Extra time after a stop's grace before ranks on an unreachable node are given up on.
 STOP_SLACK = 10.0
+#: A running job's warm spares are chosen again at most this often after placement
+#: changes (each choice walks every node; a large cluster's nodes change every second).
+SPARES_EVERY = 2.0
 #: SIGTERM → SIGKILL grace of a stop the policy asks for (the final checkpoint's time).
 DEFAULT_STOP_GRACE = 30.0
 #: ... after a fault, whose attempt can no longer agree on a final checkpoint (a rank
@@ -110,6 +113,7 @@ class _Live:
     hang_observed_at: float | None = None  # wall time of the first view of that hang
     hang_named: int | None = None  # the attempt whose hang was given its one signal
     spares_key: tuple[int, int] | None = None  # (attempt, placement epoch) spares were chosen at
+    spares_at: float = 0.0  # mono time they were
 
 
 class Jobs:
@@ -465,7 +469,7 @@ class Jobs:
         if record.state is not JobState.RUNNING:
             return
         if record.spec.warm_standby:
-            self._keep_spares(record, live, nodes, out)
+            self._keep_spares(record, live, now, nodes, out)
         every = live.policy.policy.checkpoint.every
         if every is None:
             return
@@ -771,7 +775,7 @@ class Jobs:
 
     # --- warm spares -----------------------------------------------------------------------
 
-    def _keep_spares(self, record: JobRecord, live: _Live, nodes: Mapping[str, NodeRecord],
+    def _keep_spares(self, record: JobRecord, live: _Live, now: Instant, nodes: Mapping[str, NodeRecord],
                      out: JobOutcome) -> None:
         """Warm standbys where the job would go next, so that a restart that leaves its
         nodes (a lost node, an excluded one) and a failover start warm too: in its pool,
@@ -783,7 +787,10 @@ class Jobs:
         current = record.current
         if current is None or live.spares_key == key:
             return
-        live.spares_key = key
+        if live.spares_key is not None and live.spares_key[0] == record.attempt \
+                and now.mono - live.spares_at < SPARES_EVERY:
+            return  # the same attempt: a placement change is looked at once per SPARES_EVERY
+        live.spares_key, live.spares_at = key, now.mono
         policy = live.policy.policy
         here = {share.node for share in current.nodes}
         views = [v for v in self._views(nodes, record.id) if v.node not in here]
