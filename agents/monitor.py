@@ -16,6 +16,7 @@ them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import signal
@@ -378,7 +379,7 @@ class RankMonitor:
             job = msg.get("job") or next((j for (j, r) in self._scanners if r == msg["rank"]), None)
             if (job, msg["rank"]) in self._scanners:
                 self._heartbeating.add(job)
-                self.hang.progress(job, msg["rank"], msg["step"], msg["phase"], now)
+                self.hang.progress(job, msg["rank"], msg["step"], msg["phase"], now - _age(msg.get("ts")))
                 loss = (msg.get("metrics") or {}).get("loss")
                 # Within the wire's bounds for a reading (a NaN or inf loss is left out).
                 if isinstance(loss, (int, float)) and not isinstance(loss, bool) and -1e9 <= loss <= 1e12:
@@ -465,3 +466,16 @@ class RankMonitor:
             fields.update(unrecognised=True, fingerprint=failure)
         return Observation(finding.signal, job, rank, finding.evidence, time.time(), "logscan", fields,
                            self._chips.get((job, rank)), attempt if attempt is not None else self._attempt_of(job, rank))
+
+
+#: The most a progress message's own time may move its step back: the runtime holds a
+#: step's message back for at most its heartbeat interval (0.5 s by default).
+MAX_PROGRESS_AGE = 2.0
+
+
+def _age(ts: object) -> float:
+    """How long ago a rank reported the step its progress message carries (its wall
+    time against ours: the same host), within [0, MAX_PROGRESS_AGE]; 0 for no time."""
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
+        return 0.0
+    return min(MAX_PROGRESS_AGE, max(0.0, time.time() - ts))

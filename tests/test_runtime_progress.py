@@ -164,6 +164,34 @@ def test_the_last_step_held_back_by_the_rate_limit_is_sent_after_the_interval(ag
     assert steps[-1] == 5 and 2 not in steps
 
 
+def test_a_held_back_step_carries_the_time_it_was_reported_not_when_it_was_sent(agent: zmq.Socket,
+                                                                                  endpoint: str) -> None:
+    """The agent times a stall from the step's own time: a message the rate limit held
+    back for up to an interval must not make a hang look younger than it is."""
+    beat = Beat(endpoint, rank=0, interval=0.0)
+    send_until_received(agent, lambda: beat(0, "train", {}))
+    beat.interval = 0.5
+    beat(1, "train", {})  # at once
+    reported = time.time()
+    beat(2, "train", {})  # held back
+    msgs = [receive(agent, timeout=5.0)]
+    while msgs[-1]["step"] != 2:
+        msgs.append(receive(agent, timeout=5.0))
+    arrived = time.time()
+    assert arrived - reported >= 0.3, "held back for most of the interval"
+    assert abs(msgs[-1]["ts"] - reported) < 0.1
+
+
+def test_the_agent_backdates_a_step_by_its_message_age_within_bounds() -> None:
+    from agents.monitor import MAX_PROGRESS_AGE, _age
+
+    now = time.time()
+    assert 0.45 <= _age(now - 0.5) <= 0.6
+    assert _age(now + 30) == 0.0, "a time from the future moves nothing"
+    assert _age(now - 3600) == MAX_PROGRESS_AGE, "nor does a stale or skewed one move it far"
+    assert _age(None) == _age("soon") == _age(True) == _age(float("nan")) == 0.0
+
+
 def test_a_dropped_message_does_not_start_the_interval() -> None:
     """Nobody listening: each call tries again (cheaply) instead of going quiet for an
     interval, so the first message after the agent appears is not held back."""

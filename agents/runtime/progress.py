@@ -65,7 +65,7 @@ class Beat:
         # The newest progress held back by the rate limit. A background thread sends it
         # once the interval has passed, so the last step before a stall is never lost
         # (the hang watcher must see where a rank stopped, not where it was 0.5 s before).
-        self._pending: tuple[int, str, dict[str, Any]] | None = None
+        self._pending: tuple[int, str, dict[str, Any], float] | None = None
         self._flusher: threading.Thread | None = None
 
     def _socket(self) -> Any:
@@ -86,20 +86,23 @@ class Beat:
         now = time.monotonic()
         with self._lock:
             if phase == self._phase and now - self._last < self.interval:
-                self._pending = (int(step), phase, metrics)
+                # Stamped now: the agent times a stall from when the step was done, not
+                # from when the rate limit let its message go.
+                self._pending = (int(step), phase, metrics, time.time())
                 if self._flusher is None:
                     self._flusher = threading.Thread(target=self._flush_loop, name="trainguard-heartbeat", daemon=True)
                     self._flusher.start()
                 return
-            self._send(int(step), phase, metrics, now)
+            self._send(int(step), phase, metrics, time.time(), now)
 
-    def _send(self, step: int, phase: str, metrics: dict[str, Any], now: float) -> None:
-        """Send one progress message; the caller holds the lock."""
+    def _send(self, step: int, phase: str, metrics: dict[str, Any], at: float, now: float) -> None:
+        """Send one progress message (`at`: wall time the step was reported); the
+        caller holds the lock."""
         self._pending = None
         try:
             import zmq
 
-            frame = encode_progress(self.rank, step, phase, {k: _plain(v) for k, v in metrics.items()}, time.time(), os.getpid(), self.job)
+            frame = encode_progress(self.rank, step, phase, {k: _plain(v) for k, v in metrics.items()}, at, os.getpid(), self.job)
             self._socket().send(frame, zmq.NOBLOCK)
             self.sent += 1
             # Only a delivered message starts the interval: one dropped before the
