@@ -82,6 +82,22 @@ def ettr_of(metrics: Path, started: float) -> dict[str, Any]:
             "ettr": round(kept_s / wall, 4) if wall else None}
 
 
+def per_fault(metrics: Path, started: float, faults: list[dict[str, Any]]) -> None:
+    """Add to each fault what it cost: `down_s`, from the last step before it to the
+    first step of a new process after it (every restart until the next fault, failed
+    ones included), and `redone`, the steps done again."""
+    rows = rb.lines(metrics)
+    changes = [(a["time"] - started, b["time"] - a["time"], a["step"] - b["step"] + 1)
+               for a, b in zip(rows, rows[1:]) if a["pid"] != b["pid"]]
+    ends = [f["at_s"] for f in faults[1:]] + [float("inf")]
+    for fault, end in zip(faults, ends):
+        # The last step before a fault is at most a step (and the injection's own
+        # bookkeeping) earlier than the fault.
+        mine = [c for c in changes if fault["at_s"] - 2.0 <= c[0] < end - 2.0]
+        fault["down_s"] = round(sum(c[1] for c in mine), 2) if mine else None
+        fault["redone"] = sum(c[2] for c in mine) if mine else None
+
+
 def policy(directory: Path) -> Path:
     directory.mkdir(parents=True)
     text = (shipped_policy_dir() / "default.yaml").read_text()
@@ -147,6 +163,8 @@ def run_trainguard(root: Path, plan: list[tuple[float, str]], minutes: float) ->
         result = {"pool_at_end": final["pool"], "attempts": final["attempt"], "failovers": len(final["failovers"]),
                   "trainguard_ettr": final["ettr"], "faults": done}
         result.update(ettr_of(metrics, started))
+        per_fault(metrics, started, done)
+        result["first_step_s"] = round(rb.lines(metrics)[0]["time"] - started, 2)
         subprocess.run([sys.executable, "-m", "supervisor", "job", "stop", "--ctl", cluster.ctl, job],
                        capture_output=True, text=True, check=False)
         wait_for(lambda: show()["state"] in ("stopped", "failed", "succeeded"), 120, "the job to stop")
@@ -209,7 +227,10 @@ def run_torchrun(root: Path, plan: list[tuple[float, str]], minutes: float) -> d
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         log.close()
-    return {"faults": done, "restarts": rb._restarts(root / "torchrun.log"), **ettr_of(metrics, started)}
+    per_fault(metrics, started, done)
+    rows = rb.lines(metrics)
+    return {"faults": done, "restarts": rb._restarts(root / "torchrun.log"), **ettr_of(metrics, started),
+            "first_step_s": round(rows[0]["time"] - started, 2) if rows else None}
 
 
 # --- the reference ------------------------------------------------------------------------
@@ -271,6 +292,22 @@ def table(result: dict[str, Any]) -> str:
     if tr:
         rows.append(f"| torchrun --max-restarts | {len(tr['faults'])} (no node loss) | {tr['ettr']} | "
                     f"{tr['steps_kept']} | {tr['steps_redone']} | the same node | — |")
+    # What each fault cost: the time without a step, and the steps done again.
+    rows += ["", "| fault (at) | trainguard: no step for / steps redone | torchrun: no step for / steps redone |",
+             "|---|---:|---:|"]
+    torchrun_faults = list((tr or {}).get("faults", []))
+
+    def cost(f: dict[str, Any] | None) -> str:
+        if f is None:
+            return "—"
+        return "not recovered" if f.get("down_s") is None else f"{f['down_s']:.2f} s / {f['redone']}"
+
+    start = [f"{(s or {}).get('first_step_s', '—')} s" for s in (tg, tr)]
+    rows.append(f"| start (submit → first step) | {start[0] if tg else '—'} | {start[1] if tr else '—'} |")
+    for f in (tg or {}).get("faults", []) or torchrun_faults:
+        other = next((t for t in torchrun_faults if t["kind"] == f["kind"] and abs(t["at_s"] - f["at_s"]) < 20), None)
+        rows.append(f"| {f['kind']} ({f['at_s']:.0f} s) | {cost(f) if tg else '—'} | "
+                    f"{cost(other) if tr else '—'} |")
     return "\n".join(rows)
 
 
