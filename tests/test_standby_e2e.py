@@ -30,6 +30,12 @@ from tests.jobsupport import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
+def standbys_left(job: str) -> list[int]:
+    """Processes waiting as standbys of `job` (their assignment file names it)."""
+    return [p.pid for p in psutil.process_iter(["pid", "environ"])
+            if (p.info["environ"] or {}).get("TRAINGUARD_STANDBY", "").find(job) >= 0]
+
+
 def test_a_crash_restarts_on_warm_standbys_with_identical_losses_and_they_end_with_the_job(make_cluster, tmp_path):
     steps = 300
     reference = reference_losses(tmp_path / "ref", steps)
@@ -58,10 +64,7 @@ def test_a_crash_restarts_on_warm_standbys_with_identical_losses_and_they_end_wi
     assert got == reference, "the losses after a restart on warm standbys differ from the fault-free run"
     # The job is over: no standby of it is left (the ones taken ended as ranks; the new
     # ones are ended by the job's final stop).
-    def standbys_left() -> list[int]:
-        return [p.pid for p in psutil.process_iter(["pid", "environ"])
-                if (p.info["environ"] or {}).get("TRAINGUARD_STANDBY", "").find(job) >= 0]
-    wait_for(lambda: not standbys_left(), 30, "the job's standbys to end")
+    wait_for(lambda: not standbys_left(job), 30, "the job's standbys to end")
     assert all(not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE for pid in pids)
 
 
@@ -103,7 +106,4 @@ def test_a_restart_that_moves_nodes_and_a_failover_start_on_warm_spares(make_clu
     assert sorted(got) == list(range(1, steps + 1))
     assert got == reference, "the losses after moving onto spares differ from the fault-free run"
 
-    def standbys_left() -> list[int]:
-        return [p.pid for p in psutil.process_iter(["pid", "environ"])
-                if (p.info["environ"] or {}).get("TRAINGUARD_STANDBY", "").find(job) >= 0]
-    wait_for(lambda: not standbys_left(), 30, "the job's standbys, spares included, to end")
+    wait_for(lambda: not standbys_left(job), 30, "the job's standbys, spares included, to end")
