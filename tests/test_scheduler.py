@@ -1028,7 +1028,9 @@ def test_a_warm_standby_job_keeps_spares_where_a_restart_or_failover_would_go() 
              make_node("n1", Accelerator.NVIDIA, chips=2)]
     sim = Sim(nodes, spec=msgspec.structs.replace(SPEC, warm_standby=True))
     sim.submit(0)
-    sim.run_attempt(1, step=5)
+    sim.run_attempt(1, step=0)
+    assert spare_commands(sim.tick(1.5)) == {}, "not before the attempt has stepped"
+    sim.heartbeat("a1", 1.8, [(1, 0, 5)])
     out = sim.tick(2)
     # Its own pool without its nodes (a1, a2 run it): a3 and a4; the pool the shipped
     # policy fails over to: n1, with that pool's ranks per node and environment.

@@ -785,7 +785,9 @@ class Jobs:
         placement changes; nodes no longer chosen are told to end theirs."""
         key = (record.attempt, self._placement_epoch)
         current = record.current
-        if current is None or live.spares_key == key:
+        # Not before the attempt has stepped: standbys starting while its ranks start
+        # would slow them where they share a host (a test cluster, a crowded node).
+        if current is None or not current.progress or live.spares_key == key:
             return
         if live.spares_key is not None and live.spares_key[0] == record.attempt \
                 and now.mono - live.spares_at < SPARES_EVERY:
@@ -811,7 +813,7 @@ class Jobs:
         spares = sorted(chosen)
         if spares != record.spare_nodes:
             out.event("job.spares_chosen", job=record.id, attempt=record.attempt, nodes=spares,
-                      pools=sorted(set(chosen.values())), released=sorted(set(record.spare_nodes) - set(chosen)))
+                      pools=sorted(set(chosen.values())), released=sorted(set(record.spare_nodes) - set(chosen) - here))
             record.spare_nodes = spares
             out.records[record.id] = record
 
