@@ -83,7 +83,7 @@ def test_a_restart_that_moves_nodes_and_a_failover_start_on_warm_spares(make_clu
     for node in ("ascend-1", NVIDIA):
         wait_for(lambda n=node: len(cluster.find_events(n, "standby.ready", job=job)) >= 2, 120, f"spares on {node}")
     (chosen,) = events(cluster, "job.spares_chosen", job=job, attempt=1)
-    assert chosen["nodes"] == ["ascend-1", NVIDIA]
+    assert chosen["nodes"] == ["ascend-1", NVIDIA] and show(cluster, job)["spare_nodes"] == ["ascend-1", NVIDIA]
 
     inject(cluster, "ascend-0", "chip_error")  # chip 0 is excluded: 1 chip left, the job needs 2
     moved = wait_for(lambda: (j := show(cluster, job))["attempt"] == 2 and j["state"] == "running" and j, 120,

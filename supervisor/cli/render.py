@@ -166,7 +166,8 @@ def print_job(j: dict[str, Any], console: Console | None = None) -> None:
     console.print(f"step {_fmt(j['step'])} · loss {_fmt(j['loss'])} · last checkpoint {_fmt(j['last_checkpoint_step'])}"
                   f" · restarts {j['restarts']} · ETTR {_fmt(j['ettr'], 3)}", highlight=False)
     if j["nodes"]:
-        console.print(f"nodes: {escape(', '.join(j['nodes']))}" + (f" · rendezvous {escape(j['master'])}" if j["master"] else ""))
+        console.print(f"nodes: {escape(', '.join(j['nodes']))}" + (f" · rendezvous {escape(j['master'])}" if j["master"] else "")
+                      + (f" · warm spares on {escape(', '.join(j['spare_nodes']))}" if j.get("spare_nodes") else ""))
     if j.get("waiting_for"):
         console.print(f"waiting for: {escape(j['waiting_for'])}")
     if j.get("reason"):

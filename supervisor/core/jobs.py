@@ -248,6 +248,8 @@ def job_view(record: JobRecord, now: float) -> dict[str, Any]:
         "state_since": record.state_since,
         "pool": record.pool,
         "nodes": record.nodes(),
+        # Nodes keeping warm standbys where a restart or failover would go (warm_standby).
+        "spare_nodes": list(record.spare_nodes),
         "attempt": record.attempt,
         "restarts": record.restarts,
         "failovers": [msgspec.to_builtins(f) for f in record.failovers],
