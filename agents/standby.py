@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -36,6 +37,10 @@ log = structlog.get_logger()
 
 #: A standby that has not said it waits within this is given up on (its log says why).
 READY_LIMIT = 600.0
+#: Standbys start this much nicer than the agent: their start (torch's import, the
+#: model) takes only the CPU the ranks leave, and never slows the steps a restart is
+#: redoing. The one that is given a rank is put back to the agent's own priority.
+STANDBY_NICE = 10
 #: Standbys of a job that end before they wait, after which the job gets no more: its
 #: script does not run as a standby (it fails, or never calls standby()).
 MAX_FAILURES = 2
@@ -90,6 +95,9 @@ class Standbys:
     spares: set[str] = field(default_factory=set)
     failures: dict[str, int] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    #: How much nicer standbys start (0: not at all, when this agent could not put a
+    #: rank back to its own priority afterwards).
+    lower_by: int = field(default_factory=lambda: STANDBY_NICE if may_restore_priority() else 0)
 
     def want(self, spec: RankSpec, count: int) -> None:
         """Keep `count` standbys of this job, like `spec`, from the next `refill` on."""
@@ -130,6 +138,9 @@ class Standbys:
             return {}
         taken = dict(zip((s.rank for s in specs), pool))
         self.ready[blueprint.job] = [s for s in pool if s not in taken.values()]
+        if self.lower_by:
+            for standby in taken.values():
+                restore_priority(standby)
         return taken
 
     def retire(self, job: str) -> int:
@@ -190,9 +201,50 @@ class Standbys:
             popen = subprocess.Popen([sys.executable, "-m", "agents.rankwrap", str(status_path), "--", *blueprint.argv],
                                      env=env, cwd=blueprint.cwd, stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        log.info("standby.started", job=blueprint.job, pid=popen.pid, log=str(log_path))
+        if self.lower_by:
+            try:  # raising one's nice is always allowed; a few ms at the agent's priority first
+                os.setpriority(os.PRIO_PROCESS, popen.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + self.lower_by))
+            except OSError:
+                pass
+        log.info("standby.started", job=blueprint.job, pid=popen.pid, log=str(log_path),
+                 nice=os.getpriority(os.PRIO_PROCESS, 0) + self.lower_by if self.lower_by else None)
         return Standby(blueprint, popen, psutil.Process(popen.pid), assign_path, status_path, log_path,
                        time.monotonic())
+
+
+def may_restore_priority() -> bool:
+    """Whether this process may give a nicer child its own priority back: as root, or
+    with an RLIMIT_NICE that reaches its nice value (the agent's systemd unit sets
+    LimitNICE=+0). Linux checks the child's limit, which it inherits from us."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+        return soft == resource.RLIM_INFINITY or soft >= 20 - os.getpriority(os.PRIO_PROCESS, 0)
+    except (OSError, ValueError):
+        return False
+
+
+def restore_priority(standby: Standby) -> None:
+    """The standby becomes a rank: every thread of it and of its children back to the
+    agent's priority (on Linux a nice value is per thread)."""
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        processes = [standby.wrapper, *standby.wrapper.children(recursive=True)]
+        tids = [t.id for p in processes for t in p.threads()]
+    except (psutil.Error, AttributeError) as exc:
+        log.warning("standby.priority_not_restored", pid=standby.popen.pid, error=str(exc),
+                    effect="the rank runs at the standby's lower CPU priority")
+        return
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+        except OSError as exc:
+            log.warning("standby.priority_not_restored", pid=standby.popen.pid, tid=tid, error=str(exc),
+                        effect="the rank runs at the standby's lower CPU priority")
+            return
 
 
 def _end(standby: Standby) -> None:

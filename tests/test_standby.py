@@ -3,13 +3,16 @@ standbys of the same command, directory and job environment, never a dead one.""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from agents.launcher import RankSpec
-from agents.standby import Blueprint, Standby, Standbys
+from agents.standby import STANDBY_NICE, Blueprint, Standby, Standbys, restore_priority
+from supervisor.cli.localcluster import wait_for
 from supervisor.shared.vocab import Accelerator
 
 pytestmark = pytest.mark.timeout(10)
@@ -64,3 +67,30 @@ def test_a_dead_standby_is_never_taken(tmp_path: Path) -> None:
     standbys.ready["j1"] = [standby(tmp_path, blueprint, 1), standby(tmp_path, blueprint, 2, code=1)]
     assert standbys.take([spec(0), spec(1)]) == {}
     assert len(standbys.take([spec(0)])) == 1
+
+
+@pytest.mark.slow
+def test_a_standby_starts_nicer_and_gets_the_agents_priority_back_when_it_becomes_a_rank(tmp_path: Path) -> None:
+    """Every thread of the standby and of its children: a nice value is per thread."""
+    standbys = Standbys(tmp_path)
+    if not standbys.lower_by:
+        pytest.skip("this user may not give a process its priority back (RLIMIT_NICE below the agent's nice)")
+    script = ("import threading, time; threading.Thread(target=time.sleep, args=(60,), daemon=True).start(); "
+              "time.sleep(60)")
+    standbys.want_spares(Blueprint.make("j1", [sys.executable, "-c", script], None, {}), 1)
+    assert standbys.refill("j1") == 1
+    [waiting] = standbys.ready["j1"]
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def nices() -> list[int]:
+        procs = [waiting.wrapper, *waiting.wrapper.children(recursive=True)]
+        return [os.getpriority(os.PRIO_PROCESS, t.id) for p in procs for t in p.threads()]
+
+    try:
+        # the wrapper (one thread) and the script (two): all started nicer
+        wait_for(lambda: len(nices()) >= 3, 10, "the script's threads")
+        assert set(nices()) == {min(19, base + STANDBY_NICE)}
+        restore_priority(waiting)
+        assert set(nices()) == {base}
+    finally:
+        standbys.close()

@@ -70,3 +70,10 @@ def test_the_agent_may_read_its_own_ranks_stacks_and_no_more():
     assert "CapabilityBoundingSet=\n" in text and "AmbientCapabilities=\n" in text
     settings = [line for line in text.splitlines() if not line.startswith("#")]
     assert not [line for line in settings if "CAP_SYS_PTRACE" in line]
+
+
+def test_the_agent_may_give_a_standby_that_becomes_a_rank_its_priority_back():
+    """Standbys start nicer (agents/standby.py); putting one back to nice 0 needs an
+    RLIMIT_NICE that reaches 0, not a capability."""
+    text = (UNITS / "trainguard-agent.service").read_text()
+    assert "LimitNICE=+0\n" in text
