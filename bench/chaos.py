@@ -248,6 +248,7 @@ def reference(root: Path, steps: int) -> dict[int, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    rb.stop_cleanly_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=1)

@@ -230,6 +230,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the cluster's `finally` stops it
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--json", type=Path, default=REPO / "bench" / "out" / "detection.json")

@@ -387,7 +387,14 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def stop_cleanly_on_sigterm() -> None:
+    """A SIGTERM (kill, timeout) unwinds like Ctrl-C: the clusters, ranks and torchrun
+    this bench started are stopped by its `finally`s instead of being left training."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def main(argv: list[str] | None = None) -> int:
+    stop_cleanly_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--faults", default=",".join(FAULTS))
