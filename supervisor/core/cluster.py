@@ -372,8 +372,10 @@ class Cluster:
         self._event_ids.pop(node, None)
         return self.nodes.forget(node)
 
-    def tick(self, now: Instant) -> Outcome:
-        out = Outcome(changes=self.nodes.expire(now))
+    def tick(self, now: Instant, backlog_since: float | None = None) -> Outcome:
+        """Deadlines due at `now`. `backlog_since`: while the daemon's own agent queue holds
+        unread frames, the monotonic time it was last empty (see `NodeTable.expire`)."""
+        out = Outcome(changes=self.nodes.expire(now, backlog_since))
         nodes = self.nodes.by_name()
         for change in list(out.changes):
             if change.event == "node.lost":

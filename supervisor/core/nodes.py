@@ -83,6 +83,8 @@ class NodeTable:
         self._unsaved: OrderedDict[str, float] = OrderedDict()
         #: Nodes forgotten since the store last saved (their rows must go).
         self.forgotten: set[str] = set()
+        #: Overdue nodes the last `expire` held back for the daemon's own backlog.
+        self.deferred = 0
         #: Bumped by every change to what placement reads of a node (its state, drain,
         #: accelerator, chips and their health), so a count over all nodes can be kept
         #: until it moves. Readings alone (temperature, power) leave it.
@@ -103,6 +105,16 @@ class NodeTable:
         """Seconds since the node was last heard from (wall clock for restored nodes)."""
         record = self._nodes[node]
         return max(0.0, now.wall - record.last_seen)
+
+    def overdue(self, now: float) -> int:
+        """How many live nodes have not been heard from for heartbeat_timeout at monotonic
+        `now` (walks only those)."""
+        count = 0
+        for mono in self._seen.values():
+            if now < mono + self.heartbeat_timeout:
+                break
+            count += 1
+        return count
 
     def next_deadline(self) -> float | None:
         """Monotonic time at which the oldest live node expires, if any."""
@@ -260,13 +272,27 @@ class NodeTable:
         self.dirty.add(node)
         self.placement_version += 1
 
-    def expire(self, now: Instant) -> list[NodeChange]:
-        """Mark every node not heard from for heartbeat_timeout as lost."""
+    def expire(self, now: Instant, backlog_since: float | None = None) -> list[NodeChange]:
+        """Mark every node not heard from for heartbeat_timeout as lost.
+
+        `backlog_since`: the monotonic time the daemon last found its own agent queue empty,
+        when frames are still waiting there unread (None when it is empty). A node that was
+        not yet overdue then may have its heartbeat in that queue: it is not declared lost
+        for the daemon's own backlog, but for at most one more heartbeat_timeout, so a node
+        that is really gone is still found under a backlog that never ends. How many were
+        held back is left in `deferred`."""
         changes = []
+        self.deferred = 0
+        timeout = self.heartbeat_timeout
         while self._seen:
             node, mono = next(iter(self._seen.items()))
             # Same arithmetic as next_deadline(), so expiring at that instant works.
-            if now.mono < mono + self.heartbeat_timeout:
+            if now.mono < mono + timeout:
+                break
+            if backlog_since is not None and mono + timeout > backlog_since and now.mono < mono + 2 * timeout:
+                # Oldest first: every node after this one was heard from later, so it is
+                # either not overdue or held back for the same reason.
+                self.deferred = self.overdue(now.mono)
                 break
             silent_for = now.mono - mono
             del self._seen[node]

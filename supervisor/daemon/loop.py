@@ -56,6 +56,9 @@ _SAVE_HEARTBEATS_EVERY = 10.0
 _MAX_UNSAVED_EVENTS = 100_000
 #: A connection that has not completed its ZMTP/CURVE handshake by then is dropped.
 _HANDSHAKE_MS = 5_000
+#: While the loop is behind its agents (frames left unread after a batch), it says so at
+#: most this often (`daemon.overloaded`).
+_OVERLOAD_LOG_EVERY = 10.0
 #: Longest the poll waits, so a stop request is noticed promptly.
 _POLL_CAP = 0.25
 #: A turn that started this much later than the poll allowed means the daemon itself
@@ -104,6 +107,10 @@ class Daemon:
         self._fd_high = 0
         #: Outcomes of the batch of frames being handled, waiting for its one commit.
         self._held: list[Outcome] | None = None
+        #: Monotonic time the agent queue was last found empty (`_backlog`).
+        self._agents_empty_at = time.monotonic()
+        #: While behind: (backlog began, last logged, most nodes deferred), else None.
+        self._overload: tuple[float, float, int] | None = None
         self.metrics = DaemonMetrics()
         self._sockets: list[zmq.Socket] = []
         self._ipc_paths: list[Path] = []
@@ -339,10 +346,45 @@ class Daemon:
         if self.ctl in ready:
             self._drain(self.ctl, self._on_ctl_frames)
         now = system_now()
-        ok = self._guarded("tick", lambda: self._apply(self.cluster.tick(now), now))
+        backlog_since = self._backlog(now.mono)
+        ok = self._guarded("tick", lambda: self._apply(self.cluster.tick(now, backlog_since), now))
+        if backlog_since is not None or self._overload is not None:
+            self._guarded("overload", self._report_overload, backlog_since, now.mono)
         if self.watcher is not None:
             self._guarded("policy_reload", self._reload_policies, now)
         return ok
+
+    def _backlog(self, mono: float) -> float | None:
+        """The monotonic time the agent queue was last found empty, while frames are still
+        waiting in it after this turn's batch; None when it is empty now. A heartbeat in
+        our own queue is not a node's silence (`NodeTable.expire`)."""
+        if self.agents.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return self._agents_empty_at
+        self._agents_empty_at = mono
+        return None
+
+    def _report_overload(self, backlog_since: float | None, mono: float) -> None:
+        """Say, at most every _OVERLOAD_LOG_EVERY, that the loop is behind its agents and
+        how many nodes it is not declaring lost for that; and when it has caught up."""
+        deferred = self.cluster.nodes.deferred
+        if backlog_since is None:
+            assert self._overload is not None
+            began, _, most = self._overload
+            self._overload = None
+            if mono - began >= _OVERLOAD_LOG_EVERY or most:
+                log.info("daemon.overload_cleared", lasted_s=round(mono - began, 3), most_nodes_deferred=most)
+            return
+        if self._overload is None:
+            self._overload = (backlog_since, -float("inf"), 0)
+        began, logged, most = self._overload
+        most = max(most, deferred)
+        if mono - logged >= _OVERLOAD_LOG_EVERY and (deferred or mono - began >= _OVERLOAD_LOG_EVERY):
+            log.warning("daemon.overloaded", backlog_s=round(mono - backlog_since, 3), nodes_deferred=deferred,
+                        nodes=len(self.cluster.nodes), heartbeat_timeout_s=self.config.heartbeat_timeout,
+                        action="agent frames wait unread in the daemon's queue: a node is not declared lost while "
+                        "its heartbeat may be among them, for at most one more heartbeat_timeout")
+            logged = mono
+        self._overload = (began, logged, most)
 
     def _periodic(self, notify: Notifier) -> None:
         self._next_flush = time.monotonic() + _FLUSH_EVERY
