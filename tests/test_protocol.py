@@ -536,3 +536,21 @@ def test_a_status_reply_with_a_jobs_decisions_is_not_too_deep_but_a_peers_event_
     deep: dict = {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}
     with pytest.raises(ProtocolError):
         decode(encode(Event(id="e1", ts=1.0, node="n1", name="rank.started", observed_at=1.0e9 + 1, fields=deep)))
+
+
+def test_a_decoded_heartbeat_and_the_node_record_it_updates_are_not_tracked_by_the_cycle_collector() -> None:
+    """The daemon decodes thousands a second and keeps 10,000 nodes' worth: tracked, the
+    collector's passes over them were about a third of its loop (bench/scale.py)."""
+    import gc
+
+    from supervisor.core.nodes import NodeRecord
+    from supervisor.shared.vocab import NodeState
+
+    chips = tuple(ChipStatus(index=i, health=Health.OK, temperature_c=40.0, error_codes=("x",)) for i in range(8))
+    beat = decode(encode(Heartbeat(id="hb", ts=1.0, node="n1", seq=1, agent_instance="a", chips=chips,
+                                   host=HostStatus(health=Health.OK, load1=1.0),
+                                   running=(RunningRank(job="j", rank=0, pid=1, step=3),))))
+    assert isinstance(beat, Heartbeat)
+    assert not any(gc.is_tracked(x) for x in (beat, *beat.chips, beat.host, *beat.running))
+    record = NodeRecord(node="n1", accelerator=Accelerator.SIM_ASCEND, state=NodeState.UP, chips=beat.chips)
+    assert not gc.is_tracked(record)

@@ -19,8 +19,10 @@ from supervisor.shared.protocol import ChipStatus, Heartbeat, HostStatus, Regist
 from supervisor.shared.vocab import Accelerator, Health, NodeState
 
 
-class NodeRecord(msgspec.Struct, kw_only=True):
-    """What the daemon knows of one node; persisted as-is (wall-clock times only)."""
+class NodeRecord(msgspec.Struct, kw_only=True, gc=False):
+    """What the daemon knows of one node; persisted as-is (wall-clock times only).
+    Untracked by the cycle collector, as the heartbeat's parts are (protocol.py): only
+    scalars, strings, enums and tuples of untracked structs."""
 
     node: str
     accelerator: Accelerator

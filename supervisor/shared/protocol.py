@@ -63,8 +63,16 @@ class ProtocolError(ValueError):
 
 # --- payload pieces -------------------------------------------------------------------
 
+# gc=False on the structs a heartbeat is made of (and on the daemon's NodeRecord): they
+# hold only scalars, strings, enums and tuples of such, so they can never be part of a
+# reference cycle and the cycle collector need not track them. A daemon decodes thousands
+# of them a second and keeps 10,000 nodes' worth; tracked, the collector's passes over
+# them took about a third of the loop (bench/scale.py, 5,000 agents: 39 -> 22 µs of CPU
+# per heartbeat in process). Do not give these a field that can hold a container of
+# arbitrary objects (a dict, a list).
 
-class ChipStatus(msgspec.Struct, frozen=True, kw_only=True):
+
+class ChipStatus(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One chip as a probe last read it. `reason` says why health is not `ok`
     (an error code, "npu-smi timed out", ...)."""
 
@@ -89,7 +97,7 @@ class ChipStatus(msgspec.Struct, frozen=True, kw_only=True):
     link: ShortText | None = None  # the chip's own network link (Ascend RoCE via hccn_tool): "up" / "down"
 
 
-class HostStatus(msgspec.Struct, frozen=True, kw_only=True):
+class HostStatus(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The node's host resources, read with psutil."""
 
     health: Health
@@ -100,7 +108,7 @@ class HostStatus(msgspec.Struct, frozen=True, kw_only=True):
     reason: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
 
 
-class RunningRank(msgspec.Struct, frozen=True, kw_only=True):
+class RunningRank(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A training rank an agent is running, reported so a restarted daemon can reconcile."""
 
     job: JobName
@@ -155,7 +163,7 @@ class Register(Message, tag="register"):
     address: ShortText | None = None
 
 
-class Heartbeat(Message, tag="heartbeat"):
+class Heartbeat(Message, tag="heartbeat", gc=False):
     """Agent → daemon, every heartbeat interval, with the current health summary.
     `handler_failures` counts the agent's own loop steps that raised since it started
     (each is logged there as `agent.handler_failed`): a bug on a node shows in metrics."""
