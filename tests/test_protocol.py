@@ -554,3 +554,21 @@ def test_a_decoded_heartbeat_and_the_node_record_it_updates_are_not_tracked_by_t
     assert not any(gc.is_tracked(x) for x in (beat, *beat.chips, beat.host, *beat.running))
     record = NodeRecord(node="n1", accelerator=Accelerator.SIM_ASCEND, state=NodeState.UP, chips=beat.chips)
     assert not gc.is_tracked(record)
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    ({"a": [1, 2, 1 << 63]}, "$.a[2]: integer out of range"),
+    ({"a": [1.0, float("nan")]}, "$.a[1]: nan is not a finite number"),
+    ({"a": {"b": float("-inf")}}, "$.a.b: -inf is not a finite number"),
+    ({"a": [b"x"]}, "$.a[0]: bytes values are not allowed"),
+    ({"a": ["x"] * 10}, "$.a[8]: more items than allowed"),  # the map and the list count too
+    ({"a": {"b": {"c": "too deep"}}}, "$.a.b.c: nested deeper than 2"),
+    ({"a": {1: "x"}}, "$.a: key 1 is not a string"),
+])
+def test_plain_items_counted_inline_get_the_same_verdicts_as_the_walk(value: dict, error: str) -> None:
+    from supervisor.shared.protocol import _check_freeform
+
+    with pytest.raises(ValueError) as info:
+        _check_freeform(value, "$", budget=[10], max_depth=2)
+    assert str(info.value).startswith(error)
+    _check_freeform({"a": [1, -(1 << 63) + 1, 2.5, None, True, "x"], "b": {"c": 1}}, "$", budget=[10], max_depth=2)
