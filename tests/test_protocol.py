@@ -572,3 +572,58 @@ def test_plain_items_counted_inline_get_the_same_verdicts_as_the_walk(value: dic
         _check_freeform(value, "$", budget=[10], max_depth=2)
     assert str(info.value).startswith(error)
     _check_freeform({"a": [1, -(1 << 63) + 1, 2.5, None, True, "x"], "b": {"c": 1}}, "$", budget=[10], max_depth=2)
+
+
+# --- the daemon's heartbeat decoder ----------------------------------------------------
+
+
+def _refusal(decoder: typing.Callable[[bytes], typing.Any], frame: bytes) -> tuple[str, str]:
+    with pytest.raises(ProtocolError) as info:
+        decoder(frame)
+    return info.value.reason, info.value.detail
+
+
+def test_the_heartbeat_decoder_gives_what_decode_gives_for_every_message() -> None:
+    from supervisor.shared.protocol import HeartbeatDecoder
+
+    decoder = HeartbeatDecoder()
+    for message in [*EXAMPLES, *EXAMPLES]:  # the second time from what it remembers
+        frame = encode(message)
+        assert decoder.decode(frame) == decode(frame) == message
+        assert decoder.decode(memoryview(frame)) == message
+
+
+def test_a_heartbeat_whose_chips_differ_from_the_last_is_validated_in_full() -> None:
+    from supervisor.shared.protocol import HeartbeatDecoder
+
+    decoder = HeartbeatDecoder()
+    good = raw(heartbeat_fields())
+    first = decoder.decode(good)
+    again = decoder.decode(raw(heartbeat_fields(id="hb-8", seq=8)))
+    assert again.chips is first.chips and again.host is first.host and again.seq == 8  # bytes alike: reused
+    chips = heartbeat_fields()["chips"]
+    hostile = [
+        heartbeat_fields(chips=[{**chips[0], "index": -1}]),
+        heartbeat_fields(chips=[{**chips[0], "health": "fine"}]),
+        heartbeat_fields(chips=[{**chips[0], "reason": "x" * 5000}]),
+        heartbeat_fields(host={"health": "ok", "load1": "high"}),
+        heartbeat_fields(chips="not a list"),
+        heartbeat_fields(v=PROTOCOL_VERSION + 1),
+        heartbeat_fields(node="../etc"),
+    ]
+    for fields in hostile:
+        frame = raw(fields)
+        assert _refusal(decoder.decode, frame) == _refusal(decode, frame)
+        # ... and a valid heartbeat after it is still read as such.
+        assert decoder.decode(good) == decode(good)
+    for frame in (b"", b"\xc1", raw({"type": "heartbeat"}), b"\x00" * (MAX_FRAME_BYTES + 1)):
+        assert _refusal(decoder.decode, frame) == _refusal(decode, frame)
+
+
+def test_the_heartbeat_decoder_remembers_at_most_its_limit_of_nodes() -> None:
+    from supervisor.shared.protocol import HeartbeatDecoder
+
+    decoder = HeartbeatDecoder(limit=3)
+    for i in range(10):
+        decoder.decode(raw(heartbeat_fields(node=f"n{i}")))
+        assert len(decoder._last) <= 3

@@ -38,7 +38,7 @@ from supervisor.shared import __version__
 from supervisor.shared import keys as keyfiles
 from supervisor.shared.clock import Instant, system_now
 from supervisor.shared.defaults import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_KEYS_DIR
-from supervisor.shared.protocol import Ack, CtlRequest, ProtocolError, decode, encode, new_id
+from supervisor.shared.protocol import Ack, CtlRequest, HeartbeatDecoder, ProtocolError, decode, encode, new_id
 from supervisor.shared.sdnotify import Notifier
 from supervisor.shared.vocab import Accelerator
 
@@ -107,6 +107,8 @@ class Daemon:
         self._fd_high = 0
         #: Outcomes of the batch of frames being handled, waiting for its one commit.
         self._held: list[Outcome] | None = None
+        #: Decodes agent frames; a heartbeat's chips and host when their bytes changed.
+        self._heartbeats = HeartbeatDecoder()
         #: Monotonic time the agent queue was last found empty (`_backlog`).
         self._agents_empty_at = time.monotonic()
         #: While behind: (backlog began, last logged, most nodes deferred), else None.
@@ -389,6 +391,7 @@ class Daemon:
     def _periodic(self, notify: Notifier) -> None:
         self._next_flush = time.monotonic() + _FLUSH_EVERY
         self._flush()
+        self._heartbeats.limit = 2 * len(self.cluster.nodes) + 1024
         self.metrics.observe_nodes(self.cluster.nodes)
         self.metrics.observe_jobs(self.cluster.jobs, time.time())
         self._refresh_allow_lists()
@@ -569,6 +572,8 @@ class Daemon:
                             now)
             return None
         try:
+            if where == "agent":
+                return frames[0].bytes, self._heartbeats.decode(frames[1].buffer)
             return frames[0].bytes, decode(frames[1].buffer)
         except ProtocolError as exc:
             self._bad_frame(self._peer(frames), exc.reason, exc.detail, now)
