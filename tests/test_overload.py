@@ -94,3 +94,14 @@ def test_a_node_that_really_stopped_is_lost_at_once_when_the_queue_is_empty(tmp_
     finally:
         sock.close()
         daemon.close()
+
+
+def test_the_endpoints_accept_a_burst_of_connections(tmp_path: Path) -> None:
+    """libzmq's default listen backlog (100) drops the SYNs of 10,000 agents connecting at
+    once (a daemon restart): each is retried seconds later."""
+    daemon, _ = _daemon(tmp_path)
+    try:
+        assert daemon.agents.getsockopt(zmq.BACKLOG) == loop._LISTEN_BACKLOG >= 4096
+        assert daemon.ctl.getsockopt(zmq.BACKLOG) == loop._LISTEN_BACKLOG
+    finally:
+        daemon.close()

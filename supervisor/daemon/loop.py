@@ -59,6 +59,8 @@ _HANDSHAKE_MS = 5_000
 #: While the loop is behind its agents (frames left unread after a batch), it says so at
 #: most this often (`daemon.overloaded`).
 _OVERLOAD_LOG_EVERY = 10.0
+#: The listen backlog of the endpoints (see `_bind`).
+_LISTEN_BACKLOG = 4096
 #: Longest the poll waits, so a stop request is noticed promptly.
 _POLL_CAP = 0.25
 #: A turn that started this much later than the poll allowed means the daemon itself
@@ -257,6 +259,11 @@ class Daemon:
         # A connection that has not finished its handshake within this is dropped, so
         # idle unauthenticated connections cannot pile up and eat descriptors.
         sock.setsockopt(zmq.HANDSHAKE_IVL, _HANDSHAKE_MS)
+        # Connections waiting to be accepted (the kernel caps it at net.core.somaxconn).
+        # libzmq's default of 100 drops the SYNs of a burst, and each dropped connect is
+        # retried by TCP 1, 3, 7, 15... s later: 10,000 agents connecting at once (a daemon
+        # restart) took over a minute to all be accepted (bench/scale.py).
+        sock.setsockopt(zmq.BACKLOG, _LISTEN_BACKLOG)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
