@@ -237,3 +237,26 @@ def test_status_nodes_carry_the_agents_handler_failures(cluster: Cluster) -> Non
     deliver(cluster, hb, at(1))
     status = only_reply(cluster.on_ctl_request(CLIENT, ctl("status"), at(2))).result
     assert status["nodes"][0]["handler_failures"] == 3
+
+
+def test_a_register_repeated_by_the_same_agent_on_its_connection_is_taken_as_a_heartbeat(cluster: Cluster) -> None:
+    """A storm of repeated registers (each a log line, a store write and the jobs' view)
+    fed itself while the daemon was behind: a repeat is acknowledged as a register and
+    costs what a heartbeat does."""
+    deliver(cluster, register("n1"), at(0), route=b"conn-1")
+    critical = tuple(ChipStatus(index=i, health=Health.CRITICAL) for i in range(2))
+    again = msgspec.structs.replace(register("n1"), id="reg-again", chips=critical)
+    out = deliver(cluster, again, at(1), route=b"conn-1")
+    assert out.changes == []
+    (ack,) = [s.message for s in out.sends]
+    assert isinstance(ack, Ack) and ack.ok and ack.ref == "reg-again" and ack.detail["daemon_instance"] == "daemon-1"
+    assert cluster.nodes.get("n1").chips == critical and "n1" in cluster.nodes.dirty  # health changed: saved
+    assert cluster.nodes.get("n1").registered_at == at(0).wall
+    # Another connection, or another agent instance, is a registration as before.
+    assert [c.event for c in deliver(cluster, register("n1"), at(2), route=b"conn-2").changes] == ["node.registered"]
+    other = msgspec.structs.replace(register("n1"), agent_instance="agent-n1-restarted")
+    assert [c.event for c in deliver(cluster, other, at(3), route=b"conn-2").changes] == ["node.registered"]
+    # A node that was lost registers again in full (and is recovered).
+    cluster.tick(at(100))
+    assert [c.event for c in deliver(cluster, other, at(101), route=b"conn-2").changes] == [
+        "node.registered", "node.recovered"]
