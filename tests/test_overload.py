@@ -105,3 +105,14 @@ def test_the_endpoints_accept_a_burst_of_connections(tmp_path: Path) -> None:
         assert daemon.ctl.getsockopt(zmq.BACKLOG) == loop._LISTEN_BACKLOG
     finally:
         daemon.close()
+
+
+def test_libzmq_pings_each_connection_every_ten_seconds_not_two(tmp_path: Path) -> None:
+    """At 2 s the pings to 10,000 agents were as many messages as their heartbeats, on
+    libzmq's one I/O thread, the first thing to run out of CPU (bench/scale.py)."""
+    daemon, _ = _daemon(tmp_path)
+    try:
+        assert daemon.agents.getsockopt(zmq.HEARTBEAT_IVL) == 10_000
+        assert daemon.agents.getsockopt(zmq.HEARTBEAT_TIMEOUT) == 30_000
+    finally:
+        daemon.close()

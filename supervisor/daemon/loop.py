@@ -59,6 +59,12 @@ _HANDSHAKE_MS = 5_000
 #: While the loop is behind its agents (frames left unread after a batch), it says so at
 #: most this often (`daemon.overloaded`).
 _OVERLOAD_LOG_EVERY = 10.0
+#: How often libzmq pings each connection to find dead TCP peers (one silent for three
+#: of these is dropped). Every ping is a message each way on libzmq's one I/O thread: at
+#: 2 s and 10,000 agents they were as many as the heartbeats themselves, and that thread
+#: was the first thing to run out of CPU (bench/scale.py). The nodes' liveness is the
+#: heartbeat_timeout's business, not this; this only reaps connections.
+_ZMQ_PING_MS = 10_000
 #: The listen backlog of the endpoints (see `_bind`).
 _LISTEN_BACKLOG = 4096
 #: Longest the poll waits, so a stop request is noticed promptly.
@@ -254,8 +260,8 @@ class Daemon:
         sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.setsockopt(zmq.RCVHWM, 10_000)
         # zmq-level heartbeats find dead TCP peers (a powered-off node sends no RST).
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 2_000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6_000)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, _ZMQ_PING_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * _ZMQ_PING_MS)
         # A connection that has not finished its handshake within this is dropped, so
         # idle unauthenticated connections cannot pile up and eat descriptors.
         sock.setsockopt(zmq.HANDSHAKE_IVL, _HANDSHAKE_MS)
