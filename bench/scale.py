@@ -244,22 +244,26 @@ class Generator:
     def run(self) -> None:
         self.epoll.register(sys.stdin.fileno(), select.EPOLLIN)
         count = len(self.nodes)
-        # Registrations paced (--register-rate), as agents starting over some seconds.
+        # Registrations paced (--register-rate), as agents starting over some seconds;
+        # a node heartbeats from its first turn in the schedule after its register is
+        # acknowledged, as an agent does (registering them all before any heartbeat
+        # left the first silent for longer than heartbeat_timeout at 10,000 agents).
         began = time.monotonic()
-        for i, node in enumerate(self.nodes):
-            self._register(node)
-            # Also arms the edge-triggered ZMQ_FD: libzmq signals it for a reply only
-            # after a read found the socket empty.
-            self._drain(node, time.monotonic())
-            if i % 20 == 19:
-                self._wait(max(0.0, began + (i + 1) / self.register_rate - time.monotonic()))
+        to_register = 0
         reported = False
-        base = time.monotonic() + 0.5
+        base = began + 0.5
         cycle, pointer = 0, 0
         proc = psutil.Process()
         try:
             while True:
                 now = time.monotonic()
+                while to_register < count and began + to_register / self.register_rate <= now:
+                    node = self.nodes[to_register]
+                    self._register(node)
+                    # Also arms the edge-triggered ZMQ_FD: libzmq signals it for a reply
+                    # only after a read found the socket empty.
+                    self._drain(node, now)
+                    to_register += 1
                 if not reported and self.registered == count:
                     print(json.dumps({"registered": count}), flush=True)
                     reported = True
@@ -284,6 +288,8 @@ class Generator:
                     pointer += 1
                     if pointer == count:
                         pointer, cycle = 0, cycle + 1
+                if to_register < count:
+                    due = min(due, began + to_register / self.register_rate)
                 self._wait(max(0.0, min(0.01, due - time.monotonic())))
         except StopIteration:
             pass

@@ -266,3 +266,17 @@ def test_the_daemon_refuses_a_garbage_state_db_naming_the_file_and_what_to_do(tm
     assert f"Error: the state database {state / 'state.db'} is damaged or not an SQLite database" in result.stderr
     assert "Move it aside" in result.stderr and "rebuilds its node table as agents re-register" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("value", [
+    {"nodes": [{"node": "n1", "chips": [{"index": 0, "temperature_c": 41.5}], "host": None, "running": [], "e": {}}],
+     "summary": {"states": {"up": 1}}, "z": True, "a": -0.0},
+    {"big": 1e16, "small": 1.5e-7, "int": 2**70, "exp_in_text": "x1e5"},  # json writes 1e+16, msgspec 1e16
+    {"reason": "clipped…", "host": "ünïcode"},  # json escapes what is beyond ASCII
+])
+def test_status_json_is_the_text_json_dumps_writes(value: dict) -> None:
+    import json
+
+    from supervisor.cli.main import pretty_json
+
+    assert pretty_json(value) == json.dumps(value, indent=2, sort_keys=True)

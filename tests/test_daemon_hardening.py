@@ -102,6 +102,39 @@ def test_after_the_daemon_stalls_no_node_is_lost_for_it(cluster: Cluster) -> Non
     assert lost == ["n2"]
 
 
+def test_a_node_is_not_lost_while_its_heartbeat_may_wait_in_the_daemons_own_backlog(cluster: Cluster) -> None:
+    deliver(cluster, register("n1"), at(0))
+    deliver(cluster, register("n2"), at(0))
+    deliver(cluster, heartbeat("n2"), at(10))
+    # The queue was last empty at 12 (n1 was not yet overdue then): its heartbeat may be in it.
+    backlog_since = at(12).mono
+    assert cluster.tick(at(16), backlog_since).changes == []
+    assert cluster.nodes.deferred == 1
+    # Read at last: n1 is fresh; n2 is held back too, then read.
+    deliver(cluster, heartbeat("n1"), at(20))
+    assert cluster.tick(at(26), backlog_since).changes == [] and cluster.nodes.deferred == 1
+    deliver(cluster, heartbeat("n2"), at(27))
+    assert cluster.tick(at(28), backlog_since).changes == [] and cluster.nodes.deferred == 0
+
+
+def test_a_dead_node_is_still_lost_under_a_backlog_that_never_ends(cluster: Cluster) -> None:
+    deliver(cluster, register("n1"), at(0))
+    # At most one more heartbeat_timeout (15 s) for the backlog: lost at 30, not before.
+    assert cluster.tick(at(29.9), at(1).mono).changes == []
+    lost = [c for c in cluster.tick(at(30), at(1).mono).changes if c.event == "node.lost"]
+    assert [c.node for c in lost] == ["n1"] and lost[0].fields["silent_for_s"] == 30.0
+
+
+def test_a_node_overdue_before_the_backlog_began_is_lost_at_once(cluster: Cluster) -> None:
+    deliver(cluster, register("n1"), at(0))
+    deliver(cluster, register("n2"), at(10))
+    # The queue was empty at 16, when n1 was already overdue: nothing of its can be waiting.
+    lost = [c.node for c in cluster.tick(at(17), at(16).mono).changes if c.event == "node.lost"]
+    assert lost == ["n1"] and cluster.nodes.deferred == 0
+    # Without a backlog the timeout is exact.
+    assert [c.node for c in cluster.tick(at(25)).changes if c.event == "node.lost"] == ["n2"]
+
+
 def _big_register(i: int) -> Register:
     chips = tuple(ChipStatus(index=c, health=Health.OK, temperature_c=40.0, memory_used_mb=1000, memory_total_mb=65536)
                   for c in range(8))
@@ -204,3 +237,26 @@ def test_status_nodes_carry_the_agents_handler_failures(cluster: Cluster) -> Non
     deliver(cluster, hb, at(1))
     status = only_reply(cluster.on_ctl_request(CLIENT, ctl("status"), at(2))).result
     assert status["nodes"][0]["handler_failures"] == 3
+
+
+def test_a_register_repeated_by_the_same_agent_on_its_connection_is_taken_as_a_heartbeat(cluster: Cluster) -> None:
+    """A storm of repeated registers (each a log line, a store write and the jobs' view)
+    fed itself while the daemon was behind: a repeat is acknowledged as a register and
+    costs what a heartbeat does."""
+    deliver(cluster, register("n1"), at(0), route=b"conn-1")
+    critical = tuple(ChipStatus(index=i, health=Health.CRITICAL) for i in range(2))
+    again = msgspec.structs.replace(register("n1"), id="reg-again", chips=critical)
+    out = deliver(cluster, again, at(1), route=b"conn-1")
+    assert out.changes == []
+    (ack,) = [s.message for s in out.sends]
+    assert isinstance(ack, Ack) and ack.ok and ack.ref == "reg-again" and ack.detail["daemon_instance"] == "daemon-1"
+    assert cluster.nodes.get("n1").chips == critical and "n1" in cluster.nodes.dirty  # health changed: saved
+    assert cluster.nodes.get("n1").registered_at == at(0).wall
+    # Another connection, or another agent instance, is a registration as before.
+    assert [c.event for c in deliver(cluster, register("n1"), at(2), route=b"conn-2").changes] == ["node.registered"]
+    other = msgspec.structs.replace(register("n1"), agent_instance="agent-n1-restarted")
+    assert [c.event for c in deliver(cluster, other, at(3), route=b"conn-2").changes] == ["node.registered"]
+    # A node that was lost registers again in full (and is recovered).
+    cluster.tick(at(100))
+    assert [c.event for c in deliver(cluster, other, at(101), route=b"conn-2").changes] == [
+        "node.registered", "node.recovered"]

@@ -538,3 +538,94 @@ def test_a_status_reply_with_a_jobs_decisions_is_not_too_deep_but_a_peers_event_
     deep: dict = {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}
     with pytest.raises(ProtocolError):
         decode(encode(Event(id="e1", ts=1.0, node="n1", name="rank.started", observed_at=1.0e9 + 1, fields=deep)))
+
+
+def test_a_decoded_heartbeat_and_the_node_record_it_updates_are_not_tracked_by_the_cycle_collector() -> None:
+    """The daemon decodes thousands a second and keeps 10,000 nodes' worth: tracked, the
+    collector's passes over them were about a third of its loop (bench/scale.py)."""
+    import gc
+
+    from supervisor.core.nodes import NodeRecord
+    from supervisor.shared.vocab import NodeState
+
+    chips = tuple(ChipStatus(index=i, health=Health.OK, temperature_c=40.0, error_codes=("x",)) for i in range(8))
+    beat = decode(encode(Heartbeat(id="hb", ts=1.0, node="n1", seq=1, agent_instance="a", chips=chips,
+                                   host=HostStatus(health=Health.OK, load1=1.0),
+                                   running=(RunningRank(job="j", rank=0, pid=1, step=3),))))
+    assert isinstance(beat, Heartbeat)
+    assert not any(gc.is_tracked(x) for x in (beat, *beat.chips, beat.host, *beat.running))
+    record = NodeRecord(node="n1", accelerator=Accelerator.SIM_ASCEND, state=NodeState.UP, chips=beat.chips)
+    assert not gc.is_tracked(record)
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    ({"a": [1, 2, 1 << 63]}, "$.a[2]: integer out of range"),
+    ({"a": [1.0, float("nan")]}, "$.a[1]: nan is not a finite number"),
+    ({"a": {"b": float("-inf")}}, "$.a.b: -inf is not a finite number"),
+    ({"a": [b"x"]}, "$.a[0]: bytes values are not allowed"),
+    ({"a": ["x"] * 10}, "$.a[8]: more items than allowed"),  # the map and the list count too
+    ({"a": {"b": {"c": "too deep"}}}, "$.a.b.c: nested deeper than 2"),
+    ({"a": {1: "x"}}, "$.a: key 1 is not a string"),
+])
+def test_plain_items_counted_inline_get_the_same_verdicts_as_the_walk(value: dict, error: str) -> None:
+    from supervisor.shared.protocol import _check_freeform
+
+    with pytest.raises(ValueError) as info:
+        _check_freeform(value, "$", budget=[10], max_depth=2)
+    assert str(info.value).startswith(error)
+    _check_freeform({"a": [1, -(1 << 63) + 1, 2.5, None, True, "x"], "b": {"c": 1}}, "$", budget=[10], max_depth=2)
+
+
+# --- the daemon's heartbeat decoder ----------------------------------------------------
+
+
+def _refusal(decoder: typing.Callable[[bytes], typing.Any], frame: bytes) -> tuple[str, str]:
+    with pytest.raises(ProtocolError) as info:
+        decoder(frame)
+    return info.value.reason, info.value.detail
+
+
+def test_the_heartbeat_decoder_gives_what_decode_gives_for_every_message() -> None:
+    from supervisor.shared.protocol import HeartbeatDecoder
+
+    decoder = HeartbeatDecoder()
+    for message in [*EXAMPLES, *EXAMPLES]:  # the second time from what it remembers
+        frame = encode(message)
+        assert decoder.decode(frame) == decode(frame) == message
+        assert decoder.decode(memoryview(frame)) == message
+
+
+def test_a_heartbeat_whose_chips_differ_from_the_last_is_validated_in_full() -> None:
+    from supervisor.shared.protocol import HeartbeatDecoder
+
+    decoder = HeartbeatDecoder()
+    good = raw(heartbeat_fields())
+    first = decoder.decode(good)
+    again = decoder.decode(raw(heartbeat_fields(id="hb-8", seq=8)))
+    assert again.chips is first.chips and again.host is first.host and again.seq == 8  # bytes alike: reused
+    chips = heartbeat_fields()["chips"]
+    hostile = [
+        heartbeat_fields(chips=[{**chips[0], "index": -1}]),
+        heartbeat_fields(chips=[{**chips[0], "health": "fine"}]),
+        heartbeat_fields(chips=[{**chips[0], "reason": "x" * 5000}]),
+        heartbeat_fields(host={"health": "ok", "load1": "high"}),
+        heartbeat_fields(chips="not a list"),
+        heartbeat_fields(v=PROTOCOL_VERSION + 1),
+        heartbeat_fields(node="../etc"),
+    ]
+    for fields in hostile:
+        frame = raw(fields)
+        assert _refusal(decoder.decode, frame) == _refusal(decode, frame)
+        # ... and a valid heartbeat after it is still read as such.
+        assert decoder.decode(good) == decode(good)
+    for frame in (b"", b"\xc1", raw({"type": "heartbeat"}), b"\x00" * (MAX_FRAME_BYTES + 1)):
+        assert _refusal(decoder.decode, frame) == _refusal(decode, frame)
+
+
+def test_the_heartbeat_decoder_remembers_at_most_its_limit_of_nodes() -> None:
+    from supervisor.shared.protocol import HeartbeatDecoder
+
+    decoder = HeartbeatDecoder(limit=3)
+    for i in range(10):
+        decoder.decode(raw(heartbeat_fields(node=f"n{i}")))
+        assert len(decoder._last) <= 3

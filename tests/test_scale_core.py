@@ -92,3 +92,33 @@ def test_a_heartbeats_readings_and_time_are_saved_within_the_period_and_changes_
     assert table.due_saves(at(100).mono, 10.0, 100) == ([], [])
     deliver(cluster, _beat("n2", _chips(Health.OK, Health.ALARM), seq=2), at(101))  # health: at once
     assert table.dirty == {"n2"}
+
+
+def test_the_status_summary_is_counted_once_per_change_and_still_follows_every_change() -> None:
+    cluster = Cluster(CONFIG, instance="d", started=T0)
+    for node in ("n1", "n2"):
+        deliver(cluster, register(node), at(0))
+
+    def summary(now: float) -> dict:
+        pages, offset = [], 0
+        while offset is not None:
+            page = only_reply(cluster.on_ctl_request(CLIENT, ctl("status", offset=offset, limit=1), at(now))).result
+            pages.append(page)
+            offset = page["page"]["next_offset"]
+        assert len(pages) >= 2 and all(p["summary"] == pages[0]["summary"] for p in pages)
+        return pages[0]["summary"]
+
+    assert summary(1)["states"]["up"] == 2 and summary(1)["chips"]["ok"] == 4
+    counted = cluster.nodes.census()[1]
+    deliver(cluster, _beat("n1", _chips(Health.OK, Health.OK, temperature=60.0)), at(2))
+    assert cluster.nodes.census()[1] is counted  # readings alone: not counted again
+    deliver(cluster, _beat("n1", _chips(Health.OK, Health.CRITICAL), seq=2), at(3))
+    assert summary(3)["chips"] == {**summary(1)["chips"], "ok": 3, "critical": 1}
+    deliver(cluster, heartbeat("n1"), at(10))
+    cluster.tick(at(16))  # n2 lost (timeout 15 s)
+    assert summary(16)["states"]["lost"] == 1 and summary(16)["states"]["up"] == 1
+    deliver(cluster, register("n3"), at(16))
+    assert summary(17)["nodes"] == 3
+    # The caller gets its own copy: a reply cannot change the cached counts.
+    summary(17)["states"]["up"] = 99
+    assert summary(17)["states"]["up"] == 2

@@ -200,8 +200,20 @@ class Cluster:
         return ToPeer(route, Ack(id=new_id(), ts=now.wall, ref=ref, **kw))
 
     def _on_register(self, msg: Register, route: bytes, now: Instant) -> Outcome:
-        changes = self.nodes.register(msg, now)
-        self._bind_route(msg.node, route)
+        if self.routes.get(msg.node) == route and self.nodes.is_registered(msg.node, msg.agent_instance):
+            # The same agent process, on the connection it registered from, still up: a
+            # register sent again (it crossed a refusal of an older heartbeat, or the peer
+            # repeats itself). Nothing about the node changed but what a heartbeat says,
+            # so it is taken as one: no new registration to log and store, no storm of
+            # them when many agents do so while the daemon is behind.
+            record = self.nodes.get(msg.node)
+            assert record is not None
+            changes = self.nodes.heartbeat(Heartbeat(
+                id=msg.id, ts=msg.ts, node=msg.node, seq=0, agent_instance=msg.agent_instance, chips=msg.chips,
+                host=msg.host, running=msg.running, handler_failures=record.handler_failures), now)
+        else:
+            changes = self.nodes.register(msg, now)
+            self._bind_route(msg.node, route)
         detail = {
             "daemon_instance": self.instance,
             "heartbeat_interval": self.config.heartbeat_interval,
@@ -372,8 +384,10 @@ class Cluster:
         self._event_ids.pop(node, None)
         return self.nodes.forget(node)
 
-    def tick(self, now: Instant) -> Outcome:
-        out = Outcome(changes=self.nodes.expire(now))
+    def tick(self, now: Instant, backlog_since: float | None = None) -> Outcome:
+        """Deadlines due at `now`. `backlog_since`: while the daemon's own agent queue holds
+        unread frames, the monotonic time it was last empty (see `NodeTable.expire`)."""
+        out = Outcome(changes=self.nodes.expire(now, backlog_since))
         nodes = self.nodes.by_name()
         for change in list(out.changes):
             if change.event == "node.lost":

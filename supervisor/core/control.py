@@ -33,7 +33,7 @@ from supervisor.shared.protocol import (
     NodeId,
     Seconds,
 )
-from supervisor.shared.vocab import Fault, Health, NodeState
+from supervisor.shared.vocab import Fault, NodeState
 
 
 class ClusterView(Protocol):
@@ -146,17 +146,12 @@ class Status(Verb):
     Params = _StatusParams
 
     def execute(self, cluster: "ClusterView", params: _StatusParams, now: Instant) -> Any:
-        chip_health: dict[str, int] = {h.value: 0 for h in Health}
-        states = {s.value: 0 for s in NodeState}
-        shown = []
-        records = cluster.nodes.records()
-        for record in records:
-            states[record.state.value] += 1
-            for chip in record.chips:
-                chip_health[chip.health.value] += 1
-            gone = record.state in (NodeState.LOST, NodeState.LEFT) and now.wall - record.state_since > STATUS_GONE_AFTER
-            if params.all or not gone:
-                shown.append(record)
+        records, states, chip_health = cluster.nodes.census()
+        if params.all or not (states[NodeState.LOST.value] or states[NodeState.LEFT.value]):
+            shown = records
+        else:
+            shown = [r for r in records if r.state not in (NodeState.LOST, NodeState.LEFT)
+                     or now.wall - r.state_since <= STATUS_GONE_AFTER]
         page = shown[params.offset:params.offset + params.limit]
         end = params.offset + len(page)
         return {
@@ -176,7 +171,7 @@ class Status(Verb):
                     "by_reason": dict(cluster.bad_frames.by_reason),
                 },
             },
-            "summary": {"nodes": len(records), "states": states, "chips": chip_health},
+            "summary": {"nodes": len(records), "states": dict(states), "chips": dict(chip_health)},
             "nodes": [_node_view(cluster, record, now) for record in page],
             "page": {"offset": params.offset, "nodes_in_view": len(shown), "hidden_gone": len(records) - len(shown),
                      "next_offset": end if end < len(shown) else None},

@@ -19,8 +19,10 @@ from supervisor.shared.protocol import ChipStatus, Heartbeat, HostStatus, Regist
 from supervisor.shared.vocab import Accelerator, Health, NodeState
 
 
-class NodeRecord(msgspec.Struct, kw_only=True):
-    """What the daemon knows of one node; persisted as-is (wall-clock times only)."""
+class NodeRecord(msgspec.Struct, kw_only=True, gc=False):
+    """What the daemon knows of one node; persisted as-is (wall-clock times only).
+    Untracked by the cycle collector, as the heartbeat's parts are (protocol.py): only
+    scalars, strings, enums and tuples of untracked structs."""
 
     node: str
     accelerator: Accelerator
@@ -83,10 +85,13 @@ class NodeTable:
         self._unsaved: OrderedDict[str, float] = OrderedDict()
         #: Nodes forgotten since the store last saved (their rows must go).
         self.forgotten: set[str] = set()
+        #: Overdue nodes the last `expire` held back for the daemon's own backlog.
+        self.deferred = 0
         #: Bumped by every change to what placement reads of a node (its state, drain,
         #: accelerator, chips and their health), so a count over all nodes can be kept
         #: until it moves. Readings alone (temperature, power) leave it.
         self.placement_version = 0
+        self._census: tuple[int, list[NodeRecord], dict[str, int], dict[str, int]] | None = None
 
     # --- queries -------------------------------------------------------------------
 
@@ -99,10 +104,37 @@ class NodeTable:
     def records(self) -> list[NodeRecord]:
         return sorted(self._nodes.values(), key=lambda r: r.node)
 
+    def census(self) -> tuple[list[NodeRecord], dict[str, int], dict[str, int]]:
+        """(every record, by name; nodes by state; chips by health), counted again only
+        when `placement_version` has moved: every change of a node's state or of a chip's
+        health moves it, readings do not. A status of 10,000 nodes comes in 20 pages, and
+        each counted 80,000 chips (most of a page's time on the daemon's loop). The lists
+        are shared: do not change them."""
+        if self._census is None or self._census[0] != self.placement_version:
+            states = {s.value: 0 for s in NodeState}
+            chips = {h.value: 0 for h in Health}
+            records = self.records()
+            for record in records:
+                states[record.state.value] += 1
+                for chip in record.chips:
+                    chips[chip.health.value] += 1
+            self._census = (self.placement_version, records, states, chips)
+        return self._census[1], self._census[2], self._census[3]
+
     def seen_age(self, node: str, now: Instant) -> float:
         """Seconds since the node was last heard from (wall clock for restored nodes)."""
         record = self._nodes[node]
         return max(0.0, now.wall - record.last_seen)
+
+    def overdue(self, now: float) -> int:
+        """How many live nodes have not been heard from for heartbeat_timeout at monotonic
+        `now` (walks only those)."""
+        count = 0
+        for mono in self._seen.values():
+            if now < mono + self.heartbeat_timeout:
+                break
+            count += 1
+        return count
 
     def next_deadline(self) -> float | None:
         """Monotonic time at which the oldest live node expires, if any."""
@@ -260,13 +292,27 @@ class NodeTable:
         self.dirty.add(node)
         self.placement_version += 1
 
-    def expire(self, now: Instant) -> list[NodeChange]:
-        """Mark every node not heard from for heartbeat_timeout as lost."""
+    def expire(self, now: Instant, backlog_since: float | None = None) -> list[NodeChange]:
+        """Mark every node not heard from for heartbeat_timeout as lost.
+
+        `backlog_since`: the monotonic time the daemon last found its own agent queue empty,
+        when frames are still waiting there unread (None when it is empty). A node that was
+        not yet overdue then may have its heartbeat in that queue: it is not declared lost
+        for the daemon's own backlog, but for at most one more heartbeat_timeout, so a node
+        that is really gone is still found under a backlog that never ends. How many were
+        held back is left in `deferred`."""
         changes = []
+        self.deferred = 0
+        timeout = self.heartbeat_timeout
         while self._seen:
             node, mono = next(iter(self._seen.items()))
             # Same arithmetic as next_deadline(), so expiring at that instant works.
-            if now.mono < mono + self.heartbeat_timeout:
+            if now.mono < mono + timeout:
+                break
+            if backlog_since is not None and mono + timeout > backlog_since and now.mono < mono + 2 * timeout:
+                # Oldest first: every node after this one was heard from later, so it is
+                # either not overdue or held back for the same reason.
+                self.deferred = self.overdue(now.mono)
                 break
             silent_for = now.mono - mono
             del self._seen[node]

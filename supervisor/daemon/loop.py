@@ -38,7 +38,7 @@ from supervisor.shared import __version__
 from supervisor.shared import keys as keyfiles
 from supervisor.shared.clock import Instant, system_now
 from supervisor.shared.defaults import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_KEYS_DIR
-from supervisor.shared.protocol import Ack, CtlRequest, ProtocolError, decode, encode, new_id
+from supervisor.shared.protocol import Ack, CtlRequest, HeartbeatDecoder, ProtocolError, decode, encode, new_id
 from supervisor.shared.sdnotify import Notifier
 from supervisor.shared.vocab import Accelerator
 
@@ -56,6 +56,17 @@ _SAVE_HEARTBEATS_EVERY = 10.0
 _MAX_UNSAVED_EVENTS = 100_000
 #: A connection that has not completed its ZMTP/CURVE handshake by then is dropped.
 _HANDSHAKE_MS = 5_000
+#: While the loop is behind its agents (frames left unread after a batch), it says so at
+#: most this often (`daemon.overloaded`).
+_OVERLOAD_LOG_EVERY = 10.0
+#: How often libzmq pings each connection to find dead TCP peers (one silent for three
+#: of these is dropped). Every ping is a message each way on libzmq's one I/O thread: at
+#: 2 s and 10,000 agents they were as many as the heartbeats themselves, and that thread
+#: was the first thing to run out of CPU (bench/scale.py). The nodes' liveness is the
+#: heartbeat_timeout's business, not this; this only reaps connections.
+_ZMQ_PING_MS = 10_000
+#: The listen backlog of the endpoints (see `_bind`).
+_LISTEN_BACKLOG = 4096
 #: Longest the poll waits, so a stop request is noticed promptly.
 _POLL_CAP = 0.25
 #: A turn that started this much later than the poll allowed means the daemon itself
@@ -104,6 +115,12 @@ class Daemon:
         self._fd_high = 0
         #: Outcomes of the batch of frames being handled, waiting for its one commit.
         self._held: list[Outcome] | None = None
+        #: Decodes agent frames; a heartbeat's chips and host when their bytes changed.
+        self._heartbeats = HeartbeatDecoder()
+        #: Monotonic time the agent queue was last found empty (`_backlog`).
+        self._agents_empty_at = time.monotonic()
+        #: While behind: (backlog began, last logged, most nodes deferred), else None.
+        self._overload: tuple[float, float, int] | None = None
         self.metrics = DaemonMetrics()
         self._sockets: list[zmq.Socket] = []
         self._ipc_paths: list[Path] = []
@@ -243,11 +260,16 @@ class Daemon:
         sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.setsockopt(zmq.RCVHWM, 10_000)
         # zmq-level heartbeats find dead TCP peers (a powered-off node sends no RST).
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 2_000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6_000)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, _ZMQ_PING_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * _ZMQ_PING_MS)
         # A connection that has not finished its handshake within this is dropped, so
         # idle unauthenticated connections cannot pile up and eat descriptors.
         sock.setsockopt(zmq.HANDSHAKE_IVL, _HANDSHAKE_MS)
+        # Connections waiting to be accepted (the kernel caps it at net.core.somaxconn).
+        # libzmq's default of 100 drops the SYNs of a burst, and each dropped connect is
+        # retried by TCP 1, 3, 7, 15... s later: 10,000 agents connecting at once (a daemon
+        # restart) took over a minute to all be accepted (bench/scale.py).
+        sock.setsockopt(zmq.BACKLOG, _LISTEN_BACKLOG)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -339,14 +361,50 @@ class Daemon:
         if self.ctl in ready:
             self._drain(self.ctl, self._on_ctl_frames)
         now = system_now()
-        ok = self._guarded("tick", lambda: self._apply(self.cluster.tick(now), now))
+        backlog_since = self._backlog(now.mono)
+        ok = self._guarded("tick", lambda: self._apply(self.cluster.tick(now, backlog_since), now))
+        if backlog_since is not None or self._overload is not None:
+            self._guarded("overload", self._report_overload, backlog_since, now.mono)
         if self.watcher is not None:
             self._guarded("policy_reload", self._reload_policies, now)
         return ok
 
+    def _backlog(self, mono: float) -> float | None:
+        """The monotonic time the agent queue was last found empty, while frames are still
+        waiting in it after this turn's batch; None when it is empty now. A heartbeat in
+        our own queue is not a node's silence (`NodeTable.expire`)."""
+        if self.agents.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return self._agents_empty_at
+        self._agents_empty_at = mono
+        return None
+
+    def _report_overload(self, backlog_since: float | None, mono: float) -> None:
+        """Say, at most every _OVERLOAD_LOG_EVERY, that the loop is behind its agents and
+        how many nodes it is not declaring lost for that; and when it has caught up."""
+        deferred = self.cluster.nodes.deferred
+        if backlog_since is None:
+            assert self._overload is not None
+            began, _, most = self._overload
+            self._overload = None
+            if mono - began >= _OVERLOAD_LOG_EVERY or most:
+                log.info("daemon.overload_cleared", lasted_s=round(mono - began, 3), most_nodes_deferred=most)
+            return
+        if self._overload is None:
+            self._overload = (backlog_since, -float("inf"), 0)
+        began, logged, most = self._overload
+        most = max(most, deferred)
+        if mono - logged >= _OVERLOAD_LOG_EVERY and (deferred or mono - began >= _OVERLOAD_LOG_EVERY):
+            log.warning("daemon.overloaded", backlog_s=round(mono - backlog_since, 3), nodes_deferred=deferred,
+                        nodes=len(self.cluster.nodes), heartbeat_timeout_s=self.config.heartbeat_timeout,
+                        action="agent frames wait unread in the daemon's queue: a node is not declared lost while "
+                        "its heartbeat may be among them, for at most one more heartbeat_timeout")
+            logged = mono
+        self._overload = (began, logged, most)
+
     def _periodic(self, notify: Notifier) -> None:
         self._next_flush = time.monotonic() + _FLUSH_EVERY
         self._flush()
+        self._heartbeats.limit = 2 * len(self.cluster.nodes) + 1024
         self.metrics.observe_nodes(self.cluster.nodes)
         self.metrics.observe_jobs(self.cluster.jobs, time.time())
         self._refresh_allow_lists()
@@ -515,29 +573,35 @@ class Daemon:
 
     # --- agent frames --------------------------------------------------------------
 
-    def _decode(self, frames: list[zmq.Frame], where: str, now: Instant) -> tuple[bytes, str, Any] | None:
-        """(identity, peer, message) of a ROUTER delivery, or None after counting it bad."""
-        identity = frames[0].bytes
-        peer = _peer_name(frames[-1], self.cluster.node_of_route(identity))
+    def _peer(self, frames: list[zmq.Frame]) -> str:
+        """Who sent a delivery, for a log line: asked of the transport only when one is
+        written (a socket option read per frame was ~2 µs of every heartbeat)."""
+        return _peer_name(frames[-1], self.cluster.node_of_route(frames[0].bytes))
+
+    def _decode(self, frames: list[zmq.Frame], where: str, now: Instant) -> tuple[bytes, Any] | None:
+        """(identity, message) of a ROUTER delivery, or None after counting it bad."""
         if len(frames) != 2:
-            self._bad_frame(peer, "malformed", f"{len(frames) - 1} frames on the {where} socket, expected 1", now)
+            self._bad_frame(self._peer(frames), "malformed", f"{len(frames) - 1} frames on the {where} socket, expected 1",
+                            now)
             return None
         try:
-            return identity, peer, decode(frames[1].buffer)
+            if where == "agent":
+                return frames[0].bytes, self._heartbeats.decode(frames[1].buffer)
+            return frames[0].bytes, decode(frames[1].buffer)
         except ProtocolError as exc:
-            self._bad_frame(peer, exc.reason, exc.detail, now)
+            self._bad_frame(self._peer(frames), exc.reason, exc.detail, now)
             return None
 
     def _on_agent_frames(self, frames: list[zmq.Frame]) -> None:
         now = system_now()
         if (decoded := self._decode(frames, "agent", now)) is None:
             return
-        identity, peer, msg = decoded
+        identity, msg = decoded
         node = getattr(msg, "node", None)
         if node is None:
-            return self._bad_frame(peer, "unexpected", f"{type(msg).__name__} on the agent socket", now)
+            return self._bad_frame(self._peer(frames), "unexpected", f"{type(msg).__name__} on the agent socket", now)
         if self._curve is not None and (refusal := self._key_refusal(frames[-1], node)) is not None:
-            self._refused(peer, "CURVE", zap.AGENTS_DOMAIN, refusal)
+            self._refused(self._peer(frames), "CURVE", zap.AGENTS_DOMAIN, refusal)
             # Tell the agent, so that it says "not authorised" rather than "daemon unreachable".
             self._send_agent(identity, Ack(id=new_id(), ts=now.wall, ref=msg.id, ok=False, error="not_authorised",
                                            detail={"reason": refusal}))
@@ -545,16 +609,16 @@ class Daemon:
         try:
             outcome = self.cluster.on_agent_message(msg, identity, now)
         except ProtocolError as exc:
-            return self._bad_frame(peer, exc.reason, exc.detail, now)
+            return self._bad_frame(self._peer(frames), exc.reason, exc.detail, now)
         self._apply(outcome, now)
 
     def _on_ctl_frames(self, frames: list[zmq.Frame]) -> None:
         now = system_now()
         if (decoded := self._decode(frames, "control", now)) is None:
             return
-        identity, peer, msg = decoded
+        identity, msg = decoded
         if not isinstance(msg, CtlRequest):
-            return self._bad_frame(peer, "unexpected", f"{type(msg).__name__} on the control socket", now)
+            return self._bad_frame(self._peer(frames), "unexpected", f"{type(msg).__name__} on the control socket", now)
         self._apply(self.cluster.on_ctl_request(identity, msg, now), now)
 
     def _bad_frame(self, peer: str, reason: str, detail: str, now: Instant) -> None:

@@ -96,20 +96,16 @@ class DaemonMetrics:
             self._restarts_seen[record.id] = record.restarts
 
     def observe_nodes(self, table: NodeTable) -> None:
-        states = {s: 0 for s in NodeState}
-        chips = {h: 0 for h in Health}
-        records = list(table.by_name().values())
-        for record in records:
-            states[record.state] += 1
-            for chip in record.chips:
-                chips[chip.health] += 1
+        # Counted once per change of a node's state or chip health (NodeTable.census),
+        # not over every chip every second.
+        records, states, chips = table.census()
         # A new list each time, so a node that went away leaves no stale sample.
         self.chip_readings.view = [(record.node, record.chips) for record in records]
         for state, n in states.items():
-            self.nodes.labels(state.value).set(n)
+            self.nodes.labels(state).set(n)
         self.agent_handler_failures.set(sum(r.handler_failures for r in records))
         for health, n in chips.items():
-            self.chips.labels(health.value).set(n)
+            self.chips.labels(health).set(n)
 
 
 class ChipReadings:

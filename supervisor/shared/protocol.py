@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from math import isfinite
 from typing import Annotated, Any, Literal, Union
 
 import msgspec
@@ -63,8 +64,16 @@ class ProtocolError(ValueError):
 
 # --- payload pieces -------------------------------------------------------------------
 
+# gc=False on the structs a heartbeat is made of (and on the daemon's NodeRecord): they
+# hold only scalars, strings, enums and tuples of such, so they can never be part of a
+# reference cycle and the cycle collector need not track them. A daemon decodes thousands
+# of them a second and keeps 10,000 nodes' worth; tracked, the collector's passes over
+# them took about a third of the loop (bench/scale.py, 5,000 agents: 39 -> 22 µs of CPU
+# per heartbeat in process). Do not give these a field that can hold a container of
+# arbitrary objects (a dict, a list).
 
-class ChipStatus(msgspec.Struct, frozen=True, kw_only=True):
+
+class ChipStatus(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One chip as a probe last read it. `reason` says why health is not `ok`
     (an error code, "npu-smi timed out", ...)."""
 
@@ -89,7 +98,7 @@ class ChipStatus(msgspec.Struct, frozen=True, kw_only=True):
     link: ShortText | None = None  # the chip's own network link (Ascend RoCE via hccn_tool): "up" / "down"
 
 
-class HostStatus(msgspec.Struct, frozen=True, kw_only=True):
+class HostStatus(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The node's host resources, read with psutil."""
 
     health: Health
@@ -100,7 +109,7 @@ class HostStatus(msgspec.Struct, frozen=True, kw_only=True):
     reason: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
 
 
-class RunningRank(msgspec.Struct, frozen=True, kw_only=True):
+class RunningRank(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A training rank an agent is running, reported so a restarted daemon can reconcile."""
 
     job: JobName
@@ -155,7 +164,7 @@ class Register(Message, tag="register"):
     address: ShortText | None = None
 
 
-class Heartbeat(Message, tag="heartbeat"):
+class Heartbeat(Message, tag="heartbeat", gc=False):
     """Agent → daemon, every heartbeat interval, with the current health summary.
     `handler_failures` counts the agent's own loop steps that raised since it started
     (each is logged there as `agent.handler_failed`): a bug on a node shows in metrics."""
@@ -392,6 +401,9 @@ def _check_freeform(value: Any, where: str, depth: int = 0, budget: list[int] | 
         raise ValueError(f"{where}{''.join(reversed(exc.path))}: {exc.reason}") from None
 
 
+_INT_LIMIT = 1 << 63
+
+
 def _walk(value: Any, depth: int, budget: list[int], max_depth: int) -> None:
     budget[0] -= 1
     if budget[0] < 0:
@@ -406,8 +418,18 @@ def _walk(value: Any, depth: int, budget: list[int], max_depth: int) -> None:
         if not math.isfinite(value):
             raise _Refused(f"{value!r} is not a finite number")
         return
+    # An item that is plainly fine (a string, a bool, None, a finite float, an int in range,
+    # told by its exact type: most of a status page's ~100,000) is counted here rather than
+    # walked by a call of its own; anything else, or any doubt, goes through the walk above.
+    # Same verdicts, in about half the time for the CLI reading a 10,000-node status.
+    plain = depth < max_depth
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
+            kind = type(item)
+            if plain and budget[0] > 0 and (kind is str or item is None or kind is bool or (
+                    kind is float and isfinite(item)) or (kind is int and -_INT_LIMIT < item < _INT_LIMIT)):
+                budget[0] -= 1
+                continue
             try:
                 _walk(item, depth + 1, budget, max_depth)
             except _Refused as exc:
@@ -416,8 +438,13 @@ def _walk(value: Any, depth: int, budget: list[int], max_depth: int) -> None:
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str and not isinstance(key, str):
                 raise _Refused(f"key {_clip(repr(key), 40)} is not a string")
+            kind = type(item)
+            if plain and budget[0] > 0 and (kind is str or item is None or kind is bool or (
+                    kind is float and isfinite(item)) or (kind is int and -_INT_LIMIT < item < _INT_LIMIT)):
+                budget[0] -= 1
+                continue
             try:
                 _walk(item, depth + 1, budget, max_depth)
             except _Refused as exc:
@@ -496,6 +523,73 @@ def decode(frame: bytes | memoryview, limit: int = MAX_FRAME_BYTES) -> AnyMessag
     except ValueError as exc:
         raise ProtocolError("invalid", f"{_clip(envelope.type, 40)!r} message: {_clip(str(exc))}") from None
     return message
+
+
+class _HeartbeatParts(msgspec.Struct, tag_field="type", tag="heartbeat", kw_only=True, gc=False):
+    """A Heartbeat with its chips and host left as their msgpack bytes (`HeartbeatDecoder`);
+    every other field typed and validated as Heartbeat's are."""
+
+    id: MsgId
+    ts: Stamp
+    v: int = PROTOCOL_VERSION
+    node: NodeId
+    seq: Count
+    agent_instance: ShortText
+    chips: msgspec.Raw
+    host: msgspec.Raw
+    running: Annotated[tuple[RunningRank, ...], msgspec.Meta(max_length=4096)] = ()
+    handler_failures: Count = 0
+
+
+_parts_decoder = msgspec.msgpack.Decoder(_HeartbeatParts)
+_chips_decoder = msgspec.msgpack.Decoder(Annotated[tuple[ChipStatus, ...], msgspec.Meta(max_length=MAX_CHIPS)])
+_host_decoder = msgspec.msgpack.Decoder(HostStatus)
+
+
+class HeartbeatDecoder:
+    """`decode`, for the daemon's agent socket: the same messages and the same refusals,
+    but a heartbeat whose chips (or host) are byte for byte those of the last heartbeat
+    that named the same node reuses what those bytes decoded to, rather than decoding
+    and validating them again. Chips and host are most of a heartbeat (2.7 KB for 8
+    chips) and change only when a probe reads new values. Bytes that differ are decoded
+    and validated in full; anything that is not a plain valid heartbeat goes to `decode`.
+    At most `limit` nodes are remembered (a peer naming ever new nodes empties it)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        #: node -> (chips bytes, chips, host bytes, host) of its last heartbeat.
+        self._last: dict[str, tuple[msgspec.Raw, tuple[ChipStatus, ...], msgspec.Raw, HostStatus]] = {}
+
+    def decode(self, frame: bytes | memoryview) -> AnyMessage:
+        if len(frame) > MAX_FRAME_BYTES:
+            return decode(frame)
+        try:
+            parts = _parts_decoder.decode(frame)
+        except Exception:  # another type, or not valid: `decode` says which and why
+            return decode(frame)
+        if parts.v != PROTOCOL_VERSION:
+            return decode(frame)
+        last = self._last.get(parts.node)
+        try:
+            if last is not None and parts.chips == last[0]:
+                chips_raw, chips = last[0], last[1]
+            else:
+                chips_raw, chips = parts.chips.copy(), _chips_decoder.decode(parts.chips)
+            if last is not None and parts.host == last[2]:
+                host_raw, host = last[2], last[3]
+            else:
+                host_raw, host = parts.host.copy(), _host_decoder.decode(parts.host)
+        except Exception:
+            return decode(frame)  # refused there, with the path to what is wrong
+        if last is None and len(self._last) >= self.limit:
+            self._last.clear()
+        self._last[parts.node] = (chips_raw, chips, host_raw, host)
+        return Heartbeat(id=parts.id, ts=parts.ts, v=parts.v, node=parts.node, seq=parts.seq,
+                         agent_instance=parts.agent_instance, chips=chips, host=host, running=parts.running,
+                         handler_failures=parts.handler_failures)
+
+    def forget(self, node: str) -> None:
+        self._last.pop(node, None)
 
 
 class _CommandRef(msgspec.Struct):
