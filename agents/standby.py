@@ -37,9 +37,12 @@ log = structlog.get_logger()
 
 #: A standby that has not said it waits within this is given up on (its log says why).
 READY_LIMIT = 600.0
-#: Standbys start this much nicer than the agent: their start (torch's import, the
-#: model) takes only the CPU the ranks leave, and never slows the steps a restart is
-#: redoing. The one that is given a rank is put back to the agent's own priority.
+#: Standbys start under SCHED_IDLE, and this much nicer than the agent (what `ps` and
+#: `top` show): their start (torch's import, the model) takes only the CPU the ranks
+#: leave. A lower nice alone is not enough: ranks in a collective sleep and wake many
+#: times a step, and each wakeup waited for a niced standby's slice (the steps after a
+#: restart ran at twice their time); a SCHED_IDLE task yields at once. The standby given
+#: a rank is put back to the agent's own policy and priority.
 STANDBY_NICE = 10
 #: Standbys of a job that end before they wait, after which the job gets no more: its
 #: script does not run as a standby (it fails, or never calls standby()).
@@ -202,8 +205,9 @@ class Standbys:
                                      env=env, cwd=blueprint.cwd, stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         if self.lower_by:
-            try:  # raising one's nice is always allowed; a few ms at the agent's priority first
+            try:  # lowering is always allowed; a few ms at the agent's priority first
                 os.setpriority(os.PRIO_PROCESS, popen.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + self.lower_by))
+                os.sched_setscheduler(popen.pid, os.SCHED_IDLE, os.sched_param(0))
             except OSError:
                 pass
         log.info("standby.started", job=blueprint.job, pid=popen.pid, log=str(log_path),
@@ -227,8 +231,10 @@ def may_restore_priority() -> bool:
 
 def restore_priority(standby: Standby) -> None:
     """The standby becomes a rank: every thread of it and of its children back to the
-    agent's priority (on Linux a nice value is per thread)."""
+    agent's scheduling policy and priority (on Linux both are per thread). Leaving
+    SCHED_IDLE is allowed within RLIMIT_NICE, like lowering the nice value."""
     nice = os.getpriority(os.PRIO_PROCESS, 0)
+    policy = os.sched_getscheduler(0)
     try:
         processes = [standby.wrapper, *standby.wrapper.children(recursive=True)]
         tids = [t.id for p in processes for t in p.threads()]
@@ -238,6 +244,7 @@ def restore_priority(standby: Standby) -> None:
         return
     for tid in tids:
         try:
+            os.sched_setscheduler(tid, policy, os.sched_param(0))
             os.setpriority(os.PRIO_PROCESS, tid, nice)
         except ProcessLookupError:
             pass  # a thread that ended meanwhile

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.cli.localcluster import free_tcp_endpoint, wait_for
+from supervisor.cli.localcluster import free_tcp_endpoint
 from tests.conftest import trainguard
 
 # Every test runs the CLI in a child process.
@@ -187,17 +187,21 @@ def test_an_interrupted_demo_leaves_no_process_and_no_stray_file(tmp_path, sig):
     demo_dir = tmp_path / "demo"
     proc = subprocess.Popen([sys.executable, "-m", "supervisor", "demo", "--dir", str(demo_dir)], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    seen: dict[int, psutil.Process] = {}
-
-    def training() -> bool:
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            seen[child.pid] = child
-        log = demo_dir / "work" / "metrics.jsonl"
-        return log.exists() and len(log.read_text().splitlines()) > 5
-
-    wait_for(training, 150, "the demo's job to train")
+    # Interrupted once the job trains and the first fault is about to go in: the demo
+    # says so on its output ("inject … at step N"), which is read as it comes (a pipe
+    # left unread could also stall the demo). The test's timeout bounds the wait.
+    head = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        head.append(line)
+        if line.startswith(b"inject "):
+            break
+    else:
+        pytest.fail(f"the demo ended before it trained: {b''.join(head).decode(errors='replace')[-2000:]}")
+    seen = {child.pid: child for child in psutil.Process(proc.pid).children(recursive=True)}
+    assert seen, "the demo runs its cluster in child processes"
     proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=60)
+    out = b"".join(head) + proc.communicate(timeout=60)[0]
     assert proc.returncode != 0 and b"interrupted" in out
     for child in psutil.Process(os.getpid()).children(recursive=True):
         seen.pop(child.pid, None)  # not ours to judge

@@ -70,7 +70,7 @@ def test_a_dead_standby_is_never_taken(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_standby_starts_nicer_and_gets_the_agents_priority_back_when_it_becomes_a_rank(tmp_path: Path) -> None:
+def test_a_standby_starts_idle_and_nicer_and_gets_the_agents_priority_back_when_it_becomes_a_rank(tmp_path: Path) -> None:
     """Every thread of the standby and of its children: a nice value is per thread."""
     standbys = Standbys(tmp_path)
     if not standbys.lower_by:
@@ -82,15 +82,15 @@ def test_a_standby_starts_nicer_and_gets_the_agents_priority_back_when_it_become
     [waiting] = standbys.ready["j1"]
     base = os.getpriority(os.PRIO_PROCESS, 0)
 
-    def nices() -> list[int]:
+    def nices() -> list[tuple[int, int]]:
         procs = [waiting.wrapper, *waiting.wrapper.children(recursive=True)]
-        return [os.getpriority(os.PRIO_PROCESS, t.id) for p in procs for t in p.threads()]
+        return [(os.getpriority(os.PRIO_PROCESS, t.id), os.sched_getscheduler(t.id)) for p in procs for t in p.threads()]
 
     try:
-        # the wrapper (one thread) and the script (two): all started nicer
+        # the wrapper (one thread) and the script (two): all started nicer, SCHED_IDLE
         wait_for(lambda: len(nices()) >= 3, 10, "the script's threads")
-        assert set(nices()) == {min(19, base + STANDBY_NICE)}
+        assert set(nices()) == {(min(19, base + STANDBY_NICE), os.SCHED_IDLE)}
         restore_priority(waiting)
-        assert set(nices()) == {base}
+        assert set(nices()) == {(base, os.sched_getscheduler(0))}
     finally:
         standbys.close()
