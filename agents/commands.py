@@ -169,7 +169,8 @@ class CommandHandlers:
         if args.cwd is not None and not Path(args.cwd).is_dir():
             raise Refused(f"working directory {args.cwd!r} does not exist on node {self.node}")
         count = min(args.count, self.chips or MAX_RANKS_PER_NODE)
-        blueprint = Blueprint.make(args.job, args.argv, args.cwd, {**args.env, **self._sim_env()})
+        blueprint = Blueprint.make(args.job, args.argv, args.cwd, {**args.env, **self._sim_env()}, args.ckpt_dir,
+                                   self.accelerator.value)
         if self.standbys.wanted.get(args.job) != (blueprint, count):
             log.info("standby.spares_wanted", job=args.job, count=count)
         self.standbys.want_spares(blueprint, count)

@@ -52,20 +52,24 @@ MAX_FAILURES = 2
 @dataclass(frozen=True)
 class Blueprint:
     """What a standby must match to stand in for a rank: the same command, directory
-    and job environment (the rank's own variables come with the assignment)."""
+    and job environment (the rank's own variables come with the assignment). It is told
+    the job's checkpoint directory, to prepare the memory the load will read into."""
 
     job: str
     argv: tuple[str, ...]
     cwd: str | None
     env: tuple[tuple[str, str], ...]
+    ckpt_dir: str | None = None
+    accelerator: str | None = None  # this node's: whether the model will be on the host
 
     @classmethod
     def of(cls, spec: RankSpec) -> Blueprint:
-        return cls.make(spec.job, spec.argv, spec.cwd, spec.env)
+        return cls.make(spec.job, spec.argv, spec.cwd, spec.env, spec.ckpt_dir, spec.accelerator.value)
 
     @classmethod
-    def make(cls, job: str, argv: Sequence[str], cwd: str | None, env: Mapping[str, str]) -> Blueprint:
-        return cls(job, tuple(argv), cwd, tuple(sorted(env.items())))
+    def make(cls, job: str, argv: Sequence[str], cwd: str | None, env: Mapping[str, str],
+             ckpt_dir: str | None = None, accelerator: str | None = None) -> Blueprint:
+        return cls(job, tuple(argv), cwd, tuple(sorted(env.items())), ckpt_dir, accelerator)
 
 
 @dataclass
@@ -200,6 +204,10 @@ class Standbys:
         for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(key, None)
         env.update(TRAINGUARD_STANDBY=str(assign_path), TRAINGUARD_AGENT_PID=str(os.getpid()), PYTHONUNBUFFERED="1")
+        if blueprint.ckpt_dir:
+            env["TRAINGUARD_CKPT_DIR"] = blueprint.ckpt_dir
+        if blueprint.accelerator:
+            env["TRAINGUARD_ACCELERATOR"] = blueprint.accelerator
         with open(log_path, "ab") as out:
             popen = subprocess.Popen([sys.executable, "-m", "agents.rankwrap", str(status_path), "--", *blueprint.argv],
                                      env=env, cwd=blueprint.cwd, stdin=subprocess.DEVNULL, stdout=out,

@@ -34,12 +34,17 @@ of --repeat runs (default 5) are reported, with the range for the two stalls com
   write bandwidth = bytes / (total - stall) for (a), bytes / time for (e); their ratio
   says how close the background write comes to the disk.
 
-Load: Checkpointer.load_latest() (every file read once, its checksum computed as it is
-read, tensors into fresh memory, then load_state_dict) into a freshly built model and
-optimizer, against the floor of reading the same files' bytes with plain Python reads of
+Load: Checkpointer.load_latest() (every file read once and checksummed piece by piece
+as it is read, the model's weights straight into the model's tensors, the rest into
+host memory, then load_state_dict) into a freshly built model (its memory written, as
+building a model does; not timed) and optimizer, two ways:
+  - "load_latest": the rest into fresh memory, as a process started cold loads;
+  - "load_latest, prepared": into memory `checkpoint.prepare_load()` first touched
+    beforehand (not timed), as a warm standby does while it waits for its rank.
+Both against the floor of reading the same files' bytes with plain Python reads of
 16 MiB chunks into one reused buffer. ratio = load / read. For reference, the same reads
 into fresh memory the size of the files ("read into fresh memory"): what any load that
-keeps the bytes pays before it does anything with them.
+keeps the bytes in memory it has not touched before pays before it does anything else.
 "warm" means the files are in the page cache. "cold" is measured only when the page
 cache can be emptied: as root through /proc/sys/vm/drop_caches, otherwise per file with
 posix_fadvise(POSIX_FADV_DONTNEED), which any user may do for clean pages; mincore()
@@ -80,7 +85,7 @@ sys.path.insert(0, str(REPO))  # the repo's agents/, even if the editable instal
 
 import torch  # noqa: E402
 
-from agents.runtime import tensorfile  # noqa: E402
+from agents.runtime import checkpoint, tensorfile  # noqa: E402
 from agents.runtime.checkpoint import MANIFEST, STATE_FILE, Checkpointer, verify  # noqa: E402
 from agents.runtime.env import Assignment  # noqa: E402
 
@@ -429,9 +434,16 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
     nbytes = sum(p.stat().st_size for p in files)
     log(f"  load  checkpoint {step_dir.name}: {', '.join(f'{p.name} {p.stat().st_size / MB:.1f} MB' for p in files)}")
 
-    def load_once() -> dict[str, Any]:
+    def load_once(prepared: bool = False) -> dict[str, Any]:
         fresh = make_model(d, init=False)
+        with torch.no_grad():
+            for p in fresh.parameters():  # built: a process initialises its model before it loads
+                p.zero_()
         fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+        if prepared:
+            done = checkpoint.prepare_load(ckpt_dir, weights=False)
+            if "prepared" not in done:
+                raise RuntimeError(f"prepare_load did not prepare: {done}")
         loader = Checkpointer(ckpt_dir, keep=1, assigned=SOLO)
         captured = io.StringIO()
         with contextlib.redirect_stderr(captured):
@@ -460,11 +472,16 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
             return {**fn(), "resident_before": left}
         return run
 
+    def load_prepared_once() -> dict[str, Any]:
+        return load_once(prepared=True)
+
     load_methods: dict[str, Callable[[], dict[str, Any]]] = {
-        "load_warm": load_once, "read_warm": read_once, "read_fresh_warm": read_fresh_once,
+        "load_warm": load_once, "load_prepared_warm": load_prepared_once, "read_warm": read_once,
+        "read_fresh_warm": read_fresh_once,
     }
     if evict is not None:
-        load_methods |= {"load_cold": cold(load_once), "read_cold": cold(read_once)}
+        load_methods |= {"load_cold": cold(load_once), "load_prepared_cold": cold(load_prepared_once),
+                         "read_cold": cold(read_once)}
     lnames = list(load_methods)
     lruns: dict[str, list[dict[str, Any]]] = {n: [] for n in lnames}
     parts: list[dict[str, float]] = []
@@ -497,6 +514,7 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
         "median_s": lmed,
         "mb_per_s": {n: nbytes / MB / s for n, s in lmed.items()},
         "ratio_load_over_read_warm": lmed["load_warm"] / lmed["read_warm"],
+        "ratio_load_prepared_over_read_warm": lmed["load_prepared_warm"] / lmed["read_warm"],
         "ratio_load_over_read_fresh_warm": lmed["load_warm"] / lmed["read_fresh_warm"],
         "parts_warm": parts,
         "median_verify_s": statistics.median(p["verify_s"] for p in parts),
@@ -504,6 +522,7 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
     }
     if evict is not None:
         load["ratio_load_over_read_cold"] = lmed["load_cold"] / lmed["read_cold"]
+        load["ratio_load_prepared_over_read_cold"] = lmed["load_prepared_cold"] / lmed["read_cold"]
 
     ck.close()
     shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -603,12 +622,12 @@ def table(results: list[dict[str, Any]], info: dict[str, Any], cache: dict[str, 
     lines += ["", f"Load: Checkpointer.load_latest() vs plain 16 MiB reads of the same files "
               f"({'warm = in page cache; cold = evicted by ' + cache['method'] if cold else 'warm cache: could not empty the page cache'})",
               ""]
-    head = ("| checkpoint files | load_latest, warm | plain read, warm | ratio load / read, warm "
-            "| read into fresh memory, warm (ref.) ")
-    rule = "|---|---:|---:|---:|---:"
+    head = ("| checkpoint files | load_latest, prepared, warm | load_latest, warm | plain read, warm "
+            "| ratio load / read, warm: prepared / not | read into fresh memory, warm (ref.) ")
+    rule = "|---|---:|---:|---:|---:|---:"
     if cold:
-        head += "| load_latest, cold | plain read, cold | ratio load / read, cold "
-        rule += "|---:|---:|---:"
+        head += "| load_latest, prepared, cold | load_latest, cold | plain read, cold | ratio, cold: prepared / not "
+        rule += "|---:|---:|---:|---:"
     head += "| checksum of every file / read of the state file, warm |"
     rule += "|---:|"
     lines += [head, rule]
@@ -619,10 +638,12 @@ def table(results: list[dict[str, Any]], info: dict[str, Any], cache: dict[str, 
         def cell(n: str) -> str:
             return f"{med[n]:.3f} s ({mbs[n]:,.0f} MB/s)"
 
-        row = (f"| {ld['bytes'] / MB:.1f} MB | {cell('load_warm')} | {cell('read_warm')} "
-               f"| {ld['ratio_load_over_read_warm']:.1f}x | {cell('read_fresh_warm')} ")
+        row = (f"| {ld['bytes'] / MB:.1f} MB | {cell('load_prepared_warm')} | {cell('load_warm')} | {cell('read_warm')} "
+               f"| {ld['ratio_load_prepared_over_read_warm']:.1f}x / {ld['ratio_load_over_read_warm']:.1f}x "
+               f"| {cell('read_fresh_warm')} ")
         if cold:
-            row += f"| {cell('load_cold')} | {cell('read_cold')} | {ld['ratio_load_over_read_cold']:.1f}x "
+            row += (f"| {cell('load_prepared_cold')} | {cell('load_cold')} | {cell('read_cold')} "
+                    f"| {ld['ratio_load_prepared_over_read_cold']:.1f}x / {ld['ratio_load_over_read_cold']:.1f}x ")
         row += f"| {ld['median_verify_s']:.3f} s / {ld['median_read_state_s']:.3f} s |"
         lines.append(row)
     return "\n".join(lines)

@@ -8,6 +8,7 @@ one job are several Checkpointers on the same directory. Waits poll with deadlin
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import hashlib
 import io
@@ -140,6 +141,13 @@ def chain(exc: BaseException | None) -> Iterator[BaseException]:
         exc = exc.__cause__ or exc.__context__
 
 
+def per_mib(data: bytes) -> str:
+    """The file checksum, by its definition: XXH3-128 of the XXH3-128 digests of each MiB."""
+    mib = 1 << 20
+    return xxhash.xxh3_128(b"".join(xxhash.xxh3_128(data[at:at + mib]).digest()
+                                    for at in range(0, len(data), mib))).hexdigest()
+
+
 def step_dir(root: Path, step: int) -> Path:
     return root / f"step-{step:08d}"
 
@@ -147,7 +155,7 @@ def step_dir(root: Path, step: int) -> Path:
 def read_state(final: Path, name: str = "state.ckpt") -> Any:
     """A committed checkpoint's file, read and checked as load_latest reads it."""
     meta = json.loads((final / "manifest.json").read_text())["files"][name]
-    return tensorfile.read(final / name, meta["bytes"], meta["xxh3_128"])
+    return tensorfile.read(final / name, meta["bytes"], meta["xxh3_128_per_mib"])
 
 
 @pytest.fixture(autouse=True)
@@ -179,7 +187,7 @@ def test_save_writes_a_committed_verified_directory(tmp_path: Path) -> None:
     assert sorted(manifest["files"]) == ["rank-0.ckpt", "state.ckpt"]
     for name, meta in manifest["files"].items():
         data = (final / name).read_bytes()
-        assert meta == {"xxh3_128": xxhash.xxh3_128(data).hexdigest(), "bytes": len(data)}
+        assert meta == {"xxh3_128_per_mib": per_mib(data), "bytes": len(data)}
     assert verify(final) is None
     assert ckpt.committed() == [(5, final)]
 
@@ -329,7 +337,7 @@ def test_later_saves_reuse_the_host_buffers(tmp_path: Path, capfd) -> None:
     # model (64x64 + 64) and AdamW's two moments: 3 copies, float32
     assert saved[0]["new_buffer_bytes"] >= 3 * (64 * 64 + 64) * 4
     assert [e["new_buffer_bytes"] for e in saved[1:]] == [0, 0]
-    assert all(e["checksum"] == "xxh3_128" and e["mb_per_s"] > 0 for e in saved)
+    assert all(e["checksum"] == "xxh3_128_per_mib" and e["mb_per_s"] > 0 for e in saved)
     # Each file holds its own step's values: a reused buffer never carries a later step
     # into an earlier checkpoint.
     for step, values in zip((1, 2, 3), expected):
@@ -434,7 +442,7 @@ def test_tensors_of_every_layout_round_trip(tmp_path: Path) -> None:
     pool.end()
     meta = tensorfile.write(tmp_path / "f", snap)
     assert meta["bytes"] == (tmp_path / "f").stat().st_size
-    got = tensorfile.read(tmp_path / "f", meta["bytes"], meta["xxh3_128"])
+    got = tensorfile.read(tmp_path / "f", meta["bytes"], meta["xxh3_128_per_mib"])
 
     for key in ("bf16", "channels_last", "strided_view", "scalar", "empty", "bools", "big"):
         assert got[key].dtype == state[key].dtype and torch.equal(got[key], state[key]), key
@@ -474,7 +482,7 @@ def test_device_tensors_are_copied_into_pinned_buffers(tmp_path: Path) -> None:
         pool.end()
     assert pool.new_bytes == 0 and all(t.device.type == "cpu" and t.is_pinned() for t in snap.tensors)
     meta = tensorfile.write(tmp_path / "f", snap)
-    got = tensorfile.read(tmp_path / "f", meta["bytes"], meta["xxh3_128"])
+    got = tensorfile.read(tmp_path / "f", meta["bytes"], meta["xxh3_128_per_mib"])
     assert torch.equal(got["w"], on_device["w"].cpu()) and got["step"].item() == 3.0
 
 
@@ -526,18 +534,118 @@ def test_a_format_1_checkpoint_still_loads_exactly(tmp_path: Path, capfd) -> Non
     assert "state.pt does not match its checksum" in verify(step_dir(tmp_path, 3))
 
 
+def test_a_format_2_checkpoint_still_loads_exactly(tmp_path: Path) -> None:
+    # Format 2: the same files, with XXH3-128 of each whole file (read in one stream).
+    run = make_run(1)
+    run.train(3)
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    ckpt.save(3, **run.parts())
+    assert ckpt.wait() is None
+    manifest_path = step_dir(tmp_path, 3) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format"] = 2
+    for name, meta in manifest["files"].items():
+        data = (step_dir(tmp_path, 3) / name).read_bytes()
+        manifest["files"][name] = {"bytes": len(data), "xxh3_128": xxhash.xxh3_128(data).hexdigest()}
+    manifest_path.write_text(json.dumps(manifest))
+    weights = {k: v.clone() for k, v in run.model.state_dict().items()}
+
+    fresh = make_run(2)
+    restored = Checkpointer(tmp_path, assigned=assigned()).load_latest(**fresh.parts())
+
+    assert (restored.step, restored.exact) == (3, True)
+    assert same_tensors(fresh.model.state_dict(), weights)
+    assert verify(step_dir(tmp_path, 3)) is None
+    _flip_a_byte(step_dir(tmp_path, 3) / "rank-0.ckpt")
+    assert "rank-0.ckpt does not match its checksum" in verify(step_dir(tmp_path, 3))
+
+
+def test_the_model_takes_its_weights_in_its_own_tensors(tmp_path: Path) -> None:
+    # Read straight into the model's parameters: nothing allocated for them, no copy after.
+    run = make_run(1)
+    run.train(2)
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    ckpt.save(2, **run.parts())
+    assert ckpt.wait() is None
+    fresh = make_run(2)
+    where = {k: v.data_ptr() for k, v in fresh.model.state_dict().items()}
+
+    assert ckpt.load_latest(**fresh.parts()).step == 2
+    assert {k: v.data_ptr() for k, v in fresh.model.state_dict().items()} == where
+    assert same_tensors(fresh.model.state_dict(), run.model.state_dict())
+    assert fresh.model.weight.requires_grad and isinstance(fresh.model.weight, nn.Parameter)
+
+
+def test_a_prepared_load_reads_into_the_memory_prepared_for_it(tmp_path: Path) -> None:
+    run = make_run(1, width=64, out=32)
+    run.train(2)
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    assert checkpoint.prepare_load(tmp_path) == {"skipped": checkpoint.NOTHING_YET}
+    ckpt.save(2, **run.parts())
+    assert ckpt.wait() is None
+    opt_bytes = sum(t.numel() * t.element_size() for s in run.optimizer.state.values() for t in s.values()
+                    if isinstance(t, torch.Tensor))
+
+    done = checkpoint.prepare_load(tmp_path, weights=False)
+    try:
+        assert done["from"] == str(step_dir(tmp_path, 2)) and done["prepared"] >= opt_bytes
+        assert done["prepared"] < opt_bytes + 64 * 32 * 4, "the model's weights were prepared too"
+        assert checkpoint.prepare_load(tmp_path) == {"skipped": "prepared already"}
+        prepared = {t.data_ptr() for free in checkpoint._landing._free.values() for t in free}
+        fresh = make_run(2, width=64, out=32)
+
+        assert ckpt.load_latest(**fresh.parts()).step == 2
+        state = [t for s in fresh.optimizer.state.values() for t in s.values()
+                 if isinstance(t, torch.Tensor) and t.numel() > 1]
+        assert state and all(t.data_ptr() in prepared for t in state)
+        assert same_tensors(fresh.optimizer.state_dict()["state"][0], run.optimizer.state_dict()["state"][0])
+        assert checkpoint._landing is None, "a landing serves one load"
+    finally:
+        checkpoint._landing = None
+
+
+def test_preparing_stops_when_asked(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    ckpt.save(1, model=nn.Linear(8, 8))
+    assert ckpt.wait() is None
+    assert checkpoint.prepare_load(tmp_path, stop=lambda: True) == {"skipped": checkpoint.STOPPED}
+    assert checkpoint._landing is None
+
+
+def test_a_large_file_read_on_several_threads_catches_a_late_flipped_byte_and_a_short_file(tmp_path: Path) -> None:
+    big = torch.randn(6 * tensorfile.PIECE // 4)  # 6 pieces + the head: read by several threads
+    pool = tensorfile.HostBuffers()
+    pool.begin()
+    snap = tensorfile.snapshot({"big": big, "small": torch.arange(5)}, pool)
+    pool.end()
+    path = tmp_path / "f"
+    meta = tensorfile.write(path, snap)
+    assert tensorfile.checksum(path) == meta[tensorfile.CHECKSUM] == per_mib(path.read_bytes())
+    got = tensorfile.read(path, meta["bytes"], meta[tensorfile.CHECKSUM])
+    assert torch.equal(got["big"], big) and torch.equal(got["small"], torch.arange(5))
+
+    data = bytearray(path.read_bytes())
+    data[-tensorfile.PIECE // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(tensorfile.Damaged, match="does not match its checksum"):
+        tensorfile.read(path, meta["bytes"], meta[tensorfile.CHECKSUM])
+    path.write_bytes(bytes(data[:-100]))
+    with pytest.raises(tensorfile.Damaged, match="ends early"):
+        tensorfile.read(path, meta["bytes"], meta[tensorfile.CHECKSUM])
+
+
 def test_a_checkpoint_of_an_unknown_format_is_refused_by_name(tmp_path: Path, capfd) -> None:
     ckpt = Checkpointer(tmp_path, assigned=assigned())
     for step in (1, 2):
         ckpt.save(step, model=nn.Linear(2, 2))
         assert ckpt.wait() is None
     manifest = step_dir(tmp_path, 2) / "manifest.json"
-    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 3}))
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 99}))
     capfd.readouterr()
 
     assert ckpt.load_latest(model=nn.Linear(2, 2)).step == 1
     skipped = events(capfd.readouterr().err, "runtime.checkpoint_skipped")
-    assert "format 3" in skipped[0]["reason"] and "newer version" in skipped[0]["reason"]
+    assert "format 99" in skipped[0]["reason"] and "newer version" in skipped[0]["reason"]
 
 
 # --- pruning and abandoned writes --------------------------------------------------------
@@ -621,12 +729,31 @@ def test_a_damaged_newest_checkpoint_is_skipped(tmp_path: Path, capfd, damage: s
     assert reason in skipped[0]["reason"]
 
 
-def test_nothing_verifies_returns_none(tmp_path: Path, capfd) -> None:
+def test_nothing_verifies_returns_none_with_the_model_untouched(tmp_path: Path, capfd) -> None:
+    ckpt = Checkpointer(tmp_path, assigned=assigned())
+    ckpt.save(1, model=nn.Linear(2, 2))
+    assert ckpt.wait() is None
+    state = step_dir(tmp_path, 1) / "state.ckpt"
+    state.write_bytes(state.read_bytes()[:-8])  # truncated: caught before anything is read
+    model = nn.Linear(2, 2)
+    before = copy.deepcopy(model.state_dict())
+
+    assert ckpt.load_latest(model=model) is None
+    assert len(events(capfd.readouterr().err, "runtime.checkpoint_skipped")) == 1
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_nothing_verifies_after_the_model_was_read_into_raises(tmp_path: Path, capfd) -> None:
+    # The weights are read straight into the model's own tensors, so a file that then fails
+    # its checksum has overwritten them: starting afresh from those would train garbage.
     ckpt = Checkpointer(tmp_path, assigned=assigned())
     ckpt.save(1, model=nn.Linear(2, 2))
     assert ckpt.wait() is None
     _flip_a_byte(step_dir(tmp_path, 1) / "state.ckpt")
-    assert ckpt.load_latest(model=nn.Linear(2, 2)) is None
+
+    with pytest.raises(CheckpointError, match="overwrote this model's weights") as info:
+        ckpt.load_latest(model=nn.Linear(2, 2))
+    assert "step 1: state.ckpt does not match its checksum" in str(info.value)
     assert len(events(capfd.readouterr().err, "runtime.checkpoint_skipped")) == 1
 
 

@@ -5,6 +5,7 @@ fault-free run's, and the standbys end with the job."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import psutil
 import pytest
@@ -36,6 +37,19 @@ def standbys_left(job: str) -> list[int]:
             if (p.info["environ"] or {}).get("TRAINGUARD_STANDBY", "").find(job) >= 0]
 
 
+def runtime_events(log: str, name: str) -> list[dict]:
+    """The runtime's JSON lines called `name` in a rank's or a standby's log."""
+    found = []
+    for line in Path(log).read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == name:
+            found.append(record)
+    return found
+
+
 def test_a_crash_restarts_on_warm_standbys_with_identical_losses_and_they_end_with_the_job(make_cluster, tmp_path):
     steps = 300
     reference = reference_losses(tmp_path / "ref", steps)
@@ -49,6 +63,9 @@ def test_a_crash_restarts_on_warm_standbys_with_identical_losses_and_they_end_wi
     ready = wait_for(lambda: all(cluster.find_events(n, "standby.ready", job=job) for n in ASCEND) and
                      [cluster.find_events(n, "standby.ready", job=job)[0] for n in ASCEND], 120, "a standby per node")
     pids = [r["pid"] for r in ready]
+    # While they wait, they first touch the memory the load will read the checkpoint into.
+    waiting = [cluster.find_events(n, "standby.started", job=job)[0]["log"] for n in ASCEND]
+    wait_for(lambda: all(runtime_events(log, "runtime.load_prepared") for log in waiting), 60, "prepared loads")
     inject(cluster, "ascend-1", "crash")
     wait_for(lambda: show(cluster, job)["attempt"] == 2, 60, "the restart")
     started = wait_for(lambda: len(s := [e for n in ASCEND for e in cluster.find_events(n, "rank.started", job=job)
@@ -62,6 +79,9 @@ def test_a_crash_restarts_on_warm_standbys_with_identical_losses_and_they_end_wi
     got = losses(tmp_path / "work" / "gpt-metrics.jsonl")
     assert sorted(got) == list(range(1, steps + 1))
     assert got == reference, "the losses after a restart on warm standbys differ from the fault-free run"
+    for rank in started:
+        (resumed,) = runtime_events(rank["log"], "runtime.resumed")
+        assert resumed["into_prepared_bytes"] > 0 and resumed["into_model_bytes"] > 0, resumed
     # The job is over: no standby of it is left (the ones taken ended as ranks; the new
     # ones are ended by the job's final stop).
     wait_for(lambda: not standbys_left(job), 30, "the job's standbys to end")

@@ -3,7 +3,7 @@
 Layout of one checkpoint directory:
 
     step-00000100/
-        manifest.json      format, step, world size, accelerator, size + XXH3-128 of each file
+        manifest.json      format, step, world size, accelerator, size + checksum of each file
         state.ckpt         rank 0: model, optimizer, scheduler, AMP scaler, sampler, extras
         rank-0.ckpt ...    every rank: its RNG states (Python, NumPy, torch CPU and device)
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -36,8 +37,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import psutil
 import torch
 
 from agents.runtime import tensorfile
@@ -45,11 +47,16 @@ from agents.runtime.env import Assignment, AssignmentError, assignment, emit
 from agents.runtime.progress import heartbeat
 from agents.runtime.tensorfile import Damaged
 
-FORMAT = 2
-FORMATS_LOADED = (1, 2)  # 1: torch.save files, sha256 (before the host buffers)
+FORMAT = 3
+# 1: torch.save files, sha256 (before the host buffers); 2: these files, XXH3-128 of the
+# whole file in one stream (before the per-piece checksum that loads read in parallel).
+FORMATS_LOADED = (1, 2, 3)
+# Each format's checksum: the manifest's key for it, and what tensorfile calls it.
+_CHECKSUMS = {1: "sha256", 2: tensorfile.LEGACY_CHECKSUM, 3: tensorfile.CHECKSUM}
 MANIFEST = "manifest.json"
 STATE_FILE = "state.ckpt"
-_STATE_FILES = {1: "state.pt", 2: STATE_FILE}
+_STATE_FILES = {1: "state.pt", 2: STATE_FILE, 3: STATE_FILE}
+_WEIGHTS = "model."  # the tensor names of the model's state_dict in a state file
 _COMMITTED = re.compile(r"^step-(\d{8,})$")
 _TEMP = re.compile(r"^\.step-(\d{8,})\.tmp$")
 
@@ -168,16 +175,17 @@ class Checkpointer:
             self._buffers.begin()
             main = None
             if self.rank == 0:
+                weights = _unwrap(model).state_dict()
                 main = tensorfile.snapshot({
                     "format": FORMAT,
                     "step": step,
-                    "model": _unwrap(model).state_dict(),
+                    "model": weights,
                     "optimizer": optimizer.state_dict() if optimizer is not None else None,
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "sampler": sampler.state_dict() if sampler is not None else None,
                     "extra": extra or {},
-                }, self._buffers)
+                }, self._buffers, names={id(t): f"{_WEIGHTS}{k}" for k, t in weights.items()})
             mine = tensorfile.snapshot(
                 {"format": FORMAT, "step": step, "rank": self.rank, "rng": capture_rng()}, self._buffers
             )
@@ -338,12 +346,7 @@ class Checkpointer:
 
     def committed(self) -> list[tuple[int, Path]]:
         """Committed checkpoint directories, oldest first (not yet verified)."""
-        found = []
-        for entry in self.directory.iterdir():
-            m = _COMMITTED.match(entry.name)
-            if m and entry.is_dir():
-                found.append((int(m.group(1)), entry))
-        return sorted(found)
+        return _committed(self.directory)
 
     def load_latest(
         self,
@@ -357,17 +360,25 @@ class Checkpointer:
         """Restore the newest checkpoint that verifies; None when there is none. Corrupt,
         partial or truncated ones are skipped with a `runtime.checkpoint_skipped` line."""
         self.wait()
+        started = time.monotonic()
         # Verifying and loading a large checkpoint takes a while: say so, so that the
         # hang watcher gives this rank the checkpoint phase's limit, not the train one.
         heartbeat(0, phase="checkpoint")
         if self.rank == 0:
             self._clear_leftovers()
+        # The model's own tensors take its weights as they are read (no copy after), the
+        # rest goes into memory a standby prepared (prepare_load) or fresh memory.
+        landing = _take_landing() or tensorfile.Landing()
+        weights = {f"{_WEIGHTS}{k}": t for k, t in _unwrap(model).state_dict().items()}
+        skipped = []
         for step, path in reversed(self.committed()):
+            landing.adopt(weights)
             try:
-                manifest, main, mine = _read_checkpoint(path, self.rank)
+                manifest, main, mine = _read_checkpoint(path, self.rank, landing)
             except Damaged as exc:
                 emit("runtime.checkpoint_skipped", step=step, path=str(path), reason=str(exc),
                      action="trying the previous checkpoint")
+                skipped.append(f"step {step}: {exc}")
                 continue
             try:
                 _unwrap(model).load_state_dict(main["model"])
@@ -405,9 +416,71 @@ class Checkpointer:
                 accelerator_then=manifest["accelerator"],
                 accelerator_now=self.accelerator,
                 exact=exact,
+                load_s=round(time.monotonic() - started, 3),
+                # bytes read straight into the model's tensors / into memory a standby
+                # prepared while it waited (the rest went into fresh memory)
+                into_model_bytes=landing.took_live,
+                into_prepared_bytes=landing.took_prepared,
             )
             return Restored(step, path, manifest["world_size"], manifest["accelerator"], exact, main["extra"])
+        if landing.overwrote:
+            # Starting afresh from weights a damaged file half overwrote would train garbage,
+            # and its checkpoints would bury the damaged ones: stop and say so.
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} verifies ({'; '.join(skipped)}), and reading them "
+                "overwrote this model's weights: restore a good checkpoint there, or move these away "
+                "to start the run from scratch")
         return None
+
+
+# Memory the next `load_latest` in this process reads into: a warm standby's, first
+# touched while it waited (`prepare_load`). Taken by that load; one process, one landing.
+_landing: tensorfile.Landing | None = None
+# Why prepare_load did nothing, when a standby should try again later / has its rank.
+NOTHING_YET = "no checkpoint yet"
+STOPPED = "stopped"
+
+
+def prepare_load(directory: str | Path, stop: Callable[[], bool] = lambda: False,
+                 weights: bool = True) -> dict[str, Any]:
+    """First touch, ahead of the load, the memory the newest checkpoint in `directory`
+    would be read into (its state file's tensors; the small per-rank files are read into
+    fresh memory). A warm standby calls this while it waits, so that a restart's load
+    only reads. `weights` False: not for the model's weights, which a model on the host
+    takes in its own tensors (memory prepared and left unused costs its freeing).
+    Returns what it did: `{"prepared": bytes, "seconds", "from": path}`, or
+    `{"skipped": why}` (no checkpoint yet, a damaged or format-1 one, more than half of
+    the host's available memory, `stop` said to stop, or a landing prepared already)."""
+    global _landing
+    if _landing is not None:
+        return {"skipped": "prepared already"}
+    started = time.monotonic()
+    for _step, path in reversed(_committed(Path(directory))):
+        try:
+            manifest = _manifest(path)
+            if manifest["format"] == 1:
+                return {"skipped": f"checkpoint {path.name} is of format {manifest['format']}"}
+            specs = [(dtype, shape, stride) for dtype, shape, stride, name in tensorfile.tensor_specs(path / STATE_FILE)
+                     if weights or not (name or "").startswith(_WEIGHTS)]
+        except (Damaged, OSError):
+            continue  # the load will skip it too (and say why); look at the one before
+        need = sum(math.prod(shape) * dtype.itemsize for dtype, shape, _ in specs)
+        available = psutil.virtual_memory().available
+        if need > available // 2:
+            return {"skipped": f"{need / 1e9:.2f} GB to prepare with {available / 1e9:.2f} GB available "
+                               "(more than half): the load will read into fresh memory"}
+        landing = tensorfile.Landing()
+        if not landing.prepare(specs, stop):
+            return {"skipped": STOPPED}
+        _landing = landing
+        return {"prepared": landing.nbytes, "seconds": round(time.monotonic() - started, 3), "from": str(path)}
+    return {"skipped": NOTHING_YET}
+
+
+def _take_landing() -> tensorfile.Landing | None:
+    global _landing
+    landing, _landing = _landing, None
+    return landing
 
 
 def verify(path: Path) -> str | None:
@@ -420,6 +493,19 @@ def verify(path: Path) -> str | None:
     except Damaged as exc:
         return str(exc)
     return None
+
+
+def _committed(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        m = _COMMITTED.match(entry.name)
+        if m and entry.is_dir():
+            found.append((int(m.group(1)), entry))
+    return sorted(found)
 
 
 def _manifest(path: Path) -> dict[str, Any]:
@@ -453,14 +539,15 @@ def _manifest(path: Path) -> dict[str, Any]:
 def _check_file(file: Path, meta: dict[str, Any], version: int) -> None:
     """Read `file` through its checksum; `Damaged` if it does not match."""
     try:
-        got = _sha256(file) if version == 1 else tensorfile.checksum(file)
+        got = _sha256(file) if version == 1 else tensorfile.checksum(file, _CHECKSUMS[version])
     except OSError as exc:
         raise Damaged(f"{file.name} is unreadable: {exc}") from None
-    if got != meta.get("sha256" if version == 1 else tensorfile.CHECKSUM):
+    if got != meta.get(_CHECKSUMS[version]):
         raise Damaged(f"{file.name} does not match its checksum (corrupted)")
 
 
-def _read_checkpoint(path: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+def _read_checkpoint(path: Path, rank: int, landing: tensorfile.Landing | None = None,
+                     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """(manifest, rank 0's state, this rank's own state or None) of a checkpoint that
     verifies; `Damaged` otherwise. Every file is checked, so that all ranks take the same
     checkpoint; the large state file is checked as it is read into memory (one pass),
@@ -476,11 +563,12 @@ def _read_checkpoint(path: Path, rank: int) -> tuple[dict[str, Any], dict[str, A
         main = torch.load(path / state, map_location="cpu", weights_only=False)
         mine = torch.load(path / own, map_location="cpu", weights_only=False) if own in files else None
         return manifest, main, mine
+    kind = _CHECKSUMS[version]
     try:
-        main = tensorfile.read(path / state, files[state]["bytes"], files[state].get(tensorfile.CHECKSUM))
+        main = tensorfile.read(path / state, files[state]["bytes"], files[state].get(kind), landing, kind)
         mine = None
         if own in files:
-            mine = tensorfile.read(path / own, files[own]["bytes"], files[own].get(tensorfile.CHECKSUM))
+            mine = tensorfile.read(path / own, files[own]["bytes"], files[own].get(kind), kind=kind)
     except OSError as exc:
         raise Damaged(f"unreadable: {exc}") from None
     return manifest, main, mine

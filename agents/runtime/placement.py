@@ -27,6 +27,12 @@ def _torch_npu_available() -> bool:
     return True
 
 
+def on_host(accelerator: str | None) -> bool:
+    """Does a rank assigned `accelerator` train on the host CPU (cpu, the sim backends)?
+    None (not known): assume not."""
+    return accelerator in _BACKENDS and accelerator not in ("ascend", "nvidia")
+
+
 def device(assigned: Assignment | None = None) -> Placement:
     """The device and backend for this rank. Raises AssignmentError, naming the package
     or the problem, when the assignment cannot be honoured here."""

@@ -15,6 +15,11 @@ Outside a standby (`TRAINGUARD_STANDBY` unset: torchrun, the first attempt, a pl
 run) `standby()` returns at once. Do not touch the accelerator before calling it: the
 chips are only known with the assignment.
 
+While it waits, a standby also first touches the memory its load will read the newest
+checkpoint into (`checkpoint.prepare_load`, from `TRAINGUARD_CKPT_DIR`; retried until
+there is a checkpoint): a fresh process pays more for touching new memory than for
+reading the checkpoint into it.
+
 The agent writes the assignment to the file named by `TRAINGUARD_STANDBY` (atomically);
 the standby writes `<that file>.ready` once it waits, and ends itself if the agent that
 started it (`TRAINGUARD_AGENT_PID`) is gone.
@@ -23,14 +28,17 @@ started it (`TRAINGUARD_AGENT_PID`) is gone.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 #: How often a waiting standby looks for its assignment (the restart's added latency).
 POLL = 0.005
+#: How often a waiting standby looks for a checkpoint to prepare its load from.
+PREPARE_EVERY = 2.0
 
 
 class StandbyError(RuntimeError):
@@ -67,7 +75,12 @@ def standby() -> dict[str, Any] | None:
     ready = path.with_name(path.name + ".ready")
     ready.write_text(f"{os.getpid()}\n")
     checked = time.monotonic()
+    ckpt_dir = os.environ.get("TRAINGUARD_CKPT_DIR")
+    prepare_at = checked if ckpt_dir else math.inf
     while not path.exists():
+        if time.monotonic() >= prepare_at:
+            again = _prepare_load(ckpt_dir or "", stop=path.exists)
+            prepare_at = time.monotonic() + PREPARE_EVERY if again else math.inf
         time.sleep(POLL)
         if time.monotonic() - checked > 1.0:
             checked = time.monotonic()
@@ -89,6 +102,27 @@ def standby() -> dict[str, Any] | None:
 
     progress.reset()  # the heartbeat sender is made from the rank's environment, now set
     return assignment
+
+
+def _prepare_load(ckpt_dir: str, stop: Callable[[], bool]) -> bool:
+    """Prepare the load's memory from the newest checkpoint; True to try again later
+    (there is none yet)."""
+    from agents.runtime import checkpoint
+    from agents.runtime.env import emit
+    from agents.runtime.placement import on_host
+
+    try:
+        done = checkpoint.prepare_load(ckpt_dir, stop, weights=not on_host(os.environ.get("TRAINGUARD_ACCELERATOR")))
+    except OSError as exc:  # an unreadable directory: the load will say so, with the rank's log
+        done = {"skipped": f"cannot read {ckpt_dir}: {exc}"}
+    if "prepared" in done:
+        emit("runtime.load_prepared", bytes=done["prepared"], seconds=done["seconds"], checkpoint=done["from"])
+        return False
+    if done["skipped"] == checkpoint.NOTHING_YET:
+        return True
+    if done["skipped"] != checkpoint.STOPPED:
+        emit("runtime.load_not_prepared", reason=done["skipped"])
+    return False
 
 
 def _output_to(log: str) -> None:

@@ -806,7 +806,7 @@ class Jobs:
         for node, pool in sorted(chosen.items()):
             out.commands.append(JobCommand(node, record.id, record.attempt, KeepStandbysArgs(
                 job=record.id, argv=spec.command, cwd=spec.workdir, env=_rank_env(spec, pool, policy),
-                count=spec.pools[pool].ranks_per_node)))
+                count=spec.pools[pool].ranks_per_node, ckpt_dir=spec.checkpoint_dir)))
         for node in sorted(set(record.spare_nodes) - set(chosen) - here):
             out.commands.append(JobCommand(node, record.id, record.attempt, KeepStandbysArgs(
                 job=record.id, argv=spec.command, count=0)))

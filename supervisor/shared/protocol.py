@@ -311,6 +311,7 @@ class KeepStandbysArgs(CommandArgs, tag="keep_standbys"):
     count: Annotated[int, msgspec.Meta(ge=0, le=MAX_RANKS_PER_NODE)]
     cwd: PathText | None = None
     env: Annotated[dict[EnvName, EnvValue], msgspec.Meta(max_length=1024)] = {}
+    ckpt_dir: PathText | None = None  # the job's: a standby prepares its load from there
 
 
 AnyCommandArgs = Union[InjectArgs, StartRanksArgs, StopRanksArgs, CheckpointArgs, KeepStandbysArgs]
