@@ -495,7 +495,8 @@ def _read_pieces(fd: int, segments: list[tuple[int, memoryview]], known: int, pa
         except BaseException as exc:  # noqa: BLE001 (handed to the caller)
             failed.append(exc)
 
-    readers = max(1, min(READERS, len(os.sched_getaffinity(0)), len(pieces) // 4))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    readers = max(1, min(READERS, cpus, len(pieces) // 4))
     threads = [threading.Thread(target=work, args=(k, readers), name=f"checkpoint-read-{k}", daemon=True)
                for k in range(1, readers)]
     for thread in threads:
