@@ -283,7 +283,7 @@ def test_status_has_the_documented_shape(cluster: Cluster) -> None:
         "chips": {"ok": 2, "warning": 1, "alarm": 0, "critical": 0, "unknown": 0},
     }
 
-    def as_sent(value: object) -> object:  # NodeView structs, chips and tuples, as the CLI receives them
+    def as_sent(value: object) -> object:  # StatusNode structs, chips and tuples, as the CLI receives them
         return msgspec.msgpack.decode(msgspec.msgpack.encode(value))
 
     n1, n2 = as_sent(status["nodes"])

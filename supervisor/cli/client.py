@@ -18,7 +18,7 @@ import zmq
 
 from supervisor.shared import keys
 from supervisor.shared.protocol import MAX_REPLY_BYTES, CtlReply, CtlRequest, ProtocolError, decode, encode, new_id
-from supervisor.shared.statusview import NodeView, StatusPage, StatusReply, decode_status_reply
+from supervisor.shared.statusview import StatusNode, StatusPage, StatusReply, decode_status_reply
 
 READ_ONLY_VERBS = frozenset({"ping", "status", "policies"})
 
@@ -140,14 +140,14 @@ def _attempt(endpoint: str, req: CtlRequest, timeout: float, decode_reply: Calla
         sock.close(linger=0)
 
 
-def status_pages(endpoint: str, timeout: float = 5.0, include_gone: bool = False) -> tuple[StatusPage, list[NodeView]]:
+def status_pages(endpoint: str, timeout: float = 5.0, include_gone: bool = False) -> tuple[StatusPage, list[StatusNode]]:
     """The whole `status`, page after page (a reply holds a bounded number of nodes, so a
     10,000-node cluster never exceeds the reply limit): the first page, and the nodes of
     every page. Each page is validated as it is decoded (`decode_status_reply`)."""
     deadline = time.monotonic() + timeout
     offset: int | None = 0
     first: StatusPage | None = None
-    nodes: list[NodeView] = []
+    nodes: list[StatusNode] = []
     while offset is not None:
         left = max(0.5, deadline - time.monotonic())
         page = request(endpoint, "status", {"offset": offset, "all": include_gone}, timeout=left,
@@ -162,7 +162,7 @@ def status_pages(endpoint: str, timeout: float = 5.0, include_gone: bool = False
     return first, nodes
 
 
-def status_document(first: StatusPage, nodes: list[NodeView]) -> dict[str, Any]:
+def status_document(first: StatusPage, nodes: list[StatusNode]) -> dict[str, Any]:
     """What `status --json` prints: the first page's parts with every page's nodes."""
     return {"schema": first.schema, "daemon": first.daemon, "summary": first.summary, "nodes": nodes,
             "jobs": first.jobs}

@@ -33,7 +33,7 @@ from supervisor.shared.protocol import (
     NodeId,
     Seconds,
 )
-from supervisor.shared.statusview import NodeView
+from supervisor.shared.statusview import StatusNode
 from supervisor.shared.vocab import Fault, NodeState
 
 
@@ -180,11 +180,11 @@ class Status(Verb):
         }
 
 
-def _node_view(cluster: "ClusterView", record: Any, now: Instant) -> NodeView:
+def _node_view(cluster: "ClusterView", record: Any, now: Instant) -> StatusNode:
     # The record's own structs go into the reply as they are: msgspec encodes them as
     # the maps a dict of each would be, without making those dicts (most of a page's
     # time on the loop).
-    return NodeView(
+    return StatusNode(
         node=record.node,
         state=record.state,
         state_since=record.state_since,

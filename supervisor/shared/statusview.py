@@ -35,7 +35,7 @@ from supervisor.shared.vocab import Accelerator, Health, NodeState
 _RecordedPid = Annotated[int, msgspec.Meta(ge=0, lt=1 << 31)]
 
 
-class NodeView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class StatusNode(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One node of `status` (README.md, "status --json"). Untracked by the cycle
     collector for the reason the heartbeat's parts are (protocol.py)."""
 
@@ -73,7 +73,7 @@ class StatusPage(msgspec.Struct, kw_only=True):
     schema: int
     daemon: dict[str, Any]
     summary: dict[str, Any]
-    nodes: list[NodeView]
+    nodes: list[StatusNode]
     page: StatusPageInfo
     jobs: list[dict[str, Any]]
 
