@@ -160,6 +160,23 @@ def test_status_of_ten_thousand_eight_chip_nodes_comes_in_pages_under_the_reply_
     assert reply.result["summary"]["nodes"] == 10_000
 
 
+@pytest.mark.timeout(120)
+def test_a_status_page_of_nodes_with_many_chips_stays_under_the_reply_limit(cluster: Cluster) -> None:
+    """A page is bounded by its bytes as well as its node count: 1,000 nodes of 64 chips
+    would be ~19 MB, which the CLI refuses."""
+    chips = tuple(ChipStatus(index=c, health=Health.OK, temperature_c=40.0, memory_used_mb=1000, memory_total_mb=65536,
+                             reason="r" * 100) for c in range(64))
+    for i in range(1_500):
+        deliver(cluster, msgspec.structs.replace(_big_register(i), chips=chips), at(0))
+    seen, offset = [], 0
+    while offset is not None:
+        reply = only_reply(cluster.on_ctl_request(CLIENT, ctl("status", offset=offset), at(1)))
+        assert len(encode(reply)) < MAX_REPLY_BYTES
+        seen += [n.node for n in reply.result["nodes"]]
+        offset = reply.result["page"]["next_offset"]
+    assert len(seen) == len(set(seen)) == 1_500
+
+
 def test_nodes_gone_for_over_an_hour_leave_the_default_view_but_not_the_summary(cluster: Cluster) -> None:
     deliver(cluster, register("n1"), at(0))
     deliver(cluster, register("n2"), at(0))
