@@ -71,6 +71,14 @@ _ZMQ_PING_MS = 10_000
 _LISTEN_BACKLOG = 4096
 #: Longest the poll waits, so a stop request is noticed promptly.
 _POLL_CAP = 0.25
+#: After a turn that handled some agent frames but not a full batch, the loop waits
+#: this long before it polls again, so that the next turn handles what gathered
+#: meanwhile rather than the one frame that woke it. A turn (the poll, waking libzmq's
+#: I/O thread for the acks, the deadlines) costs ~130 µs besides its frames, and a
+#: heartbeat ~17 µs (a real Daemon on loopback tcp): at 10,000 heartbeats a second, one
+#: or a few per turn kept the loop's thread at ~100 % of a core (bench/scale.py). Adds at
+#: most this to a heartbeat's ack; a full batch (a backlog) does not wait.
+_COALESCE = 0.005
 #: A turn that started this much later than the poll allowed means the daemon itself
 #: was stopped (SIGSTOP, a frozen VM, heavy swapping), not that the nodes went quiet.
 _STALL_SLACK = 2.0
@@ -121,6 +129,8 @@ class Daemon:
         self._heartbeats = HeartbeatDecoder()
         #: Monotonic time the agent queue was last found empty (`_backlog`).
         self._agents_empty_at = time.monotonic()
+        #: Agent frames the last turn handled (see _COALESCE).
+        self._agent_frames = 0
         #: While behind: (backlog began, last logged, most nodes deferred), else None.
         self._overload: tuple[float, float, int] | None = None
         self.metrics = DaemonMetrics()
@@ -344,7 +354,13 @@ class Daemon:
         before = system_now()
         wake = min(x for x in (self.cluster.next_deadline(), self._next_flush) if x is not None)
         timeout = max(0.0, min(_POLL_CAP, wake - before.mono))
-        ready = dict(poller.poll(int(timeout * 1000) + 1))
+        pause = 0.0
+        if 0 < self._agent_frames < _BATCH:
+            # The last turn handled a few agent frames, not a full batch: let the next
+            # ones gather before looking (see _COALESCE).
+            pause = min(_COALESCE, timeout)
+            time.sleep(pause)
+        ready = dict(poller.poll(int((timeout - pause) * 1000) + 1))
         after = system_now()
         # Measured from the end of the previous poll, so a pause anywhere in the turn (in
         # the poll, or while handling what it returned) counts.
@@ -358,8 +374,9 @@ class Daemon:
         for monitor, (_, domain) in self._monitors.items():
             if monitor in ready:
                 self._drain(monitor, lambda frames, d=domain: self._on_monitor(frames, d))
+        self._agent_frames = 0
         if self.agents in ready:
-            self._drain(self.agents, self._on_agent_frames, receive=_recv_routed)
+            self._agent_frames = self._drain(self.agents, self._on_agent_frames, receive=_recv_routed)
         # A control request that came in while the agents' batch was handled is answered
         # now, not after the next batch: `status` of 10,000 nodes is 10 requests, each
         # otherwise waiting up to two batches of a busy daemon. A few per turn, so that
@@ -561,19 +578,21 @@ class Daemon:
         self._lock_file.close()
 
     def _drain(self, sock: zmq.Socket, handler: Any, batch: int = _BATCH,
-               receive: Callable[[zmq.Socket], list[Any]] | None = None) -> None:
+               receive: Callable[[zmq.Socket], list[Any]] | None = None) -> int:
         """Up to `batch` frames of one socket (read with `receive`, by default as a list of
-        zmq.Frame). What they change is committed once, after the batch, and only then are
-        their replies sent: a transaction per register was the loop's main cost when
-        thousands of agents registered at once."""
+        zmq.Frame); returns how many. What they change is committed once, after the batch,
+        and only then are their replies sent: a transaction per register was the loop's
+        main cost when thousands of agents registered at once."""
         self._held = []
+        handled = 0
         try:
-            for _ in range(batch):
+            for handled in range(batch):
                 try:
                     frames = receive(sock) if receive is not None else sock.recv_multipart(_NOBLOCK, copy=False)
                 except zmq.Again:
-                    return
+                    return handled
                 self._guarded("message", handler, frames)
+            return batch
         finally:
             held, self._held = self._held, None
             if held:
