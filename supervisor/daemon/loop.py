@@ -50,7 +50,13 @@ _ZMQ_MAX_MSG = 4 * 1024 * 1024
 _BATCH = 512
 #: ... and control requests per turn.
 _CTL_BATCH = 8
-_FLUSH_EVERY = 1.0
+#: How often what waits for the store is written. A flush also writes the readings and
+#: last heartbeat times that are due (_SAVE_HEARTBEATS_EVERY), a share of the nodes each:
+#: at 10,000 nodes a flush a second wrote up to 2,000 records in one go, a pause of the
+#: loop of ~60 ms every second; four a second write a quarter each.
+_FLUSH_EVERY = 0.25
+#: How often the rest of the periodic work runs (metrics, allow-lists, descriptors).
+_HOUSEKEEPING_EVERY = 1.0
 #: A node's last heartbeat time and readings reach the store within this; a change of
 #: state or health at the next flush. After a SIGKILL a restarted daemon shows a node's
 #: last heartbeat up to this much older than it was (its nodes re-register anyway).
@@ -131,6 +137,8 @@ class Daemon:
         self._agents_empty_at = time.monotonic()
         #: Agent frames the last turn handled (see _COALESCE).
         self._agent_frames = 0
+        #: Monotonic time of the next housekeeping (_periodic).
+        self._next_housekeeping = 0.0
         #: While behind: (backlog began, last logged, most nodes deferred), else None.
         self._overload: tuple[float, float, int] | None = None
         self.metrics = DaemonMetrics()
@@ -333,6 +341,7 @@ class Daemon:
         notify = Notifier()
         notify.ready(self._status_line())
         self._next_flush = time.monotonic() + _FLUSH_EVERY
+        self._next_housekeeping = time.monotonic() + _HOUSEKEEPING_EVERY
         self._last_poll = time.monotonic()
         try:
             while not self._stop:
@@ -425,8 +434,12 @@ class Daemon:
         self._overload = (began, logged, most)
 
     def _periodic(self, notify: Notifier) -> None:
-        self._next_flush = time.monotonic() + _FLUSH_EVERY
+        now = time.monotonic()
+        self._next_flush = now + _FLUSH_EVERY
         self._flush()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + _HOUSEKEEPING_EVERY
         self._heartbeats.limit = 2 * len(self.cluster.nodes) + 1024
         self.metrics.observe_nodes(self.cluster.nodes)
         self.metrics.observe_jobs(self.cluster.jobs, time.time())
@@ -557,9 +570,7 @@ class Daemon:
                         suppressed_since_last=report.suppressed)
 
     def _status_line(self) -> str:
-        states = {s: 0 for s in ("up", "pending", "lost", "left")}
-        for record in self.cluster.nodes.records():
-            states[record.state.value] += 1
+        states = self.cluster.nodes.census()[1]  # counted once per change, not every second
         line = f"serving {states['up']} nodes up, {states['lost']} lost, {states['pending']} pending"
         if self._store_failing:
             line += "; STATE DB NOT WRITABLE (see store.write_failed)"
@@ -762,12 +773,12 @@ class Daemon:
     def _flush(self, everything: bool = False) -> bool:
         table = self.cluster.nodes
         # Changes are written at once; a heartbeat's readings and time at most every
-        # _SAVE_HEARTBEATS_EVERY per node, and no more than a second's share of the nodes
-        # per flush. One row update per node and second was 50 µs of the loop per heartbeat
-        # at 10,000 nodes (bench/scale.py).
+        # _SAVE_HEARTBEATS_EVERY per node, and no more than twice a flush's share of the
+        # nodes per flush. One row update per node and second was 50 µs of the loop per
+        # heartbeat at 10,000 nodes (bench/scale.py).
         refreshed, heard = table.due_saves(
             float("inf") if everything else time.monotonic(), _SAVE_HEARTBEATS_EVERY,
-            len(table) if everything else max(1000, 2 * len(table) // int(_SAVE_HEARTBEATS_EVERY)))
+            len(table) if everything else max(250, int(2 * len(table) * _FLUSH_EVERY / _SAVE_HEARTBEATS_EVERY)))
         dirty = [r for n in {*table.dirty, *refreshed} if (r := table.get(n)) is not None]
         seen = [(n, r.last_seen) for n in heard if n not in table.dirty and (r := table.get(n)) is not None]
         try:
