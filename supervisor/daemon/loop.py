@@ -67,12 +67,23 @@ _HANDSHAKE_MS = 5_000
 #: While the loop is behind its agents (frames left unread after a batch), it says so at
 #: most this often (`daemon.overloaded`).
 _OVERLOAD_LOG_EVERY = 10.0
-#: How often libzmq pings each connection to find dead TCP peers (one silent for three
-#: of these is dropped). Every ping is a message each way on libzmq's one I/O thread: at
-#: 2 s and 10,000 agents they were as many as the heartbeats themselves, and that thread
-#: was the first thing to run out of CPU (bench/scale.py). The nodes' liveness is the
-#: heartbeat_timeout's business, not this; this only reaps connections.
+#: How often libzmq pings each control connection to find dead TCP peers (one silent
+#: for three of these is dropped).
 _ZMQ_PING_MS = 10_000
+#: Agent connections are not pinged by libzmq: the kernel finds their dead peers (a
+#: powered-off node sends no RST) with TCP keepalive, probing a connection idle for
+#: _KEEPALIVE_IDLE_S every _KEEPALIVE_INTVL_S, _KEEPALIVE_CNT times (30 s in all), and
+#: drops one whose sent data stays unacknowledged for _TCP_MAXRT_MS. libzmq's pings
+#: (every 10 s) were two messages per connection on its one I/O thread, and connections
+#: made together ping together: at 10,000 agents every 10 s a burst of 10,000 pings and
+#: pongs held the heartbeats behind it for up to 1.5 s (bench/scale.py: p99 1.49 s with
+#: them, 84 ms without, back to back). A live agent heartbeats, so keepalive never
+#: probes it: nothing to do for anyone. Which nodes are alive is heartbeat_timeout's
+#: business, not this; this only reaps connections.
+_KEEPALIVE_IDLE_S = 10
+_KEEPALIVE_INTVL_S = 5
+_KEEPALIVE_CNT = 4
+_TCP_MAXRT_MS = 30_000
 #: The listen backlog of the endpoints (see `_bind`).
 _LISTEN_BACKLOG = 4096
 #: Longest the poll waits, so a stop request is noticed promptly.
@@ -203,7 +214,7 @@ class Daemon:
             self._sockets.append(self._zap)
             self._zap.setsockopt(zmq.LINGER, 0)
             self._zap.bind("inproc://zeromq.zap.01")
-        self.agents = self._bind(zmq.ROUTER, config.bind, "agent", zap.AGENTS_DOMAIN)
+        self.agents = self._bind(zmq.ROUTER, config.bind, "agent", zap.AGENTS_DOMAIN, pings=False)
         # A send to a connection that is gone raises instead of vanishing. Routing ids are
         # libzmq's own (random, per connection): a node's route is the connection it
         # registered from, bound to its key, never an id a peer chose (no ROUTER_HANDOVER).
@@ -269,7 +280,8 @@ class Daemon:
         lock.flush()
         return lock
 
-    def _bind(self, kind: int, endpoint: str, what: str, zap_domain: str | None = None) -> zmq.Socket:
+    def _bind(self, kind: int, endpoint: str, what: str, zap_domain: str | None = None,
+              pings: bool = True) -> zmq.Socket:
         sock = self._ctx.socket(kind)
         if self._curve is not None and zap_domain is not None:
             sock.setsockopt(zmq.CURVE_SERVER, 1)
@@ -279,9 +291,17 @@ class Daemon:
         sock.setsockopt(zmq.MAXMSGSIZE, _ZMQ_MAX_MSG)
         sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.setsockopt(zmq.RCVHWM, 10_000)
-        # zmq-level heartbeats find dead TCP peers (a powered-off node sends no RST).
-        sock.setsockopt(zmq.HEARTBEAT_IVL, _ZMQ_PING_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * _ZMQ_PING_MS)
+        # Dead TCP peers (a powered-off node sends no RST) are found by libzmq's pings
+        # or, on the agent socket, by the kernel (see _KEEPALIVE_IDLE_S).
+        if pings:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, _ZMQ_PING_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * _ZMQ_PING_MS)
+        else:
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, _KEEPALIVE_IDLE_S)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, _KEEPALIVE_INTVL_S)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, _KEEPALIVE_CNT)
+            sock.setsockopt(zmq.TCP_MAXRT, _TCP_MAXRT_MS)
         # A connection that has not finished its handshake within this is dropped, so
         # idle unauthenticated connections cannot pile up and eat descriptors.
         sock.setsockopt(zmq.HANDSHAKE_IVL, _HANDSHAKE_MS)
