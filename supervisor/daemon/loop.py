@@ -94,7 +94,8 @@ _POLL_CAP = 0.25
 #: I/O thread for the acks, the deadlines) costs ~130 µs besides its frames, and a
 #: heartbeat ~17 µs (a real Daemon on loopback tcp): at 10,000 heartbeats a second, one
 #: or a few per turn kept the loop's thread at ~100 % of a core (bench/scale.py). Adds at
-#: most this to a heartbeat's ack; a full batch (a backlog) does not wait.
+#: most this to a heartbeat's ack; a full batch (a backlog) or a control request does not
+#: wait.
 _COALESCE = 0.005
 #: A turn that started this much later than the poll allowed means the daemon itself
 #: was stopped (SIGSTOP, a frozen VM, heavy swapping), not that the nodes went quiet.
@@ -386,9 +387,10 @@ class Daemon:
         pause = 0.0
         if 0 < self._agent_frames < _BATCH:
             # The last turn handled a few agent frames, not a full batch: let the next
-            # ones gather before looking (see _COALESCE).
+            # ones gather before looking (see _COALESCE). A control request ends the
+            # wait: each page of a `status` would otherwise wait it out.
             pause = min(_COALESCE, timeout)
-            time.sleep(pause)
+            self.ctl.poll(int(pause * 1000))
         ready = dict(poller.poll(int((timeout - pause) * 1000) + 1))
         after = system_now()
         # Measured from the end of the previous poll, so a pause anywhere in the turn (in
