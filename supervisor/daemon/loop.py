@@ -415,6 +415,13 @@ class Daemon:
         if self.ctl in ready or self.ctl.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._drain(self.ctl, self._on_ctl_frames, _CTL_BATCH, _recv_routed)
         now = system_now()
+        if now.mono - after.mono > _STALL_SLACK:
+            # Stopped while handling what the poll returned (a SIGSTOP between two polls):
+            # said here, before the deadlines run, or this turn's tick would blame the
+            # nodes for it; the next turn measures from here.
+            paused = now.mono - after.mono
+            self._guarded("stall", lambda: self._apply(self.cluster.on_stall(paused, now), now))
+            self._last_poll = now.mono
         backlog_since = self._backlog(now.mono)
         ok = self._guarded("tick", lambda: self._apply(self.cluster.tick(now, backlog_since), now))
         if backlog_since is not None or self._overload is not None:
