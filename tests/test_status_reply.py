@@ -128,6 +128,17 @@ def test_a_float_below_1e_4_is_written_as_json_dumps_writes_it() -> None:
     assert jsontext.dumps(value).decode() == json.dumps(value, indent=2, sort_keys=True)
 
 
+def test_many_strings_with_a_digit_before_an_e_are_still_written_by_msgspec(monkeypatch) -> None:
+    """Regression: a job id such as scale-af8e53 is in each running rank of a status, and
+    past 1,000 such places the text was left to json.dumps: 2 s instead of 0.2 for
+    10,000 nodes."""
+    value = {"running": [{"job": "scale-af8e53", "rank": r, "loss": 1.5} for r in range(8000)], "tiny": "1e-05"}
+    monkeypatch.setattr(jsontext, "_json_dumps", lambda v: pytest.fail("json.dumps was asked"))
+    assert jsontext.dumps(value).decode() == json.dumps(value, indent=2, sort_keys=True)
+    value["running"][7999]["loss"] = 1e-05  # and one real float to mend among them
+    assert jsontext.dumps(value).decode() == json.dumps(value, indent=2, sort_keys=True)
+
+
 _scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
             | st.floats(allow_nan=False, allow_infinity=False)
             | st.sampled_from([1e-05, 1e16, -1.5e-7, 5e-324, 1e22, 0.1, -0.0, 123456789012345.6])
