@@ -147,8 +147,9 @@ class Daemon:
         self._heartbeats = HeartbeatDecoder()
         #: Monotonic time the agent queue was last found empty (`_backlog`).
         self._agents_empty_at = time.monotonic()
-        #: Agent frames the last turn handled (see _COALESCE).
+        #: Agent frames the last turn handled, and whether it left none waiting (_COALESCE).
         self._agent_frames = 0
+        self._caught_up = True
         #: Monotonic time of the next housekeeping (_periodic).
         self._next_housekeeping = 0.0
         #: While behind: (backlog began, last logged, most nodes deferred), else None.
@@ -385,10 +386,12 @@ class Daemon:
         wake = min(x for x in (self.cluster.next_deadline(), self._next_flush) if x is not None)
         timeout = max(0.0, min(_POLL_CAP, wake - before.mono))
         pause = 0.0
-        if 0 < self._agent_frames < _BATCH:
-            # The last turn handled a few agent frames, not a full batch: let the next
-            # ones gather before looking (see _COALESCE). A control request ends the
-            # wait: each page of a `status` would otherwise wait it out.
+        if 0 < self._agent_frames < _BATCH and self._caught_up:
+            # The last turn handled a few agent frames, not a full batch, and left none
+            # waiting: let the next ones gather before looking (see _COALESCE). Never
+            # while frames wait: a daemon behind its agents must not slow down. A
+            # control request ends the wait: each page of a `status` would otherwise
+            # wait it out.
             pause = min(_COALESCE, timeout)
             self.ctl.poll(int(pause * 1000))
         ready = dict(poller.poll(int((timeout - pause) * 1000) + 1))
@@ -423,6 +426,7 @@ class Daemon:
             self._guarded("stall", lambda: self._apply(self.cluster.on_stall(paused, now), now))
             self._last_poll = now.mono
         backlog_since = self._backlog(now.mono)
+        self._caught_up = backlog_since is None
         ok = self._guarded("tick", lambda: self._apply(self.cluster.tick(now, backlog_since), now))
         if backlog_since is not None or self._overload is not None:
             self._guarded("overload", self._report_overload, backlog_since, now.mono)
