@@ -282,8 +282,12 @@ def test_status_has_the_documented_shape(cluster: Cluster) -> None:
         "states": {"pending": 0, "up": 1, "lost": 1, "left": 0},
         "chips": {"ok": 2, "warning": 1, "alarm": 0, "critical": 0, "unknown": 0},
     }
-    n1, n2 = status["nodes"]
-    assert n1 == {
+
+    def as_sent(value: object) -> object:  # StatusNode structs, chips and tuples, as the CLI receives them
+        return msgspec.msgpack.decode(msgspec.msgpack.encode(value))
+
+    n1, n2 = as_sent(status["nodes"])
+    assert n1 == as_sent({
         "node": "n1",
         "state": "lost",
         "state_since": at(16).wall,
@@ -302,7 +306,7 @@ def test_status_has_the_documented_shape(cluster: Cluster) -> None:
         ],
         "host": msgspec.to_builtins(HOST),
         "running": [{"job": "j", "rank": 0, "pid": 900, "step": 3, "attempt": 0, "loss": None}],
-    }
+    })
     assert (n2["node"], n2["state"], n2["accelerator"], n2["last_heartbeat_age_s"]) == ("n2", "up", "sim-nvidia", 3.0)
 
     # The whole reply survives the wire to the CLI (tuples arrive as lists).

@@ -152,12 +152,29 @@ def test_status_of_ten_thousand_eight_chip_nodes_comes_in_pages_under_the_reply_
         reply = only_reply(cluster.on_ctl_request(CLIENT, ctl("status", offset=offset), at(1)))
         assert len(encode(reply)) < MAX_REPLY_BYTES
         decode(encode(reply), MAX_REPLY_BYTES)  # as the CLI reads it (it refused >10,000 items)
-        seen += [n["node"] for n in reply.result["nodes"]]
+        seen += [n.node for n in reply.result["nodes"]]
         offset = reply.result["page"]["next_offset"]
         pages += 1
     assert len(seen) == len(set(seen)) == 10_000
     assert pages == -(-10_000 // STATUS_PAGE_LIMIT)
     assert reply.result["summary"]["nodes"] == 10_000
+
+
+@pytest.mark.timeout(120)
+def test_a_status_page_of_nodes_with_many_chips_stays_under_the_reply_limit(cluster: Cluster) -> None:
+    """A page is bounded by its bytes as well as its node count: 1,000 nodes of 64 chips
+    would be ~19 MB, which the CLI refuses."""
+    chips = tuple(ChipStatus(index=c, health=Health.OK, temperature_c=40.0, memory_used_mb=1000, memory_total_mb=65536,
+                             reason="r" * 100) for c in range(64))
+    for i in range(1_500):
+        deliver(cluster, msgspec.structs.replace(_big_register(i), chips=chips), at(0))
+    seen, offset = [], 0
+    while offset is not None:
+        reply = only_reply(cluster.on_ctl_request(CLIENT, ctl("status", offset=offset), at(1)))
+        assert len(encode(reply)) < MAX_REPLY_BYTES
+        seen += [n.node for n in reply.result["nodes"]]
+        offset = reply.result["page"]["next_offset"]
+    assert len(seen) == len(set(seen)) == 1_500
 
 
 def test_nodes_gone_for_over_an_hour_leave_the_default_view_but_not_the_summary(cluster: Cluster) -> None:
@@ -166,10 +183,10 @@ def test_nodes_gone_for_over_an_hour_leave_the_default_view_but_not_the_summary(
     deliver(cluster, Goodbye(id="g", ts=0.0, node="n2", agent_instance="agent-n2"), at(1))
     deliver(cluster, heartbeat("n1"), at(4000))
     default = only_reply(cluster.on_ctl_request(CLIENT, ctl("status"), at(4000))).result
-    assert [n["node"] for n in default["nodes"]] == ["n1"]
+    assert [n.node for n in default["nodes"]] == ["n1"]
     assert default["summary"]["nodes"] == 2 and default["page"]["hidden_gone"] == 1
     everything = only_reply(cluster.on_ctl_request(CLIENT, ctl("status", all=True), at(4000))).result
-    assert [n["node"] for n in everything["nodes"]] == ["n1", "n2"]
+    assert [n.node for n in everything["nodes"]] == ["n1", "n2"]
 
 
 def test_node_forget_removes_a_node_that_is_not_up(cluster: Cluster) -> None:
@@ -236,7 +253,7 @@ def test_status_nodes_carry_the_agents_handler_failures(cluster: Cluster) -> Non
     hb = msgspec.structs.replace(heartbeat("n1"), handler_failures=3)
     deliver(cluster, hb, at(1))
     status = only_reply(cluster.on_ctl_request(CLIENT, ctl("status"), at(2))).result
-    assert status["nodes"][0]["handler_failures"] == 3
+    assert status["nodes"][0].handler_failures == 3
 
 
 def test_a_register_repeated_by_the_same_agent_on_its_connection_is_taken_as_a_heartbeat(cluster: Cluster) -> None:

@@ -122,3 +122,32 @@ def test_the_status_summary_is_counted_once_per_change_and_still_follows_every_c
     # The caller gets its own copy: a reply cannot change the cached counts.
     summary(17)["states"]["up"] = 99
     assert summary(17)["states"]["up"] == 2
+
+
+def test_a_pending_job_is_placed_again_only_when_something_placement_reads_changed(monkeypatch) -> None:
+    """Regression: a job left pending (a node lost, no room) was placed again on every
+    turn of the daemon's loop, each walking every node: at 10,000 nodes ~80 % of the
+    loop (py-spy), so the daemon fell behind its heartbeats for good."""
+    from supervisor.core import scheduler
+
+    placements = []
+    real_place = scheduler.place
+    monkeypatch.setattr(scheduler, "place", lambda *a: placements.append(a) or real_place(*a))
+    cluster = Cluster(CONFIG, instance="d", started=T0)
+    cluster.policies = PolicyDirectory(shipped_policy_dir())
+    cluster.policies.load_all(T0.wall)
+    for node in ("n1", "n2", "n3"):
+        deliver(cluster, register(node), at(0))
+    spec = {"name": "big", "command": ["python", "train.py"], "workdir": "/w", "checkpoint_dir": "/w/ckpt",
+            "policy": "default", "pools": {"ascend": {"nodes": 4, "ranks_per_node": 1}}}
+    job = only_reply(cluster.on_ctl_request(CLIENT, ctl("job_submit", spec=spec), at(0))).result["job"]
+    for t in range(1, 11):
+        for node in ("n1", "n2", "n3"):
+            deliver(cluster, _beat(node, cluster.nodes.get(node).chips, seq=t), at(t))  # readings alone
+        cluster.tick(at(t))
+    assert len(placements) <= 2  # the submit's, the first tick's; not one per tick
+    before = len(placements)
+    deliver(cluster, register("n4"), at(11))  # a node more: placed again, and now it fits
+    cluster.tick(at(11))
+    assert len(placements) == before + 1
+    assert cluster.jobs.records[job].state.value == "starting"

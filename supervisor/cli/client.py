@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import msgspec
 import tenacity
 import zmq
 
 from supervisor.shared import keys
 from supervisor.shared.protocol import MAX_REPLY_BYTES, CtlReply, CtlRequest, ProtocolError, decode, encode, new_id
+from supervisor.shared.statusview import StatusNode, StatusPage, StatusReply, decode_status_reply
 
 READ_ONLY_VERBS = frozenset({"ping", "status", "policies"})
 
@@ -34,8 +36,14 @@ class _NoReply(Exception):
     pass
 
 
-def request(endpoint: str, verb: str, args: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
-    """Ask the daemon at `endpoint`; return its result or raise ClientError."""
+def _decode_reply(frame: bytes) -> Any:
+    return decode(frame, limit=MAX_REPLY_BYTES)
+
+
+def request(endpoint: str, verb: str, args: dict[str, Any] | None = None, timeout: float = 5.0,
+            decode_reply: Callable[[bytes], Any] = _decode_reply) -> Any:
+    """Ask the daemon at `endpoint`; return its result or raise ClientError. The reply is
+    read with `decode_reply` (a CtlReply by default; a verb may have a typed one)."""
     req = CtlRequest(id=new_id(), ts=time.time(), verb=verb, args=args or {})
     if verb in READ_ONLY_VERBS:
         attempt_timeout = min(1.0, timeout)
@@ -49,7 +57,7 @@ def request(endpoint: str, verb: str, args: dict[str, Any] | None = None, timeou
         attempt_timeout = timeout
         retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(1), reraise=True)
     try:
-        reply = retrying(_attempt, endpoint, req, attempt_timeout)
+        reply = retrying(_attempt, endpoint, req, attempt_timeout, decode_reply)
     except _NoReply:
         raise ClientError(
             f"no answer from the trainguard daemon at {endpoint} within {timeout:g}s "
@@ -82,7 +90,7 @@ _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILE
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
-def _attempt(endpoint: str, req: CtlRequest, timeout: float) -> CtlReply:
+def _attempt(endpoint: str, req: CtlRequest, timeout: float, decode_reply: Callable[[bytes], Any]) -> Any:
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -119,10 +127,10 @@ def _attempt(endpoint: str, req: CtlRequest, timeout: float) -> CtlReply:
             if sock not in ready:
                 continue
             try:
-                reply = decode(sock.recv(), limit=MAX_REPLY_BYTES)
+                reply = decode_reply(sock.recv())
             except ProtocolError as exc:
                 raise ClientError(f"the daemon at {endpoint} answered garbage: {exc}", "bad_reply") from None
-            if isinstance(reply, CtlReply) and reply.ref == req.id:
+            if isinstance(reply, (CtlReply, StatusReply)) and reply.ref == req.id:
                 return reply
         raise _NoReply()
     finally:
@@ -132,20 +140,34 @@ def _attempt(endpoint: str, req: CtlRequest, timeout: float) -> CtlReply:
         sock.close(linger=0)
 
 
-def status_all(endpoint: str, timeout: float = 5.0, include_gone: bool = False) -> dict[str, Any]:
+def status_pages(endpoint: str, timeout: float = 5.0, include_gone: bool = False) -> tuple[StatusPage, list[StatusNode]]:
     """The whole `status`, page after page (a reply holds a bounded number of nodes, so a
-    10,000-node cluster never exceeds the reply limit), assembled into one document."""
+    10,000-node cluster never exceeds the reply limit): the first page, and the nodes of
+    every page. Each page is validated as it is decoded (`decode_status_reply`)."""
     deadline = time.monotonic() + timeout
     offset: int | None = 0
-    result: dict[str, Any] | None = None
+    first: StatusPage | None = None
+    nodes: list[StatusNode] = []
     while offset is not None:
         left = max(0.5, deadline - time.monotonic())
-        page = request(endpoint, "status", {"offset": offset, "all": include_gone}, timeout=left)
-        if result is None:
-            result = page
-        else:
-            result["nodes"].extend(page["nodes"])
-        offset = page.get("page", {}).get("next_offset")
-    assert result is not None
-    result.pop("page", None)
-    return result
+        page = request(endpoint, "status", {"offset": offset, "all": include_gone}, timeout=left,
+                       decode_reply=decode_status_reply)
+        if page is None:
+            raise ClientError(f"the daemon at {endpoint} answered garbage: a status reply without a result",
+                              "bad_reply")
+        first = first or page
+        nodes.extend(page.nodes)
+        offset = page.page.next_offset
+    assert first is not None
+    return first, nodes
+
+
+def status_document(first: StatusPage, nodes: list[StatusNode]) -> dict[str, Any]:
+    """What `status --json` prints: the first page's parts with every page's nodes."""
+    return {"schema": first.schema, "daemon": first.daemon, "summary": first.summary, "nodes": nodes,
+            "jobs": first.jobs}
+
+
+def status_all(endpoint: str, timeout: float = 5.0, include_gone: bool = False) -> dict[str, Any]:
+    """The whole `status` as plain data (dicts, lists, strings and numbers)."""
+    return msgspec.to_builtins(status_document(*status_pages(endpoint, timeout, include_gone)))

@@ -114,6 +114,8 @@ class _Live:
     hang_named: int | None = None  # the attempt whose hang was given its one signal
     spares_key: tuple[int, int] | None = None  # (attempt, placement epoch) spares were chosen at
     spares_at: float = 0.0  # mono time they were
+    #: What placement read when it last found no room for the pending job (see _tick_pending).
+    no_room_key: tuple[Any, ...] | None = None
 
 
 class Jobs:
@@ -429,9 +431,18 @@ class Jobs:
         if shape is None:
             self._begin_end(record, "fail", f"the job has no shape for pool {record.pool}", now, out)
             return
+        # Placed again only when something placement reads has changed: a node's state,
+        # drain or chip health, or a policy (the placement epoch), or another job's ranks.
+        # Placing walks every node: at 10,000 nodes, a job left pending by a lost node made
+        # this ~80 % of the daemon's loop, every turn, and it never caught up again.
+        key = (self._placement_epoch, record.pool, record.attempt,
+               tuple((r.id, r.attempt, r.state) for r in self.live() if r.id != record.id))
+        if self._pool_health_cache is not None and live.no_room_key == key:
+            return
         family = policy.pools[record.pool].accelerator
         placed = place(record.pool, family, shape.nodes, shape.ranks_per_node, self._views(nodes, record.id))
         if isinstance(placed, NoCapacity):
+            live.no_room_key = key
             if record.waiting_for != placed.reason:
                 record.waiting_for = placed.reason
                 out.records[record.id] = record

@@ -46,9 +46,17 @@ log = structlog.get_logger()
 
 #: Frames larger than this make libzmq drop the connection before we ever see them.
 _ZMQ_MAX_MSG = 4 * 1024 * 1024
-#: How many frames one socket may hand in before the other gets a turn.
+#: How many frames one socket may hand in before the other gets a turn ...
 _BATCH = 512
-_FLUSH_EVERY = 1.0
+#: ... and control requests per turn.
+_CTL_BATCH = 8
+#: How often what waits for the store is written. A flush also writes the readings and
+#: last heartbeat times that are due (_SAVE_HEARTBEATS_EVERY), a share of the nodes each:
+#: at 10,000 nodes a flush a second wrote up to 2,000 records in one go, a pause of the
+#: loop of ~60 ms every second; four a second write a quarter each.
+_FLUSH_EVERY = 0.25
+#: How often the rest of the periodic work runs (metrics, allow-lists, descriptors).
+_HOUSEKEEPING_EVERY = 1.0
 #: A node's last heartbeat time and readings reach the store within this; a change of
 #: state or health at the next flush. After a SIGKILL a restarted daemon shows a node's
 #: last heartbeat up to this much older than it was (its nodes re-register anyway).
@@ -59,16 +67,36 @@ _HANDSHAKE_MS = 5_000
 #: While the loop is behind its agents (frames left unread after a batch), it says so at
 #: most this often (`daemon.overloaded`).
 _OVERLOAD_LOG_EVERY = 10.0
-#: How often libzmq pings each connection to find dead TCP peers (one silent for three
-#: of these is dropped). Every ping is a message each way on libzmq's one I/O thread: at
-#: 2 s and 10,000 agents they were as many as the heartbeats themselves, and that thread
-#: was the first thing to run out of CPU (bench/scale.py). The nodes' liveness is the
-#: heartbeat_timeout's business, not this; this only reaps connections.
+#: How often libzmq pings each control connection to find dead TCP peers (one silent
+#: for three of these is dropped).
 _ZMQ_PING_MS = 10_000
+#: Agent connections are not pinged by libzmq: the kernel finds their dead peers (a
+#: powered-off node sends no RST) with TCP keepalive, probing a connection idle for
+#: _KEEPALIVE_IDLE_S every _KEEPALIVE_INTVL_S, _KEEPALIVE_CNT times (30 s in all), and
+#: drops one whose sent data stays unacknowledged for _TCP_MAXRT_MS. libzmq's pings
+#: (every 10 s) were two messages per connection on its one I/O thread, and connections
+#: made together ping together: at 10,000 agents every 10 s a burst of 10,000 pings and
+#: pongs held the heartbeats behind it for up to 1.5 s (bench/scale.py: p99 1.49 s with
+#: them, 84 ms without, back to back). A live agent heartbeats, so keepalive never
+#: probes it: nothing to do for anyone. Which nodes are alive is heartbeat_timeout's
+#: business, not this; this only reaps connections.
+_KEEPALIVE_IDLE_S = 10
+_KEEPALIVE_INTVL_S = 5
+_KEEPALIVE_CNT = 4
+_TCP_MAXRT_MS = 30_000
 #: The listen backlog of the endpoints (see `_bind`).
 _LISTEN_BACKLOG = 4096
 #: Longest the poll waits, so a stop request is noticed promptly.
 _POLL_CAP = 0.25
+#: After a turn that handled some agent frames but not a full batch, the loop waits
+#: this long before it polls again, so that the next turn handles what gathered
+#: meanwhile rather than the one frame that woke it. A turn (the poll, waking libzmq's
+#: I/O thread for the acks, the deadlines) costs ~130 µs besides its frames, and a
+#: heartbeat ~17 µs (a real Daemon on loopback tcp): at 10,000 heartbeats a second, one
+#: or a few per turn kept the loop's thread at ~100 % of a core (bench/scale.py). Adds at
+#: most this to a heartbeat's ack; a full batch (a backlog) or a control request does not
+#: wait.
+_COALESCE = 0.005
 #: A turn that started this much later than the poll allowed means the daemon itself
 #: was stopped (SIGSTOP, a frozen VM, heavy swapping), not that the nodes went quiet.
 _STALL_SLACK = 2.0
@@ -119,6 +147,11 @@ class Daemon:
         self._heartbeats = HeartbeatDecoder()
         #: Monotonic time the agent queue was last found empty (`_backlog`).
         self._agents_empty_at = time.monotonic()
+        #: Agent frames the last turn handled, and whether it left none waiting (_COALESCE).
+        self._agent_frames = 0
+        self._caught_up = True
+        #: Monotonic time of the next housekeeping (_periodic).
+        self._next_housekeeping = 0.0
         #: While behind: (backlog began, last logged, most nodes deferred), else None.
         self._overload: tuple[float, float, int] | None = None
         self.metrics = DaemonMetrics()
@@ -183,7 +216,7 @@ class Daemon:
             self._sockets.append(self._zap)
             self._zap.setsockopt(zmq.LINGER, 0)
             self._zap.bind("inproc://zeromq.zap.01")
-        self.agents = self._bind(zmq.ROUTER, config.bind, "agent", zap.AGENTS_DOMAIN)
+        self.agents = self._bind(zmq.ROUTER, config.bind, "agent", zap.AGENTS_DOMAIN, pings=False)
         # A send to a connection that is gone raises instead of vanishing. Routing ids are
         # libzmq's own (random, per connection): a node's route is the connection it
         # registered from, bound to its key, never an id a peer chose (no ROUTER_HANDOVER).
@@ -249,7 +282,8 @@ class Daemon:
         lock.flush()
         return lock
 
-    def _bind(self, kind: int, endpoint: str, what: str, zap_domain: str | None = None) -> zmq.Socket:
+    def _bind(self, kind: int, endpoint: str, what: str, zap_domain: str | None = None,
+              pings: bool = True) -> zmq.Socket:
         sock = self._ctx.socket(kind)
         if self._curve is not None and zap_domain is not None:
             sock.setsockopt(zmq.CURVE_SERVER, 1)
@@ -259,9 +293,17 @@ class Daemon:
         sock.setsockopt(zmq.MAXMSGSIZE, _ZMQ_MAX_MSG)
         sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.setsockopt(zmq.RCVHWM, 10_000)
-        # zmq-level heartbeats find dead TCP peers (a powered-off node sends no RST).
-        sock.setsockopt(zmq.HEARTBEAT_IVL, _ZMQ_PING_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * _ZMQ_PING_MS)
+        # Dead TCP peers (a powered-off node sends no RST) are found by libzmq's pings
+        # or, on the agent socket, by the kernel (see _KEEPALIVE_IDLE_S).
+        if pings:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, _ZMQ_PING_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * _ZMQ_PING_MS)
+        else:
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, _KEEPALIVE_IDLE_S)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, _KEEPALIVE_INTVL_S)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, _KEEPALIVE_CNT)
+            sock.setsockopt(zmq.TCP_MAXRT, _TCP_MAXRT_MS)
         # A connection that has not finished its handshake within this is dropped, so
         # idle unauthenticated connections cannot pile up and eat descriptors.
         sock.setsockopt(zmq.HANDSHAKE_IVL, _HANDSHAKE_MS)
@@ -321,6 +363,7 @@ class Daemon:
         notify = Notifier()
         notify.ready(self._status_line())
         self._next_flush = time.monotonic() + _FLUSH_EVERY
+        self._next_housekeeping = time.monotonic() + _HOUSEKEEPING_EVERY
         self._last_poll = time.monotonic()
         try:
             while not self._stop:
@@ -342,7 +385,16 @@ class Daemon:
         before = system_now()
         wake = min(x for x in (self.cluster.next_deadline(), self._next_flush) if x is not None)
         timeout = max(0.0, min(_POLL_CAP, wake - before.mono))
-        ready = dict(poller.poll(int(timeout * 1000) + 1))
+        pause = 0.0
+        if 0 < self._agent_frames < _BATCH and self._caught_up:
+            # The last turn handled a few agent frames, not a full batch, and left none
+            # waiting: let the next ones gather before looking (see _COALESCE). Never
+            # while frames wait: a daemon behind its agents must not slow down. A
+            # control request ends the wait: each page of a `status` would otherwise
+            # wait it out.
+            pause = min(_COALESCE, timeout)
+            self.ctl.poll(int(pause * 1000))
+        ready = dict(poller.poll(int((timeout - pause) * 1000) + 1))
         after = system_now()
         # Measured from the end of the previous poll, so a pause anywhere in the turn (in
         # the poll, or while handling what it returned) counts.
@@ -356,12 +408,25 @@ class Daemon:
         for monitor, (_, domain) in self._monitors.items():
             if monitor in ready:
                 self._drain(monitor, lambda frames, d=domain: self._on_monitor(frames, d))
+        self._agent_frames = 0
         if self.agents in ready:
-            self._drain(self.agents, self._on_agent_frames)
-        if self.ctl in ready:
-            self._drain(self.ctl, self._on_ctl_frames)
+            self._agent_frames = self._drain(self.agents, self._on_agent_frames, receive=_recv_routed)
+        # A control request that came in while the agents' batch was handled is answered
+        # now, not after the next batch: `status` of 10,000 nodes is 10 requests, each
+        # otherwise waiting up to two batches of a busy daemon. A few per turn, so that
+        # control traffic cannot hold the heartbeats up (a page is ~10 ms of loop).
+        if self.ctl in ready or self.ctl.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._drain(self.ctl, self._on_ctl_frames, _CTL_BATCH, _recv_routed)
         now = system_now()
+        if now.mono - after.mono > _STALL_SLACK:
+            # Stopped while handling what the poll returned (a SIGSTOP between two polls):
+            # said here, before the deadlines run, or this turn's tick would blame the
+            # nodes for it; the next turn measures from here.
+            paused = now.mono - after.mono
+            self._guarded("stall", lambda: self._apply(self.cluster.on_stall(paused, now), now))
+            self._last_poll = now.mono
         backlog_since = self._backlog(now.mono)
+        self._caught_up = backlog_since is None
         ok = self._guarded("tick", lambda: self._apply(self.cluster.tick(now, backlog_since), now))
         if backlog_since is not None or self._overload is not None:
             self._guarded("overload", self._report_overload, backlog_since, now.mono)
@@ -402,8 +467,12 @@ class Daemon:
         self._overload = (began, logged, most)
 
     def _periodic(self, notify: Notifier) -> None:
-        self._next_flush = time.monotonic() + _FLUSH_EVERY
+        now = time.monotonic()
+        self._next_flush = now + _FLUSH_EVERY
         self._flush()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + _HOUSEKEEPING_EVERY
         self._heartbeats.limit = 2 * len(self.cluster.nodes) + 1024
         self.metrics.observe_nodes(self.cluster.nodes)
         self.metrics.observe_jobs(self.cluster.jobs, time.time())
@@ -534,9 +603,7 @@ class Daemon:
                         suppressed_since_last=report.suppressed)
 
     def _status_line(self) -> str:
-        states = {s: 0 for s in ("up", "pending", "lost", "left")}
-        for record in self.cluster.nodes.records():
-            states[record.state.value] += 1
+        states = self.cluster.nodes.census()[1]  # counted once per change, not every second
         line = f"serving {states['up']} nodes up, {states['lost']} lost, {states['pending']} pending"
         if self._store_failing:
             line += "; STATE DB NOT WRITABLE (see store.write_failed)"
@@ -554,18 +621,22 @@ class Daemon:
         self.store.close()
         self._lock_file.close()
 
-    def _drain(self, sock: zmq.Socket, handler: Any) -> None:
-        """Up to _BATCH frames of one socket. What they change is committed once, after
-        the batch, and only then are their replies sent: a transaction per register was
-        the loop's main cost when thousands of agents registered at once."""
+    def _drain(self, sock: zmq.Socket, handler: Any, batch: int = _BATCH,
+               receive: Callable[[zmq.Socket], list[Any]] | None = None) -> int:
+        """Up to `batch` frames of one socket (read with `receive`, by default as a list of
+        zmq.Frame); returns how many. What they change is committed once, after the batch,
+        and only then are their replies sent: a transaction per register was the loop's
+        main cost when thousands of agents registered at once."""
         self._held = []
+        handled = 0
         try:
-            for _ in range(_BATCH):
+            for handled in range(batch):
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames = receive(sock) if receive is not None else sock.recv_multipart(_NOBLOCK, copy=False)
                 except zmq.Again:
-                    return
+                    return handled
                 self._guarded("message", handler, frames)
+            return batch
         finally:
             held, self._held = self._held, None
             if held:
@@ -576,7 +647,7 @@ class Daemon:
     def _peer(self, frames: list[zmq.Frame]) -> str:
         """Who sent a delivery, for a log line: asked of the transport only when one is
         written (a socket option read per frame was ~2 µs of every heartbeat)."""
-        return _peer_name(frames[-1], self.cluster.node_of_route(frames[0].bytes))
+        return _peer_name(frames[-1], self.cluster.node_of_route(frames[0]))
 
     def _decode(self, frames: list[zmq.Frame], where: str, now: Instant) -> tuple[bytes, Any] | None:
         """(identity, message) of a ROUTER delivery, or None after counting it bad."""
@@ -586,8 +657,8 @@ class Daemon:
             return None
         try:
             if where == "agent":
-                return frames[0].bytes, self._heartbeats.decode(frames[1].buffer)
-            return frames[0].bytes, decode(frames[1].buffer)
+                return frames[0], self._heartbeats.decode(frames[1].buffer)
+            return frames[0], decode(frames[1].buffer)
         except ProtocolError as exc:
             self._bad_frame(self._peer(frames), exc.reason, exc.detail, now)
             return None
@@ -640,7 +711,10 @@ class Daemon:
     def _send_agent(self, route: bytes, message: Any) -> str | None:
         """Hand a message to one agent connection; the error when it cannot be."""
         try:
-            self.agents.send_multipart([route, encode(message)], zmq.NOBLOCK)
+            # Two sends rather than send_multipart: its flag arithmetic on pyzmq's enums
+            # was half the cost of a send (1.3 of 2.8 µs, 10,000 acks a second).
+            self.agents.send(route, _NOBLOCK_MORE)
+            self.agents.send(encode(message), _NOBLOCK)
             return None
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: not connected (ROUTER_MANDATORY); EAGAIN: its queue is full.
@@ -690,7 +764,8 @@ class Daemon:
                     self._apply(self.cluster.on_send_failed(send, error, now), now)
             else:
                 try:
-                    self.ctl.send_multipart([send.client, encode(send.message)], zmq.NOBLOCK)
+                    self.ctl.send(send.client, _NOBLOCK_MORE)
+                    self.ctl.send(encode(send.message), _NOBLOCK)
                 except zmq.ZMQError:
                     pass  # the CLI went away; nothing to tell it
 
@@ -731,12 +806,12 @@ class Daemon:
     def _flush(self, everything: bool = False) -> bool:
         table = self.cluster.nodes
         # Changes are written at once; a heartbeat's readings and time at most every
-        # _SAVE_HEARTBEATS_EVERY per node, and no more than a second's share of the nodes
-        # per flush. One row update per node and second was 50 µs of the loop per heartbeat
-        # at 10,000 nodes (bench/scale.py).
+        # _SAVE_HEARTBEATS_EVERY per node, and no more than twice a flush's share of the
+        # nodes per flush. One row update per node and second was 50 µs of the loop per
+        # heartbeat at 10,000 nodes (bench/scale.py).
         refreshed, heard = table.due_saves(
             float("inf") if everything else time.monotonic(), _SAVE_HEARTBEATS_EVERY,
-            len(table) if everything else max(1000, 2 * len(table) // int(_SAVE_HEARTBEATS_EVERY)))
+            len(table) if everything else max(250, int(2 * len(table) * _FLUSH_EVERY / _SAVE_HEARTBEATS_EVERY)))
         dirty = [r for n in {*table.dirty, *refreshed} if (r := table.get(n)) is not None]
         seen = [(n, r.last_seen) for n in heard if n not in table.dirty and (r := table.get(n)) is not None]
         try:
@@ -809,6 +884,23 @@ def _release_freed_memory() -> None:
     except (OSError, AttributeError):
         return
     trim(0)
+
+
+#: Flags as plain ints: pyzmq's enum arithmetic costs a microsecond a message.
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+
+
+def _recv_routed(sock: zmq.Socket) -> list[Any]:
+    """One delivery of a ROUTER socket: [the peer's routing id (bytes), its frames
+    (zmq.Frame)...]; raises zmq.Again when none is waiting. recv_multipart did the same in
+    4.3 µs, this in 2.3 (bench/scale.py's 10,000 heartbeats a second): two frames read
+    directly, then more only if the peer sent more (a multipart message arrives whole)."""
+    parts: list[Any] = [sock.recv(_NOBLOCK), sock.recv(_NOBLOCK, copy=False)]
+    while sock.getsockopt(_RCVMORE):
+        parts.append(sock.recv(_NOBLOCK, copy=False))
+    return parts
 
 
 def _peer_name(frame: zmq.Frame, node: str | None) -> str:

@@ -501,6 +501,18 @@ MAX_REPLY_BYTES = 4 * 1024 * 1024
 
 def decode(frame: bytes | memoryview, limit: int = MAX_FRAME_BYTES) -> AnyMessage:
     """Decode and validate one frame, or raise ProtocolError saying why not."""
+    message = decode_as(frame, _message_decoder, limit)
+    try:
+        _check(message)
+    except ValueError as exc:
+        raise ProtocolError("invalid", f"{_clip(message.__struct_config__.tag, 40)!r} message: {_clip(str(exc))}") from None
+    return message
+
+
+def decode_as(frame: bytes | memoryview, decoder: msgspec.msgpack.Decoder, limit: int = MAX_FRAME_BYTES) -> Any:
+    """`decode`'s size and envelope checks and refusals, with a decoder of the caller's
+    own message type (`supervisor.shared.statusview`); what msgspec's types cannot say
+    (free-form maps) is the caller's to check."""
     if len(frame) > limit:
         raise ProtocolError("oversize", f"{len(frame)} bytes, limit {limit}")
     try:
@@ -514,16 +526,20 @@ def decode(frame: bytes | memoryview, limit: int = MAX_FRAME_BYTES) -> AnyMessag
             "unknown_version", f"version {envelope.v}, this side speaks {PROTOCOL_VERSION}"
         )
     try:
-        message = _message_decoder.decode(frame)
+        return decoder.decode(frame)
     except msgspec.ValidationError as exc:
         raise ProtocolError("invalid", f"{_clip(envelope.type, 40)!r} message: {_clip(str(exc))}") from None
     except Exception as exc:
         raise ProtocolError("malformed", f"{_clip(envelope.type, 40)!r}: {_clip(str(exc))}") from None
+
+
+def check_reply_freeform(value: Any, where: str) -> None:
+    """Raise ProtocolError unless `value`, a free-form part of a reply to the CLI, is
+    JSON-safe within the reply's bounds (as `decode` checks a whole `CtlReply`)."""
     try:
-        _check(message)
+        _check_freeform(value, where, budget=[MAX_REPLY_BYTES], max_depth=MAX_REPLY_DEPTH)
     except ValueError as exc:
-        raise ProtocolError("invalid", f"{_clip(envelope.type, 40)!r} message: {_clip(str(exc))}") from None
-    return message
+        raise ProtocolError("invalid", f"'ctl_reply' message: {_clip(str(exc))}") from None
 
 
 class _HeartbeatParts(msgspec.Struct, tag_field="type", tag="heartbeat", kw_only=True, gc=False):

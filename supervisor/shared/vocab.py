@@ -53,7 +53,7 @@ class Health(str, enum.Enum):
 
     @classmethod
     def worst(cls, levels: "list[Health] | tuple[Health, ...]") -> "Health":
-        return max(levels, key=lambda h: h.rank, default=cls.OK)
+        return max(levels, key=_HEALTH_RANK.__getitem__, default=cls.OK)  # a lambda: twice the time
 
 
 _HEALTH_RANK = {
