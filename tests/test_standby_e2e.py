@@ -51,7 +51,7 @@ def runtime_events(log: str, name: str) -> list[dict]:
 
 
 def test_a_crash_restarts_on_warm_standbys_with_identical_losses_and_they_end_with_the_job(make_cluster, tmp_path):
-    steps = 300
+    steps = 600  # still training once the standbys have prepared their loads
     reference = reference_losses(tmp_path / "ref", steps)
     cluster = make_cluster()
     start_pools(cluster, make_policy(tmp_path / "policies"), nvidia=False)
