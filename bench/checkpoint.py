@@ -16,7 +16,8 @@ of --repeat runs (default 5) are reported, with the range for the two stalls com
       tensor into the Checkpointer's host buffers, which the first save allocates and
       later saves reuse; the write continues in a background thread). Its "total" is
       the time until wait() returns: the files streamed from those buffers with their
-      checksum computed on the way, fsync, manifest, atomic rename, prune. wait() is
+      checksum computed on the way, fsync, manifest, atomic rename (pruning the previous checkpoint
+      goes on after wait() returns, and is waited for off the clock). wait() is
       called at once, with the loop idle, so the total is the write's own cost, not
       slowed by a training loop competing for the CPUs.
   (b) torch.save({"model", "optimizer"}) to an open file, then flush + fsync: a plain
@@ -29,6 +30,9 @@ of --repeat runs (default 5) are reported, with the range for the two stalls com
   (e) a plain sequential write of as many bytes as the Checkpointer's files hold, from
       one reused 16 MiB buffer, into a new file in the same directory, then fsync: the
       disk's sequential write bandwidth as the page cache and fsync deliver it.
+  Each measurement is followed, off the clock, by os.sync(): the files a method removed
+  (a pruned checkpoint, its own file) are trimmed at the next journal commit when the
+  file system is mounted with `discard`, which must not land on the next method.
 
   ratio = (b) / (a): how many times shorter the loop stalls with the Checkpointer.
   write bandwidth = bytes / (total - stall) for (a), bytes / time for (e); their ratio
@@ -304,6 +308,7 @@ def save_checkpointer(ck: Checkpointer, step: int, model: torch.nn.Module, opt: 
         t1 = time.perf_counter()  # the loop would go on training from here
         error = ck.wait()
         t2 = time.perf_counter()
+        ck.wait(pruned=True)  # the older checkpoint's removal, off the clock, before the next method
     if error is not None:
         raise RuntimeError(f"Checkpointer failed to write step {step}: {error!r}")
     saved = [e for e in events_in(captured.getvalue()) if e.get("event") == "runtime.checkpoint_saved"]
@@ -404,6 +409,11 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
         for name in order:
             r = methods[name]()
             runs[name].append(r)
+            # Off the clock, let the file system finish what this method left it: with the
+            # `discard` mount option, removing a 1 GB file (a pruned checkpoint, the plain
+            # write's file) makes the next journal commit trim 1 GB, which would otherwise
+            # land on whichever method fsyncs next.
+            os.sync()
             extra = f", until wait() {r['total_s']:.3f} s" if "total_s" in r else ""
             extra += f", {r['write_mb_per_s']:,.0f} MB/s written" if r.get("write_mb_per_s") else ""
             extra += f", {r['mb_per_s']:,.0f} MB/s" if "mb_per_s" in r else ""

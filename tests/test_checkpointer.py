@@ -659,6 +659,8 @@ def test_keep_prunes_old_checkpoints_and_abandoned_temp_dirs(tmp_path: Path) -> 
             model.weight.fill_(step)
         ckpt.save(step, model=model)
         assert ckpt.wait() is None
+        assert (tmp_path / "ckpt" / f"step-{step:08d}").is_dir(), "wait() returned before the commit"
+    assert ckpt.wait(pruned=True) is None
     assert [s for s, _ in ckpt.committed()] == [3, 4]
 
     # A crash mid-write of step 6 leaves a complete-looking temp dir (even with a
@@ -677,7 +679,7 @@ def test_keep_prunes_old_checkpoints_and_abandoned_temp_dirs(tmp_path: Path) -> 
     # A newer temp dir may belong to a save still in flight on another rank: left alone.
     (tmp_path / "ckpt" / ".step-00000009.tmp").mkdir()
     ckpt.save(7, model=model)
-    assert ckpt.wait() is None
+    assert ckpt.wait(pruned=True) is None
     left = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert left == [".step-00000009.tmp", "step-00000004", "step-00000007"]
 

@@ -108,6 +108,8 @@ class Checkpointer:
         #: Seconds the training loop waited in the last save() (the copy to host memory).
         self.last_stall: float = 0.0
         self._thread: threading.Thread | None = None
+        # Set by the writer once the save in flight is committed or has failed.
+        self._settled = threading.Event()
         # Host memory for snapshots, reused save after save (released by close()).
         self._buffers = tensorfile.HostBuffers()
         # What this rank was asked (by a signal) and has not yet agreed with its peers.
@@ -167,7 +169,7 @@ class Checkpointer:
         The snapshot pickles the state with every tensor copied into this Checkpointer's
         host buffers (the same buffers each save). A state that cannot be snapshotted
         (an object pickle refuses) is reported like a failed write: training goes on."""
-        self.wait()
+        self._join()
         started = time.monotonic()
         heartbeat(step, phase="checkpoint")
         self.requested = False
@@ -197,6 +199,7 @@ class Checkpointer:
             heartbeat(step, phase="train")
             return
         self.last_stall = time.monotonic() - started
+        self._settled = threading.Event()
         self._thread = threading.Thread(
             target=self._write, args=(step, main, mine, self.last_stall, self._buffers.new_bytes),
             name=f"checkpoint-{step}",
@@ -207,18 +210,27 @@ class Checkpointer:
         # save must not hide behind the much longer checkpoint limit).
         heartbeat(step, phase="train")
 
-    def wait(self) -> BaseException | None:
-        """Block until the save in flight (if any) is written; return its error, if any."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+    def wait(self, pruned: bool = False) -> BaseException | None:
+        """Block until the save in flight (if any) is committed, or has failed; return its
+        error, if any. Removing older checkpoints may still go on (the next save, load
+        or close waits for it), unless `pruned`."""
+        if pruned:
+            self._join()
+        elif self._thread is not None:
+            self._settled.wait()
         return self.last_error
 
     def close(self) -> BaseException | None:
         """Wait for the last write and free the host buffers."""
-        error = self.wait()
+        self._join()
         self._buffers.release()
-        return error
+        return self.last_error
+
+    def _join(self) -> None:
+        """Wait for the background thread to end, pruning included."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
     def _write(
         self, step: int, main: tensorfile.Snapshot | None, mine: tensorfile.Snapshot, stall: float, new_bytes: int
@@ -226,6 +238,7 @@ class Checkpointer:
         started = time.monotonic()
         tmp = self.directory / f".step-{step:08d}.tmp"
         written: list[Path] = []
+        committed = False
         try:
             tmp.mkdir(exist_ok=True)
             files = {}
@@ -259,6 +272,7 @@ class Checkpointer:
                     # host memory this save had to allocate: 0 once the buffers are reused
                     new_buffer_bytes=new_bytes,
                 )
+                committed = True
             self.last_error = None
         except BaseException as exc:
             self.last_error = exc
@@ -268,6 +282,12 @@ class Checkpointer:
                 for path in written:
                     path.unlink(missing_ok=True)
             self._failed(step, exc)
+        finally:
+            self._settled.set()
+        if committed:
+            # After wait() returns: the new checkpoint is durable, older ones are only
+            # housekeeping (removing a 1 GB file takes ~0.2 s here).
+            self._prune(step)
 
     def _failed(self, step: int, exc: BaseException) -> None:
         self.last_error = exc
@@ -314,7 +334,6 @@ class Checkpointer:
         else:
             os.rename(tmp, final)
         _fsync_dir(self.directory)
-        self._prune(step)
         return final
 
     def _prune(self, newest: int) -> None:
@@ -359,7 +378,7 @@ class Checkpointer:
     ) -> Restored | None:
         """Restore the newest checkpoint that verifies; None when there is none. Corrupt,
         partial or truncated ones are skipped with a `runtime.checkpoint_skipped` line."""
-        self.wait()
+        self._join()
         started = time.monotonic()
         # Verifying and loading a large checkpoint takes a while: say so, so that the
         # hang watcher gives this rank the checkpoint phase's limit, not the train one.
