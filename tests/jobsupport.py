@@ -100,6 +100,20 @@ def events(cluster: LocalCluster, name: str, **match: Any) -> list[dict[str, Any
     return cluster.find_events("daemon", name, **match)
 
 
+def json_events(text: str, name: str) -> list[dict[str, Any]]:
+    """The JSON lines called `name` in a log's text (a rank's, a standby's: other lines
+    are skipped)."""
+    found = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == name:
+            found.append(record)
+    return found
+
+
 def losses(path: Path) -> dict[int, float]:
     """The loss of each step, as the run that finally kept it wrote it (a replayed step
     after a restart is written again: the last line for a step wins)."""

@@ -34,6 +34,7 @@ from agents.runtime.checkpoint import Checkpointer, CheckpointError, Restored, v
 from agents.runtime.env import Assignment, AssignmentError
 from agents.runtime.sampler import ResumableSampler
 from supervisor.cli.localcluster import wait_for
+from tests.jobsupport import json_events as events
 
 try:
     import numpy
@@ -92,19 +93,6 @@ def make_run(seed: int, width: int = 8, out: int = 4, rank: int = 0, world: int 
     model = nn.Linear(width, out)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     return Run(model, optimizer, LambdaLR(optimizer, _decay), ResumableSampler(48, batch, rank, world, seed=7))
-
-
-def events(text: str, name: str) -> list[dict[str, Any]]:
-    """The runtime's JSON log lines called `name`."""
-    found = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("event") == name:
-            found.append(record)
-    return found
 
 
 def draws() -> tuple[Any, ...]:

@@ -18,6 +18,7 @@ from tests.jobsupport import (
     events,
     inject,
     job_file,
+    json_events,
     losses,
     make_policy,
     reference_losses,
@@ -39,15 +40,7 @@ def standbys_left(job: str) -> list[int]:
 
 def runtime_events(log: str, name: str) -> list[dict]:
     """The runtime's JSON lines called `name` in a rank's or a standby's log."""
-    found = []
-    for line in Path(log).read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("event") == name:
-            found.append(record)
-    return found
+    return json_events(Path(log).read_text(errors="replace"), name)
 
 
 def test_a_crash_restarts_on_warm_standbys_with_identical_losses_and_they_end_with_the_job(make_cluster, tmp_path):
