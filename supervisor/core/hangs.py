@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from supervisor.shared.protocol import HangRank
 
 #: How long the daemon waits, after a node's first view of a hang, for the other nodes of
-#: the attempt. Their ranks stall within a step of the culprit, and each agent needs up to
-#: a few seconds to dump its ranks' stacks.
-JOIN_WINDOW = 4.0
+#: the attempt. Their ranks stall within a step of the culprit, and each agent may take up
+#: to its py-spy timeout (4 s) to dump its ranks' stacks: a window of just that lost the
+#: culprit's view on a loaded machine. Only a node that never reports makes the wait this
+#: long; when all have reported the join is complete at once.
+JOIN_WINDOW = 6.0
 #: CPU seconds over the quiet checks: below IDLE a rank did nothing; a peer at BUSY or more
 #: was doing something (spinning in a collective, say), so the idle one stands out.
 IDLE_CPU_S = 0.01
