@@ -298,8 +298,9 @@ def run_trainguard(root: Path, faults: list[str], trials: int, warm: bool = True
             for _ in range(trials):
                 wait_for(lambda: show()["state"] == "running" and past_checkpoint(metrics), 180,
                          "trainguard's job past a checkpoint", 0.05)
-                if warm:  # the standbys are up (they start once the attempt trains)
-                    wait_for(lambda: _standbys_ready(root / "cluster", 2), 120, "the warm standbys", 0.05)
+                if warm:  # the standbys on the job's node are up (they start once the attempt trains)
+                    wait_for(lambda: _standbys_ready(root / "cluster", 2, show()["nodes"][0]), 120,
+                             "the warm standbys", 0.05)
                 before = show()
                 node = before["nodes"][0]
                 old = {r["pid"] for r in lines(metrics)}
@@ -348,9 +349,11 @@ def _trainguard_rank_pid(ranks_json: Path, job: str, rank: int) -> int:
     raise RuntimeError(f"rank {rank} of {job} is not in {ranks_json}")
 
 
-def _standbys_ready(cluster_root: Path, count: int) -> bool:
-    """`count` standbys wait (their .ready marker, and no assignment taken yet)."""
-    ready = [p for p in cluster_root.glob("nodes/*/logs/*/standby/*.assign.ready")
+def _standbys_ready(cluster_root: Path, count: int, node: str) -> bool:
+    """`count` standbys wait on `node` (their .ready marker, and no assignment taken yet).
+    Not anywhere: the job's warm spares on the other node are ready long before the
+    standbys a restart on this node takes."""
+    ready = [p for p in cluster_root.glob(f"nodes/{node}/logs/*/standby/*.assign.ready")
              if not p.with_name(p.name.removesuffix(".ready")).exists()]
     return len(ready) >= count
 
