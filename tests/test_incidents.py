@@ -26,10 +26,10 @@ def test_killed_rank_is_the_root_over_its_peers_errors() -> None:
     killed = sig(Signal.CRASH, 10, node="a2", rank=1)
     tracker.add(sig(Signal.NETWORK, 9.9), attempt=1, now=9.9)
     tracker.add(killed, attempt=1, now=10.0, killed_by_signal=True)
-    tracker.add(sig(Signal.CRASH, 10.1), attempt=1, now=10.1)
-    assert tracker.due(10.2) is None
-    assert tracker.next_deadline() == 10.25  # decisive: settled, not the whole window
-    incident = tracker.due(10.25)
+    tracker.add(sig(Signal.CRASH, 10.05), attempt=1, now=10.05)
+    assert tracker.due(10.08) is None
+    assert tracker.next_deadline() == 10.1  # decisive: settled, not the whole window
+    incident = tracker.due(10.1)
     assert incident is not None and incident.root is killed
     assert [s.signal for s in incident.consequences] == [Signal.NETWORK, Signal.CRASH]
     assert incident.summary() == "crash on a2 rank 1 (and 2 consequences: crash, network)"
@@ -39,7 +39,7 @@ def test_killed_rank_is_the_root_over_its_peers_errors() -> None:
 def test_signals_after_the_decision_join_the_decided_incident_never_a_second_one() -> None:
     tracker = IncidentTracker(window=3.0)
     tracker.add(sig(Signal.CHIP_ERROR, 10, chip=0), attempt=1, now=10.0)
-    incident = tracker.due(10.25)
+    incident = tracker.due(10.1)
     assert incident is not None
     tracker.add(sig(Signal.NETWORK, 11, rank=1), attempt=1, now=11.0)  # a peer, late
     assert tracker.next_deadline() is None and tracker.due(20.0) is None

@@ -948,7 +948,7 @@ def test_hang_views_of_two_nodes_are_one_signal_hang_on_the_culprit_and_one_inci
     assert hang["observed_at"] == at(10).wall and hang["nodes_reported"] == ["a1", "a2"]
     assert hang["evidence"].splitlines()[2] == "Thread 1 ..."
     # Every node reported: the hang is decided after the settle time, not the 3 s window.
-    assert sim.jobs.next_deadline() == pytest.approx(at(10.4).mono + 0.25)
+    assert sim.jobs.next_deadline() == pytest.approx(at(10.4).mono + 0.1)
     # A view that comes after the signal (an agent that re-reports) is not a second one.
     assert events(sim.event("a1", "hang.observed", 11, ranks=[view(0, 325, "collective")]), "signal.hang") == []
     [incident] = events(sim.tick(13.5), "job.incident")
@@ -1011,7 +1011,7 @@ def test_once_every_rank_has_ended_the_incident_is_decided_without_waiting_out_t
     sim.event("a2", "rank.exited", 10.2, rank=1, exit_code=1)
     assert sim.jobs.next_deadline() == pytest.approx(at(13).mono)  # rank 0 may still say more
     sim.event("a1", "rank.exited", 10.4, rank=0, exit_code=1)
-    assert sim.jobs.next_deadline() == pytest.approx(at(10.4).mono + 0.25)
+    assert sim.jobs.next_deadline() == pytest.approx(at(10.4).mono + 0.1)
     [incident] = events(sim.tick(10.65), "job.incident")
     assert incident["signal"] == "interconnect_timeout"
 

@@ -37,8 +37,11 @@ SPECIFICITY = {
     Signal.STRAGGLER: 10,
 }
 DEFAULT_WINDOW = 3.0
-#: How long a decisive root waits for signals already in flight before it is decided.
-SETTLE = 0.25
+#: How long a decisive root waits for signals already in flight before it is decided: the
+#: other ranks' last lines and exits, sent as they happen (an agent's loop wakes on a
+#: rank's end and on a fault line) and a few ms on the wire. 0.25 s was a quarter of a
+#: crash's whole restart on warm standbys.
+SETTLE = 0.1
 #: What a rank's own output can say about why it died.
 _WHY_A_RANK_DIED = (Signal.CHIP_ERROR, Signal.INTERCONNECT_TIMEOUT, Signal.OOM, Signal.USER_ERROR)
 
