@@ -25,6 +25,15 @@ def _beat(node: str, chips: tuple[ChipStatus, ...], seq: int = 1) -> Heartbeat:
                                    running=register(node).running)
 
 
+def _three_nodes_and_the_shipped_policy() -> Cluster:
+    cluster = Cluster(CONFIG, instance="d", started=T0)
+    cluster.policies = PolicyDirectory(shipped_policy_dir())
+    cluster.policies.load_all(T0.wall)
+    for node in ("n1", "n2", "n3"):
+        deliver(cluster, register(node), at(0))
+    return cluster
+
+
 def test_readings_alone_leave_the_placement_version_and_chip_health_moves_it() -> None:
     cluster = Cluster(CONFIG, instance="d", started=T0)
     deliver(cluster, register("n1"), at(0))
@@ -43,11 +52,7 @@ def test_readings_alone_leave_the_placement_version_and_chip_health_moves_it() -
 
 
 def test_pool_health_follows_chip_health_and_drains_without_recounting_every_turn() -> None:
-    cluster = Cluster(CONFIG, instance="d", started=T0)
-    cluster.policies = PolicyDirectory(shipped_policy_dir())
-    cluster.policies.load_all(T0.wall)
-    for node in ("n1", "n2", "n3"):
-        deliver(cluster, register(node), at(0))
+    cluster = _three_nodes_and_the_shipped_policy()
     spec = {"name": "big", "command": ["python", "train.py"], "workdir": "/w", "checkpoint_dir": "/w/ckpt",
             "policy": "default", "pools": {"ascend": {"nodes": 5, "ranks_per_node": 1}}}
     assert only_reply(cluster.on_ctl_request(CLIENT, ctl("job_submit", spec=spec), at(0))).ok  # waits: 3 of 5 nodes
@@ -133,11 +138,7 @@ def test_a_pending_job_is_placed_again_only_when_something_placement_reads_chang
     placements = []
     real_place = scheduler.place
     monkeypatch.setattr(scheduler, "place", lambda *a: placements.append(a) or real_place(*a))
-    cluster = Cluster(CONFIG, instance="d", started=T0)
-    cluster.policies = PolicyDirectory(shipped_policy_dir())
-    cluster.policies.load_all(T0.wall)
-    for node in ("n1", "n2", "n3"):
-        deliver(cluster, register(node), at(0))
+    cluster = _three_nodes_and_the_shipped_policy()
     spec = {"name": "big", "command": ["python", "train.py"], "workdir": "/w", "checkpoint_dir": "/w/ckpt",
             "policy": "default", "pools": {"ascend": {"nodes": 4, "ranks_per_node": 1}}}
     job = only_reply(cluster.on_ctl_request(CLIENT, ctl("job_submit", spec=spec), at(0))).result["job"]
