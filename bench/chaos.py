@@ -170,6 +170,7 @@ def run_trainguard(root: Path, plan: list[tuple[float, str]], minutes: float) ->
         wait_for(lambda: show()["state"] in ("stopped", "failed", "succeeded"), 120, "the job to stop")
     finally:
         cluster.stop_all(grace=3.0)
+        rb.stop_processes_in(root)
     return result
 
 
@@ -226,6 +227,7 @@ def run_torchrun(root: Path, plan: list[tuple[float, str]], minutes: float) -> d
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        rb.stop_processes_in(root)
         log.close()
     per_fault(metrics, started, done)
     rows = rb.lines(metrics)

@@ -189,14 +189,35 @@ def run_torchrun(root: Path, faults: list[str], trials: int) -> dict[str, Any]:
                     times.append(row["time"] - t0)
                 except AssertionError:
                     times.append(None)
-                first_ok.append(_restarts(root / "torchrun.log") - restarts_before == 1)
+                # Recovered, by one restart: a restart that never trains again is not a success.
+                first_ok.append(times[-1] is not None and _restarts(root / "torchrun.log") - restarts_before == 1)
                 print(f"  torchrun {fault}: {times[-1] if times[-1] is None else round(times[-1], 2)} s", flush=True)
             results[fault] = summarise(times, first_ok)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        stop_processes_in(root)
         log.close()
     return results
+
+
+def stop_processes_in(root: Path) -> list[int]:
+    """SIGKILL every process working in `root` (its cwd there): what a killed torchrun
+    leaves behind (it starts each worker in a session of its own, so killing its process
+    group misses them), and ranks of a job whose cluster was stopped mid-start. A bench
+    that leaves ranks training skews every measurement after it. Returns the pids."""
+    marker = str(root.resolve())
+    killed = []
+    for process in psutil.process_iter(["pid", "cwd"]):
+        cwd = process.info.get("cwd") or ""
+        if process.pid != os.getpid() and (cwd == marker or cwd.startswith(marker + os.sep)):
+            try:
+                process.kill()  # psutil checks the pid is still the process it saw
+                killed.append(process.pid)
+            except psutil.Error:
+                pass
+    psutil.wait_procs([p for p in psutil.process_iter() if p.pid in killed], timeout=5)
+    return killed
 
 
 def _restarts(log: Path) -> int:
@@ -316,13 +337,14 @@ def run_trainguard(root: Path, faults: list[str], trials: int, warm: bool = True
                     times.append(row["time"] - t0)
                 except AssertionError:
                     times.append(None)
-                first_ok.append(show()["attempt"] == before["attempt"] + 1)
+                first_ok.append(times[-1] is not None and show()["attempt"] == before["attempt"] + 1)
                 if fault != "crash":  # its node back in the pool (a chip error excluded it)
                     _cli(cluster, ["node", "undrain"], node)
                 print(f"  trainguard {fault}: {times[-1] if times[-1] is None else round(times[-1], 2)} s", flush=True)
             results[fault] = summarise(times, first_ok)
     finally:
         cluster.stop_all(grace=3.0)
+        stop_processes_in(root)
     return results
 
 
