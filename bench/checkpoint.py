@@ -16,7 +16,8 @@ of --repeat runs (default 5) are reported, with the range for the two stalls com
       tensor into the Checkpointer's host buffers, which the first save allocates and
       later saves reuse; the write continues in a background thread). Its "total" is
       the time until wait() returns: the files streamed from those buffers with their
-      checksum computed on the way, fsync, manifest, atomic rename (pruning the previous checkpoint
+      checksum computed on the way, over the pruned checkpoint's state file (kept as a
+      spare) from the third save on, fsync, manifest, atomic rename (pruning the previous checkpoint
       goes on after wait() returns, and is waited for off the clock). wait() is
       called at once, with the loop idle, so the total is the write's own cost, not
       slowed by a training loop competing for the CPUs.
@@ -36,7 +37,9 @@ of --repeat runs (default 5) are reported, with the range for the two stalls com
 
   ratio = (b) / (a): how many times shorter the loop stalls with the Checkpointer.
   write bandwidth = bytes / (total - stall) for (a), bytes / time for (e); their ratio
-  says how close the background write comes to the disk.
+  says how close the background write comes to the disk. Both the ratio of the medians
+  and that of the best runs are reported: where the disk's speed swings in bursts (a VM's
+  disk does, by 5x), the best run is each writer's speed with the disk out of the way.
 
 Load: Checkpointer.load_latest() (every file read once and checksummed piece by piece
 as it is read, the model's weights straight into the model's tensors, the rest into
@@ -57,8 +60,9 @@ host may still cache the disk image.
 
 Memory: the live state, the reused buffers of (d) and the Checkpointer's host copy (3x)
 while saving; all are freed before the loads (a fresh model + the loaded state). Disk:
-at most two checkpoints (keep=1 commits the new one before pruning the old one); the
-plain torch.save file is removed after each measurement. Everything written goes into a
+two checkpoints' state files (keep=1 commits the new one before pruning the old one,
+whose state file it keeps as the spare that the next save writes over); the plain
+torch.save file is removed after each measurement. Everything written goes into a
 fresh directory (under /tmp, or under --dir) that is removed at the end.
 
 Raw timings, sizes and machine details go to bench/out/checkpoint.json (git-ignored).
@@ -433,6 +437,14 @@ def bench_size(target_mb: float, repeat: int, work: Path, evict: Callable[[list[
         "median_plain_write_mb_per_s": statistics.median(r["mb_per_s"] for r in runs["plain_write_fsync"]),
     }
     save["ratio_write_over_disk"] = save["median_checkpointer_write_mb_per_s"] / save["median_plain_write_mb_per_s"]
+    # The best of the repeats too: on a shared or virtual disk the same 1 GB write + fsync
+    # takes anywhere from 0.4 to 3 s in bursts that span a few measurements, whichever
+    # code writes it, so a median of five can land either side of the other's. The
+    # fastest write is what each one can do when the disk lets it, and the disk's
+    # bandwidth is the plain write's best.
+    save["best_checkpointer_write_mb_per_s"] = max(r["write_mb_per_s"] for r in runs["checkpointer"])
+    save["best_plain_write_mb_per_s"] = max(r["mb_per_s"] for r in runs["plain_write_fsync"])
+    save["ratio_write_over_disk_best"] = save["best_checkpointer_write_mb_per_s"] / save["best_plain_write_mb_per_s"]
 
     # --- load: free the live state first (a resumed process has only the fresh one) ----
     expected = fingerprint(model, opt)
@@ -625,11 +637,14 @@ def table(results: list[dict[str, Any]], info: dict[str, Any], cache: dict[str, 
         )
     lines += ["", "Write: the Checkpointer's background write (until wait() returns) against a plain "
               "sequential write + fsync of as many bytes into the same directory", "",
-              "| state | Checkpointer write | plain write + fsync | ratio |", "|---|---:|---:|---:|"]
+              "| state | Checkpointer write: median (best) | plain write + fsync: median (best) "
+              "| ratio of the medians | ratio of the bests |", "|---|---:|---:|---:|---:|"]
     for r in results:
         s = r["save"]
-        lines.append(f"| {r['state_bytes']['total'] / MB:.1f} MB | {s['median_checkpointer_write_mb_per_s']:,.0f} MB/s "
-                     f"| {s['median_plain_write_mb_per_s']:,.0f} MB/s | {s['ratio_write_over_disk']:.0%} |")
+        lines.append(f"| {r['state_bytes']['total'] / MB:.1f} MB "
+                     f"| {s['median_checkpointer_write_mb_per_s']:,.0f} ({s['best_checkpointer_write_mb_per_s']:,.0f}) MB/s "
+                     f"| {s['median_plain_write_mb_per_s']:,.0f} ({s['best_plain_write_mb_per_s']:,.0f}) MB/s "
+                     f"| {s['ratio_write_over_disk']:.0%} | {s['ratio_write_over_disk_best']:.0%} |")
     cold = cache["method"] is not None
     lines += ["", f"Load: Checkpointer.load_latest() vs plain 16 MiB reads of the same files "
               f"({'warm = in page cache; cold = evicted by ' + cache['method'] if cold else 'warm cache: could not empty the page cache'})",

@@ -261,13 +261,13 @@ def test_save_is_asynchronous_snapshots_and_serialises(
     log: list[tuple[str, int, list[int]]] = []
     real_write = tensorfile.write
 
-    def held_write(path: Path, snap: tensorfile.Snapshot) -> dict[str, Any]:
+    def held_write(path: Path, snap: tensorfile.Snapshot, overwrite: bool = False) -> dict[str, Any]:
         if path.name == "state.ckpt":
             step = int(path.parent.name.split("-")[1].split(".")[0])
             log.append(("write", step, [s for s, _ in ckpt.committed()]))
             if step == 1:
                 assert gate.wait(20), "the test never opened the gate"
-        return real_write(path, snap)
+        return real_write(path, snap, overwrite)
 
     monkeypatch.setattr(tensorfile, "write", held_write)
     run = make_run(3)
@@ -669,7 +669,48 @@ def test_keep_prunes_old_checkpoints_and_abandoned_temp_dirs(tmp_path: Path) -> 
     ckpt.save(7, model=model)
     assert ckpt.wait(pruned=True) is None
     left = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert left == [".step-00000009.tmp", "step-00000004", "step-00000007"]
+    assert left == [".spare-state.ckpt", ".step-00000009.tmp", "step-00000004", "step-00000007"]
+
+
+def test_the_next_save_writes_over_the_pruned_state_file(tmp_path: Path, capfd) -> None:
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=1, assigned=assigned())
+    big, small = nn.Linear(64, 64), nn.Linear(8, 8)
+    for step in (1, 2):
+        ckpt.save(step, model=big)
+        assert ckpt.wait(pruned=True) is None
+    spare = tmp_path / "ckpt" / checkpoint.SPARE
+    assert spare.is_file(), "step 1's state file is kept for the next save"
+    inode = spare.stat().st_ino
+    capfd.readouterr()
+
+    ckpt.save(3, model=small)  # a smaller state: the old file's tail must go
+    assert ckpt.wait() is None
+    saved = events(capfd.readouterr().err, "runtime.checkpoint_saved")
+    assert [e["recycled"] for e in saved] == [True]
+    state = step_dir(tmp_path / "ckpt", 3) / "state.ckpt"
+    assert state.stat().st_ino == inode, "written over in place, not a new file"
+    assert verify(step_dir(tmp_path / "ckpt", 3)) is None
+    fresh = nn.Linear(8, 8)
+    assert ckpt.load_latest(model=fresh).step == 3
+    assert same_tensors(fresh.state_dict(), small.state_dict())
+
+    ckpt.close()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000003"], "close() frees the spare"
+
+
+def test_a_spare_that_is_not_a_plain_file_is_never_written_through(tmp_path: Path, capfd) -> None:
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"not a checkpoint")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / checkpoint.SPARE).symlink_to(precious)
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=1, assigned=assigned())
+    model = nn.Linear(16, 16)
+    ckpt.save(1, model=model)
+    assert ckpt.wait(pruned=True) is None
+    assert precious.read_bytes() == b"not a checkpoint"
+    assert [e["recycled"] for e in events(capfd.readouterr().err, "runtime.checkpoint_saved")] == [False]
+    assert not (step_dir(tmp_path / "ckpt", 1) / "state.ckpt").is_symlink()
+    assert verify(step_dir(tmp_path / "ckpt", 1)) is None
 
 
 # --- damaged checkpoints are skipped, loudly -----------------------------------------------

@@ -6,6 +6,8 @@ Layout of one checkpoint directory:
         manifest.json      format, step, world size, accelerator, size + checksum of each file
         state.ckpt         rank 0: model, optimizer, scheduler, AMP scaler, sampler, extras
         rank-0.ckpt ...    every rank: its RNG states (Python, NumPy, torch CPU and device)
+    .spare-state.ckpt      the state file of the last checkpoint pruned, written over by
+                           the next save (removed by close())
 
 Every tensor is copied to CPU memory before it is written, so a checkpoint written on an
 Ascend NPU loads on an Nvidia GPU. `save` returns once that copy is made, into host
@@ -25,6 +27,7 @@ Ranks must share the checkpoint directory (one node, or a shared filesystem).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -33,6 +36,7 @@ import random
 import re
 import shutil
 import signal
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +60,11 @@ _CHECKSUMS = {1: "sha256", 2: tensorfile.LEGACY_CHECKSUM, 3: tensorfile.CHECKSUM
 MANIFEST = "manifest.json"
 STATE_FILE = "state.ckpt"
 _STATE_FILES = {1: "state.pt", 2: STATE_FILE, 3: STATE_FILE}
+# A pruned checkpoint's state file, kept for the next save to write over in place rather
+# than allocate a new file: measured here at 1 GB, 0.25-0.4 s against 0.4-2.3 s for a
+# new file (page-cache memory first touched again, blocks allocated and later discarded).
+# The disk holds what a save holds at its peak anyway: the newest checkpoints plus one.
+SPARE = ".spare-" + STATE_FILE
 _WEIGHTS = "model."  # the tensor names of the model's state_dict in a state file
 _COMMITTED = re.compile(r"^step-(\d{8,})$")
 _TEMP = re.compile(r"^\.step-(\d{8,})\.tmp$")
@@ -221,9 +230,12 @@ class Checkpointer:
         return self.last_error
 
     def close(self) -> BaseException | None:
-        """Wait for the last write and free the host buffers."""
+        """Wait for the last write and free the host buffers and the spare file."""
         self._join()
         self._buffers.release()
+        if self.rank == 0:
+            with contextlib.suppress(OSError):
+                (self.directory / SPARE).unlink(missing_ok=True)
         return self.last_error
 
     def _join(self) -> None:
@@ -242,9 +254,11 @@ class Checkpointer:
         try:
             tmp.mkdir(exist_ok=True)
             files = {}
+            recycled = False
             if main is not None:
                 written.append(tmp / STATE_FILE)
-                files[STATE_FILE] = tensorfile.write(tmp / STATE_FILE, main)
+                recycled = self._take_spare(tmp / STATE_FILE)
+                files[STATE_FILE] = tensorfile.write(tmp / STATE_FILE, main, overwrite=recycled)
             name = f"rank-{self.rank}.ckpt"
             written.append(tmp / name)
             files[name] = tensorfile.write(tmp / name, mine)
@@ -269,6 +283,8 @@ class Checkpointer:
                     data_s=round(data_s, 3),
                     mb_per_s=round(sum(m["bytes"] for m in files.values()) / 1e6 / max(data_s, 1e-9), 1),
                     checksum=tensorfile.CHECKSUM,
+                    # the state file written over a pruned checkpoint's (SPARE)
+                    recycled=recycled,
                     # host memory this save had to allocate: 0 once the buffers are reused
                     new_buffer_bytes=new_bytes,
                 )
@@ -339,11 +355,35 @@ class Checkpointer:
     def _prune(self, newest: int) -> None:
         committed = self.committed()
         for _, path in committed[: -self.keep]:
+            self._keep_spare(path / STATE_FILE)
             shutil.rmtree(path, ignore_errors=True)
         for entry in self.directory.iterdir():  # abandoned temp dirs of older steps
             m = _TEMP.match(entry.name)
             if m and int(m.group(1)) < newest:
                 shutil.rmtree(entry, ignore_errors=True)
+
+    def _keep_spare(self, state: Path) -> None:
+        """Keep a pruned checkpoint's state file as the spare (replacing an older one)."""
+        try:
+            if stat.S_ISREG(os.lstat(state).st_mode):
+                os.replace(state, self.directory / SPARE)
+        except OSError:
+            pass  # nothing to recycle: the next save writes a new file
+
+    def _take_spare(self, target: Path) -> bool:
+        """Move the spare to `target`, to be written over; False when there is none (or
+        it is not a plain file: never write through a link someone left there)."""
+        try:
+            os.rename(self.directory / SPARE, target)
+        except OSError:
+            return False
+        if stat.S_ISREG(os.lstat(target).st_mode):
+            return True
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+        return False
 
     def _clear_leftovers(self) -> None:
         """Remove temp dirs a crashed run left behind, before this run writes any: a
