@@ -472,7 +472,9 @@ class Launcher:
             del self.ranks[key]
             _kill_all(process)  # children a dead rank left behind
             if process.reader is not None:
-                process.reader.join(timeout=0.2)  # its last lines; the reader finishes on its own
+                # Its last lines (the fault that ended it, usually): the reader finishes
+                # on its own, within its 20 ms nap and a read; 0.5 s for a loaded node.
+                process.reader.join(timeout=0.5)
             exits.append(
                 RankExit(process.spec.job, process.spec.rank, process.pid, process.returncode(),
                          process.stop_requested, time.time(), process.spec.attempt, str(process.log_path))

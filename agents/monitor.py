@@ -336,7 +336,11 @@ class RankMonitor:
     def _exited(self, exits: list[RankExit], down: bool = False) -> list[Observation]:
         """Each exit: a `rank.exited` event, the scanner's last findings, and a crash
         signal when it was one. `down`: it ended while no agent watched."""
-        observations = []
+        # First the lines read meanwhile: the launcher's poll joins each exited rank's log
+        # reader, which hands over the rank's last lines then, after this tick drained
+        # the queue. Their scanners go below; the fault that ended the rank is usually
+        # in those lines.
+        observations = self._drain_lines() if exits else []
         for exit in exits:
             self.hang.forget(exit.job, exit.rank)
             self._cpu_seen.pop(exit.pid, None)

@@ -41,9 +41,9 @@ def rank(tmp_path: Path, argv: list[str], job: str = "j1", r: int = 0) -> RankSp
                     chips=(r,), node="n1", heartbeat=f"ipc://{tmp_path}/hb.sock", cwd=str(REPO))
 
 
-def collect(monitor: RankMonitor, until, timeout: float) -> list[Observation]:
+def collect(monitor: RankMonitor, until, timeout: float, interval: float = 0.05) -> list[Observation]:
     seen: list[Observation] = []
-    wait_for(lambda: seen.extend(monitor.tick(time.monotonic())) or until(seen), timeout, "an observation", 0.05)
+    wait_for(lambda: seen.extend(monitor.tick(time.monotonic())) or until(seen), timeout, "an observation", interval)
     return seen
 
 
@@ -112,6 +112,26 @@ def test_an_hccl_timeout_line_is_an_interconnect_timeout_with_that_line_as_evide
     assert len(timeouts) == 1 and line in timeouts[0].evidence
     assert timeouts[0].source == "logscan" and timeouts[0].fields["pattern"]
     assert [o.signal for o in seen].count(Signal.CRASH) == 1
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_the_last_line_of_a_rank_that_dies_at_once_is_still_scanned(monitor, tmp_path, attempt):
+    """A rank that prints its fault and is gone within the log reader's 20 ms nap: the
+    tick that finds it dead must scan the lines the reader hands over while it is
+    joined, not drop them as lines that came after the exit (the signal would be a bare
+    crash, and the policy would count the wrong fault)."""
+    line = "EI0002: The wait execution of the Notify register times out. Reason: The Notify register has not received the Notify record from remote rank [1]."
+    script = tmp_path / "hccl.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        time.sleep(0.3)
+        sys.stderr.write({line!r} + "\\n")
+        sys.stderr.flush()
+        os._exit(1)
+    """))
+    monitor.launch(rank(tmp_path, [sys.executable, str(script)]), time.monotonic())
+    seen = collect(monitor, lambda s: any(o.signal is Signal.CRASH for o in s), 20, interval=0.001)
+    assert [o.signal for o in seen if o.signal is Signal.INTERCONNECT_TIMEOUT] == [Signal.INTERCONNECT_TIMEOUT]
 
 
 def test_a_stopped_job_is_not_a_crash(monitor, tmp_path):
