@@ -13,7 +13,7 @@ import pytest
 
 from supervisor.cli.localcluster import wait_for
 
-pytestmark = [pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
