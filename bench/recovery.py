@@ -320,8 +320,9 @@ def run_trainguard(root: Path, faults: list[str], trials: int, warm: bool = True
                 wait_for(lambda: show()["state"] == "running" and past_checkpoint(metrics), 180,
                          "trainguard's job past a checkpoint", 0.05)
                 if warm:  # the standbys on the job's node are up (they start once the attempt trains)
-                    wait_for(lambda: _standbys_ready(root / "cluster", 2, show()["nodes"][0]), 120,
-                             "the warm standbys", 0.05)
+                    # Those on the job's node: the job's warm spares elsewhere are ready long
+                    # before the standbys a restart on this node takes.
+                    wait_for(lambda: cluster.ready_standbys(show()["nodes"][0]) >= 2, 120, "the warm standbys", 0.05)
                 before = show()
                 node = before["nodes"][0]
                 old = {r["pid"] for r in lines(metrics)}
@@ -369,15 +370,6 @@ def _trainguard_rank_pid(ranks_json: Path, job: str, rank: int) -> int:
         if r["job"] == job and r["rank"] == rank and r["pid"]:
             return int(r["pid"])
     raise RuntimeError(f"rank {rank} of {job} is not in {ranks_json}")
-
-
-def _standbys_ready(cluster_root: Path, count: int, node: str) -> bool:
-    """`count` standbys wait on `node` (their .ready marker, and no assignment taken yet).
-    Not anywhere: the job's warm spares on the other node are ready long before the
-    standbys a restart on this node takes."""
-    ready = [p for p in cluster_root.glob(f"nodes/{node}/logs/*/standby/*.assign.ready")
-             if not p.with_name(p.name.removesuffix(".ready")).exists()]
-    return len(ready) >= count
 
 
 def _cli(cluster: LocalCluster, command: list[str], *args: str) -> None:

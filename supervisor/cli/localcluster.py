@@ -241,6 +241,13 @@ class LocalCluster:
             if e.get("event") == event and all(e.get(k) == v for k, v in match.items())
         ]
 
+    def ready_standbys(self, node: str) -> int:
+        """Warm standbys waiting on `node` for a rank: those that wrote their `.ready`
+        marker beside the assignment file the agent gives them (`agents/runtime/warm.py`)
+        and have not been given one yet."""
+        markers = (self.root / "nodes" / node / "logs").glob("*/standby/*.assign.ready")
+        return sum(1 for m in markers if not m.with_name(m.name.removesuffix(".ready")).exists())
+
 
 class IdleFlood:
     """`count` raw TCP connections to `endpoint` that never send a byte: what a peer that
