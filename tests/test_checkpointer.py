@@ -698,6 +698,36 @@ def test_the_next_save_writes_over_the_pruned_state_file(tmp_path: Path, capfd) 
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000003"], "close() frees the spare"
 
 
+@pytest.mark.parametrize("shared", ["a second name", "a reader holds it open"])
+def test_a_pruned_state_file_that_is_shared_is_never_written_over(tmp_path: Path, capfd, shared: str) -> None:
+    """A snapshot of the checkpoints made with hard links, or an uploader still copying
+    the pruned one: they must keep the bytes they had, as when the file was removed."""
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=1, assigned=assigned())
+    model = nn.Linear(32, 32)
+    ckpt.save(1, model=model)
+    assert ckpt.wait(pruned=True) is None
+    first = step_dir(tmp_path / "ckpt", 1) / "state.ckpt"
+    original = first.read_bytes()
+    with contextlib.ExitStack() as stack:
+        if shared == "a second name":
+            (tmp_path / "snapshot").mkdir()
+            os.link(first, tmp_path / "snapshot" / "state.ckpt")
+            holder = tmp_path / "snapshot" / "state.ckpt"
+        else:
+            reader = stack.enter_context(open(first, "rb"))
+        for step in (2, 3):
+            with torch.no_grad():
+                model.weight.fill_(step)
+            ckpt.save(step, model=model)
+            assert ckpt.wait(pruned=True) is None
+        if shared == "a second name":
+            assert holder.read_bytes() == original
+        else:
+            assert reader.read() == original
+    assert [e["recycled"] for e in events(capfd.readouterr().err, "runtime.checkpoint_saved")] == [False, False, False]
+    assert verify(step_dir(tmp_path / "ckpt", 3)) is None
+
+
 def test_a_spare_that_is_not_a_plain_file_is_never_written_through(tmp_path: Path, capfd) -> None:
     precious = tmp_path / "precious"
     precious.write_bytes(b"not a checkpoint")

@@ -28,6 +28,7 @@ Ranks must share the checkpoint directory (one node, or a shared filesystem).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -363,21 +364,24 @@ class Checkpointer:
                 shutil.rmtree(entry, ignore_errors=True)
 
     def _keep_spare(self, state: Path) -> None:
-        """Keep a pruned checkpoint's state file as the spare (replacing an older one)."""
+        """Keep a pruned checkpoint's state file as the spare (replacing an older one),
+        unless something else has it (`_unshared`): then it is removed with its
+        checkpoint, and whoever holds it keeps what it read."""
         try:
-            if stat.S_ISREG(os.lstat(state).st_mode):
+            if _unshared(state):
                 os.replace(state, self.directory / SPARE)
         except OSError:
             pass  # nothing to recycle: the next save writes a new file
 
     def _take_spare(self, target: Path) -> bool:
-        """Move the spare to `target`, to be written over; False when there is none (or
-        it is not a plain file: never write through a link someone left there)."""
+        """Move the spare to `target`, to be written over; False when there is none, or
+        when it is shared after all (checked again: it may have changed since the
+        prune). A shared one loses only this name; nothing is written through it."""
         try:
             os.rename(self.directory / SPARE, target)
         except OSError:
             return False
-        if stat.S_ISREG(os.lstat(target).st_mode):
+        if _unshared(target):
             return True
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target, ignore_errors=True)
@@ -727,6 +731,34 @@ def _sha256(path: Path) -> str:  # FORMAT 1
         while chunk := f.read(4 * 1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _unshared(path: Path) -> bool:
+    """True when `path` is a plain file with no other name that no other descriptor has
+    open: only such a file may be written over in place. A second name (a `cp -al` or
+    `rsync --link-dest` snapshot of the checkpoints) or a reader still copying the pruned
+    checkpoint (an uploader) would see it change under them, where removing it leaves
+    them the old bytes. Open descriptors are found with a write lease, which the kernel
+    grants only when no other one is open (taken and given back at once); where leases
+    are not to be had (NFS, a file another user owns, not Linux), nothing is recycled."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            return False
+        # Were the lease broken in the microseconds it is held, the kernel would signal
+        # this process: SIGURG, ignored unless handled, rather than SIGIO, which ends it.
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return True
+    except (OSError, AttributeError):  # AttributeError: an fcntl without leases
+        return False
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
