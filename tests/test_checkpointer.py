@@ -261,13 +261,13 @@ def test_save_is_asynchronous_snapshots_and_serialises(
     log: list[tuple[str, int, list[int]]] = []
     real_write = tensorfile.write
 
-    def held_write(path: Path, snap: tensorfile.Snapshot, overwrite: bool = False) -> dict[str, Any]:
+    def held_write(path: Path, snap: tensorfile.Snapshot, over: int | None = None) -> dict[str, Any]:
         if path.name == "state.ckpt":
             step = int(path.parent.name.split("-")[1].split(".")[0])
             log.append(("write", step, [s for s, _ in ckpt.committed()]))
             if step == 1:
                 assert gate.wait(20), "the test never opened the gate"
-        return real_write(path, snap, overwrite)
+        return real_write(path, snap, over)
 
     monkeypatch.setattr(tensorfile, "write", held_write)
     run = make_run(3)
@@ -674,28 +674,85 @@ def test_keep_prunes_old_checkpoints_and_abandoned_temp_dirs(tmp_path: Path) -> 
 
 def test_the_next_save_writes_over_the_pruned_state_file(tmp_path: Path, capfd) -> None:
     ckpt = Checkpointer(tmp_path / "ckpt", keep=1, assigned=assigned())
-    big, small = nn.Linear(64, 64), nn.Linear(8, 8)
-    for step in (1, 2):
-        ckpt.save(step, model=big)
-        assert ckpt.wait(pruned=True) is None
     spare = tmp_path / "ckpt" / checkpoint.SPARE
-    assert spare.is_file(), "step 1's state file is kept for the next save"
-    inode = spare.stat().st_ino
-    capfd.readouterr()
-
-    ckpt.save(3, model=small)  # a smaller state: the old file's tail must go
-    assert ckpt.wait() is None
+    small, big = nn.Linear(8, 8), nn.Linear(64, 64)
+    inodes = {}
+    # The spare is the state file of the checkpoint two saves back: step 3 writes over
+    # step 1's (smaller: it grows), step 5 over step 3's (larger: its tail must go).
+    for step, model in enumerate((small, small, big, small, small), start=1):
+        if spare.exists():
+            inodes[step] = spare.stat().st_ino
+        ckpt.save(step, model=model)
+        assert ckpt.wait(pruned=True) is None
+        state = step_dir(tmp_path / "ckpt", step) / "state.ckpt"
+        assert verify(step_dir(tmp_path / "ckpt", step)) is None
+        if step in inodes:
+            assert state.stat().st_ino == inodes[step], "written over in place, not a new file"
+        fresh = nn.Linear(model.in_features, model.out_features)
+        assert ckpt.load_latest(model=fresh).step == step
+        assert same_tensors(fresh.state_dict(), model.state_dict())
     saved = events(capfd.readouterr().err, "runtime.checkpoint_saved")
-    assert [e["recycled"] for e in saved] == [True]
-    state = step_dir(tmp_path / "ckpt", 3) / "state.ckpt"
-    assert state.stat().st_ino == inode, "written over in place, not a new file"
-    assert verify(step_dir(tmp_path / "ckpt", 3)) is None
-    fresh = nn.Linear(8, 8)
-    assert ckpt.load_latest(model=fresh).step == 3
-    assert same_tensors(fresh.state_dict(), small.state_dict())
+    assert [e["recycled"] for e in saved] == [False, False, True, True, True]
+    assert spare.is_file()
 
     ckpt.close()
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000003"], "close() frees the spare"
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000005"], "close() frees the spare"
+
+
+def _save_thrice(ckpt: Checkpointer, model: nn.Module) -> None:
+    for step in (1, 2, 3):
+        ckpt.save(step, model=model)
+        assert ckpt.wait(pruned=True) is None
+
+
+def test_nothing_is_recycled_on_a_filesystem_other_nodes_may_read(tmp_path: Path, monkeypatch, capfd) -> None:
+    """A reader on another node holding a pruned checkpoint (CephFS, Lustre, NFS) is
+    invisible to a lease on this one."""
+    monkeypatch.setattr(checkpoint, "_filesystem_type", lambda path: 0xFF534D42)  # CIFS
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=1, assigned=assigned())
+    _save_thrice(ckpt, nn.Linear(16, 16))
+    assert [e["recycled"] for e in events(capfd.readouterr().err, "runtime.checkpoint_saved")] == [False] * 3
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000003"]
+
+
+def test_recycling_can_be_turned_off(tmp_path: Path, capfd) -> None:
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=1, assigned=assigned(), recycle=False)
+    _save_thrice(ckpt, nn.Linear(16, 16))
+    assert [e["recycled"] for e in events(capfd.readouterr().err, "runtime.checkpoint_saved")] == [False] * 3
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000003"]
+
+
+def test_without_a_lease_nothing_is_recycled_and_saves_go_on(tmp_path: Path, monkeypatch, capfd) -> None:
+    real_fcntl = checkpoint.fcntl.fcntl
+
+    def no_leases(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == checkpoint.fcntl.F_SETLEASE:
+            raise OSError(errno.EINVAL, "leases are off")
+        return real_fcntl(fd, cmd, arg)
+
+    monkeypatch.setattr(checkpoint.fcntl, "fcntl", no_leases)
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=1, assigned=assigned())
+    _save_thrice(ckpt, nn.Linear(16, 16))
+    assert [e["recycled"] for e in events(capfd.readouterr().err, "runtime.checkpoint_saved")] == [False] * 3
+    assert verify(step_dir(tmp_path / "ckpt", 3)) is None
+
+
+def test_a_spare_opened_after_the_prune_is_not_written_over(tmp_path: Path, capfd) -> None:
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=1, assigned=assigned())
+    model = nn.Linear(16, 16)
+    for step in (1, 2):
+        ckpt.save(step, model=model)
+        assert ckpt.wait(pruned=True) is None
+    spare = tmp_path / "ckpt" / checkpoint.SPARE
+    before = spare.read_bytes()
+    with open(spare, "rb") as reader:
+        with torch.no_grad():
+            model.weight.fill_(3)
+        ckpt.save(3, model=model)
+        assert ckpt.wait(pruned=True) is None
+        assert reader.read() == before
+    assert [e["recycled"] for e in events(capfd.readouterr().err, "runtime.checkpoint_saved")] == [False] * 3
+    assert verify(step_dir(tmp_path / "ckpt", 3)) is None
 
 
 @pytest.mark.parametrize("shared", ["a second name", "a reader holds it open"])
@@ -728,19 +785,49 @@ def test_a_pruned_state_file_that_is_shared_is_never_written_over(tmp_path: Path
     assert verify(step_dir(tmp_path / "ckpt", 3)) is None
 
 
-def test_a_spare_that_is_not_a_plain_file_is_never_written_through(tmp_path: Path, capfd) -> None:
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_spare_that_is_not_a_plain_file_is_never_written_through(tmp_path: Path, capfd, kind: str) -> None:
     precious = tmp_path / "precious"
     precious.write_bytes(b"not a checkpoint")
     (tmp_path / "ckpt").mkdir()
-    (tmp_path / "ckpt" / checkpoint.SPARE).symlink_to(precious)
+    if kind == "symlink":
+        (tmp_path / "ckpt" / checkpoint.SPARE).symlink_to(precious)
+    else:
+        os.mkfifo(tmp_path / "ckpt" / checkpoint.SPARE)  # opening one to read would block
     ckpt = Checkpointer(tmp_path / "ckpt", keep=1, assigned=assigned())
     model = nn.Linear(16, 16)
     ckpt.save(1, model=model)
+    assert ckpt._settled.wait(10), "the writer hung on the spare"
     assert ckpt.wait(pruned=True) is None
     assert precious.read_bytes() == b"not a checkpoint"
     assert [e["recycled"] for e in events(capfd.readouterr().err, "runtime.checkpoint_saved")] == [False]
+    assert (step_dir(tmp_path / "ckpt", 1) / "state.ckpt").is_file()
     assert not (step_dir(tmp_path / "ckpt", 1) / "state.ckpt").is_symlink()
     assert verify(step_dir(tmp_path / "ckpt", 1)) is None
+
+
+def test_a_run_resumed_below_a_damaged_checkpoint_keeps_what_it_writes(tmp_path: Path, capfd) -> None:
+    """Step 200 fails to verify, so the run resumes from 100: pruning to the highest
+    steps would delete each checkpoint it writes right after its commit and leave only
+    the damaged one."""
+    ckpt = Checkpointer(tmp_path, keep=1, assigned=assigned())
+    model = nn.Linear(8, 8)
+    for step in (100, 200):
+        ckpt.save(step, model=model)
+        assert ckpt.wait(pruned=True) is None
+    os.rename(step_dir(tmp_path, 200), tmp_path / "aside")  # keep=1 pruned 100: put it back
+    ckpt.save(100, model=model)
+    assert ckpt.wait(pruned=True) is None
+    os.rename(tmp_path / "aside", step_dir(tmp_path, 200))
+    _flip_a_byte(step_dir(tmp_path, 200) / "state.ckpt")
+
+    resumed = Checkpointer(tmp_path, keep=1, assigned=assigned())
+    assert resumed.load_latest(model=nn.Linear(8, 8)).step == 100
+    for step in (110, 120):
+        resumed.save(step, model=model)
+        assert resumed.wait(pruned=True) is None
+    assert [s for s, _ in resumed.committed()] == [120, 200], "the newest written is kept; the later, damaged one left"
+    assert Checkpointer(tmp_path, assigned=assigned()).load_latest(model=nn.Linear(8, 8)).step == 120
 
 
 # --- damaged checkpoints are skipped, loudly -----------------------------------------------

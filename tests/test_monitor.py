@@ -41,9 +41,9 @@ def rank(tmp_path: Path, argv: list[str], job: str = "j1", r: int = 0) -> RankSp
                     chips=(r,), node="n1", heartbeat=f"ipc://{tmp_path}/hb.sock", cwd=str(REPO))
 
 
-def collect(monitor: RankMonitor, until, timeout: float, interval: float = 0.05) -> list[Observation]:
+def collect(monitor: RankMonitor, until, timeout: float) -> list[Observation]:
     seen: list[Observation] = []
-    wait_for(lambda: seen.extend(monitor.tick(time.monotonic())) or until(seen), timeout, "an observation", interval)
+    wait_for(lambda: seen.extend(monitor.tick(time.monotonic())) or until(seen), timeout, "an observation", 0.05)
     return seen
 
 
@@ -114,24 +114,27 @@ def test_an_hccl_timeout_line_is_an_interconnect_timeout_with_that_line_as_evide
     assert [o.signal for o in seen].count(Signal.CRASH) == 1
 
 
-@pytest.mark.parametrize("attempt", range(5))
-def test_the_last_line_of_a_rank_that_dies_at_once_is_still_scanned(monitor, tmp_path, attempt):
-    """A rank that prints its fault and is gone within the log reader's 20 ms nap: the
-    tick that finds it dead must scan the lines the reader hands over while it is
-    joined, not drop them as lines that came after the exit (the signal would be a bare
-    crash, and the policy would count the wrong fault)."""
+def test_the_lines_a_dead_rank_s_reader_hands_over_during_the_poll_are_scanned(monitor, tmp_path, monkeypatch):
+    """The launcher's poll joins an exited rank's log reader, which hands over the
+    rank's last lines then: after the tick drained the lines, before the rank's scanner
+    goes. Here the reader's timing is made certain: the rank prints nothing itself, and
+    the poll hands its line over as the joined reader does. Dropped as lines that came
+    after the exit, the fault that ended the rank would be a bare crash."""
     line = "EI0002: The wait execution of the Notify register times out. Reason: The Notify register has not received the Notify record from remote rank [1]."
-    script = tmp_path / "hccl.py"
-    script.write_text(textwrap.dedent(f"""
-        import os, sys, time
-        time.sleep(0.3)
-        sys.stderr.write({line!r} + "\\n")
-        sys.stderr.flush()
-        os._exit(1)
-    """))
-    monitor.launch(rank(tmp_path, [sys.executable, str(script)]), time.monotonic())
-    seen = collect(monitor, lambda s: any(o.signal is Signal.CRASH for o in s), 20, interval=0.001)
-    assert [o.signal for o in seen if o.signal is Signal.INTERCONNECT_TIMEOUT] == [Signal.INTERCONNECT_TIMEOUT]
+    spec = rank(tmp_path, [sys.executable, "-c", "import sys; sys.exit(1)"])
+    real_poll = monitor.launcher.poll
+
+    def poll():
+        exits = real_poll()
+        for _ in exits:
+            monitor.launcher.on_line(spec, line)
+        return exits
+
+    monkeypatch.setattr(monitor.launcher, "poll", poll)
+    monitor.launch(spec, time.monotonic())
+    seen = collect(monitor, lambda s: any(o.signal is Signal.CRASH for o in s), 20)
+    timeouts = [o for o in seen if o.signal is Signal.INTERCONNECT_TIMEOUT]
+    assert len(timeouts) == 1 and line in timeouts[0].evidence
 
 
 def test_a_stopped_job_is_not_a_crash(monitor, tmp_path):

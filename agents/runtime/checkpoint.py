@@ -28,6 +28,7 @@ Ranks must share the checkpoint directory (one node, or a shared filesystem).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -94,6 +95,7 @@ class Checkpointer:
         keep: int = 3,
         commit_timeout: float = 600.0,
         assigned: Assignment | None = None,
+        recycle: bool = True,
     ) -> None:
         a = assigned or assignment()
         where = directory or a.ckpt_dir
@@ -122,6 +124,9 @@ class Checkpointer:
         self._settled = threading.Event()
         # Host memory for snapshots, reused save after save (released by close()).
         self._buffers = tensorfile.HostBuffers()
+        # Whether a save may write over the state file of a pruned checkpoint (SPARE):
+        # only where every reader of it is on this machine, and not when told not to.
+        self._recycle = recycle and _filesystem_type(self.directory) in _LOCAL_FILESYSTEMS
         # What this rank was asked (by a signal) and has not yet agreed with its peers.
         self._asked = False
         self._asked_stop = False
@@ -258,8 +263,9 @@ class Checkpointer:
             recycled = False
             if main is not None:
                 written.append(tmp / STATE_FILE)
-                recycled = self._take_spare(tmp / STATE_FILE)
-                files[STATE_FILE] = tensorfile.write(tmp / STATE_FILE, main, overwrite=recycled)
+                spare = self._take_spare(tmp / STATE_FILE)
+                recycled = spare is not None
+                files[STATE_FILE] = tensorfile.write(tmp / STATE_FILE, main, over=spare)
             name = f"rank-{self.rank}.ckpt"
             written.append(tmp / name)
             files[name] = tensorfile.write(tmp / name, mine)
@@ -354,7 +360,11 @@ class Checkpointer:
         return final
 
     def _prune(self, newest: int) -> None:
-        committed = self.committed()
+        # Among the checkpoints up to the one just committed. One of a later step is left
+        # from a run that went further and was not resumed from: it failed to verify (or
+        # its format is newer than this version). Keeping the highest steps would delete
+        # the checkpoint just written and keep that one.
+        committed = [(step, path) for step, path in self.committed() if step <= newest]
         for _, path in committed[: -self.keep]:
             self._keep_spare(path / STATE_FILE)
             shutil.rmtree(path, ignore_errors=True)
@@ -365,29 +375,38 @@ class Checkpointer:
 
     def _keep_spare(self, state: Path) -> None:
         """Keep a pruned checkpoint's state file as the spare (replacing an older one),
-        unless something else has it (`_unshared`): then it is removed with its
+        unless something else has it (`_open_unshared`): then it is removed with its
         checkpoint, and whoever holds it keeps what it read."""
+        if not self._recycle:
+            return
+        fd = _open_unshared(state, os.O_RDONLY)
+        if fd is None:
+            return
+        os.close(fd)
         try:
-            if _unshared(state):
-                os.replace(state, self.directory / SPARE)
+            os.replace(state, self.directory / SPARE)
         except OSError:
             pass  # nothing to recycle: the next save writes a new file
 
-    def _take_spare(self, target: Path) -> bool:
-        """Move the spare to `target`, to be written over; False when there is none, or
-        when it is shared after all (checked again: it may have changed since the
-        prune). A shared one loses only this name; nothing is written through it."""
+    def _take_spare(self, target: Path) -> int | None:
+        """Move the spare to `target` and return a descriptor to write over it with; None
+        when there is none, or when it is shared after all (checked again, on the
+        descriptor written through: it may have changed since the prune). A shared one
+        loses only this name; nothing is written through it."""
+        if not self._recycle:
+            return None
         try:
             os.rename(self.directory / SPARE, target)
         except OSError:
-            return False
-        if _unshared(target):
-            return True
+            return None
+        fd = _open_unshared(target, os.O_RDWR)
+        if fd is not None:
+            return fd
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target, ignore_errors=True)
         else:
             target.unlink(missing_ok=True)
-        return False
+        return None
 
     def _clear_leftovers(self) -> None:
         """Remove temp dirs a crashed run left behind, before this run writes any: a
@@ -733,32 +752,55 @@ def _sha256(path: Path) -> str:  # FORMAT 1
     return digest.hexdigest()
 
 
-def _unshared(path: Path) -> bool:
-    """True when `path` is a plain file with no other name that no other descriptor has
-    open: only such a file may be written over in place. A second name (a `cp -al` or
-    `rsync --link-dest` snapshot of the checkpoints) or a reader still copying the pruned
-    checkpoint (an uploader) would see it change under them, where removing it leaves
-    them the old bytes. Open descriptors are found with a write lease, which the kernel
-    grants only when no other one is open (taken and given back at once); where leases
-    are not to be had (NFS, a file another user owns, not Linux), nothing is recycled."""
+def _open_unshared(path: Path, mode: int) -> int | None:
+    """A descriptor (`mode`: O_RDONLY or O_RDWR) of `path` when it is a plain file with no
+    other name that no other descriptor has open, else None: only such a file may be
+    written over in place. A second name (a `cp -al` or `rsync --link-dest` snapshot of
+    the checkpoints) or a reader still copying the pruned checkpoint (an uploader) would
+    see it change under them, where removing it leaves them the old bytes. Open
+    descriptors are found with a write lease, which the kernel grants only when no other
+    one is open (taken and given back at once); where it is not to be had (a file
+    another user owns, leases off, not Linux), None. Opened without following a link and
+    without blocking (a FIFO left there must not hang the writer), and checked on the
+    descriptor that is then written through."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, mode | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return False
+        return None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            return False
+            raise OSError("not a plain file of one name")
         # Were the lease broken in the microseconds it is held, the kernel would signal
         # this process: SIGURG, ignored unless handled, rather than SIGIO, which ends it.
         fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        return True
+        return fd
     except (OSError, AttributeError):  # AttributeError: an fcntl without leases
-        return False
-    finally:
         os.close(fd)
+        return None
+
+
+#: Filesystems (statfs f_type) whose files only this machine's processes can have open,
+#: so that a lease sees every reader. On a shared filesystem (NFS, CephFS, Lustre, GPFS,
+#: FUSE mounts) a reader on another node may hold a pruned checkpoint's file; the kernel
+#: grants the lease without seeing it, so nothing there is recycled.
+_LOCAL_FILESYSTEMS = {0xEF53: "ext2/3/4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x01021994: "tmpfs",
+                      0xF2F52010: "f2fs"}
+
+
+def _filesystem_type(path: Path) -> int | None:
+    """statfs(2)'s f_type of the filesystem holding `path` (the first field of struct
+    statfs on Linux); None where it cannot be had."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(256)  # larger than struct statfs on any Linux
+        if libc.statfs(os.fsencode(path), buf) != 0:
+            return None
+        return ctypes.c_ulong.from_buffer(buf).value & 0xFFFFFFFF
+    except (OSError, AttributeError):
+        return None
 
 
 def _fsync_dir(path: Path) -> None:

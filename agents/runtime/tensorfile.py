@@ -366,19 +366,20 @@ def checksum(path: Path, kind: str = CHECKSUM) -> str:
 # --- write: on the background thread ----------------------------------------------------------
 
 
-def write(path: Path, snap: Snapshot, overwrite: bool = False) -> dict[str, Any]:
+def write(path: Path, snap: Snapshot, over: int | None = None) -> dict[str, Any]:
     """Write `snap` to `path`, fsync it; return its size and checksum (of the bytes
     written, as they went out).
 
-    `overwrite`: `path` is an old file being recycled: written over in place and cut to
-    the new size, not truncated first. Its blocks stay allocated and its pages cached,
-    so the write is a copy into memory the kernel already holds: no block allocation,
-    no discard of freed blocks, no first touch of new page-cache memory (which on a VM
-    that hands freed memory back to its host costs more than the disk)."""
+    `over`: a descriptor, open for writing, of an old file at `path` being recycled
+    (taken over: it is closed here): written over in place and cut to the new size, not
+    truncated first. Its blocks stay allocated and its pages cached, so the write is a
+    copy into memory the kernel already holds: no block allocation, no discard of freed
+    blocks, no first touch of new page-cache memory (which on a VM that hands freed
+    memory back to its host costs more than the disk)."""
     table = json.dumps(snap.table, separators=(",", ":")).encode()
     digest = PieceDigest()
     written = 0
-    with open(path, "r+b" if overwrite else "wb") as f:
+    with (open(over, "r+b") if over is not None else open(path, "wb")) as f:
 
         def put(data: bytes | memoryview) -> None:
             nonlocal written
@@ -396,7 +397,7 @@ def write(path: Path, snap: Snapshot, overwrite: bool = False) -> dict[str, Any]
             for at in range(0, len(data), CHUNK):
                 put(data[at:at + CHUNK])
         f.flush()
-        if overwrite:
+        if over is not None:
             f.truncate(written)  # the old file may have been longer
         os.fsync(f.fileno())
     return {"bytes": written, CHECKSUM: digest.hexdigest()}
