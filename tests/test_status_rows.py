@@ -1,6 +1,6 @@
-"""`status` rows kept as bytes (`StatusRows`): each row is exactly what msgspec writes for
+"""`status` rows as bytes (`StatusRows`): each row is exactly what msgspec writes for
 the node's `StatusNode`, and stays so through every change a node goes through; the
-kept pieces are reused only while nothing they were made from changed. Pure."""
+kept head is reused only while nothing it was made from changed. Pure."""
 
 from __future__ import annotations
 
@@ -87,16 +87,23 @@ def test_a_row_follows_every_change_of_its_node_and_is_the_bytes_of_its_status_n
     assert _rows(cluster, 31)["n2"]["state"] == "lost"
 
 
-def test_unchanged_pieces_are_reused_and_a_forgotten_node_leaves_nothing_behind() -> None:
+def test_the_head_is_reused_until_the_node_changes_state_or_chip_health_and_a_forgotten_node_leaves_nothing() -> None:
     cluster = Cluster(CONFIG, instance="d", started=T0)
     deliver(cluster, register("n1"), at(0))
     record = cluster.nodes.get("n1")
     rows = cluster.status_rows
-    first = rows.row(record, 1.0)
-    head, tail = rows._head["n1"], rows._tail["n1"]
-    record.last_seen = at(1).wall  # what a heartbeat with the same chips, host and ranks changes
-    second = rows.row(record, 0.5)
-    assert rows._head["n1"] is head and rows._tail["n1"] is tail and second != first
-    assert second == _as_struct(record, 0.5)
+    version = cluster.nodes.placement_version
+    first = rows.row(record, 1.0, version)
+    head = rows._head["n1"]
+    record.last_seen = at(1).wall  # what a heartbeat changes
+    second = rows.row(record, 0.5, version)
+    assert rows._head["n1"] is head and second != first and second == _as_struct(record, 0.5)
+    warm = tuple(ChipStatus(index=i, health=Health.OK, temperature_c=50.0) for i in range(2))
+    deliver(cluster, _beat("n1", 1, warm), at(2))  # readings only: the placement version stays
+    assert cluster.nodes.placement_version == version
+    assert rows.row(record, 0.0, version) == _as_struct(record, 0.0) and rows._head["n1"] is head
+    deliver(cluster, _beat("n1", 2, (ChipStatus(index=0, health=Health.ALARM),)), at(3))
+    assert cluster.nodes.placement_version != version
+    assert b"alarm" in rows.row(record, 0.0, cluster.nodes.placement_version) and rows._head["n1"] is not head
     cluster.forget("n1")
-    assert "n1" not in rows._head and "n1" not in rows._tail
+    assert "n1" not in rows._head

@@ -164,8 +164,9 @@ class Status(Verb):
         # they are.
         page: list[msgspec.Raw] = []
         size = 0
+        version = cluster.nodes.placement_version
         for record in shown[params.offset:params.offset + params.limit]:
-            row = cluster.status_rows.row(record, round(cluster.nodes.seen_age(record.node, now), 3))
+            row = cluster.status_rows.row(record, round(cluster.nodes.seen_age(record.node, now), 3), version)
             size += len(row)
             if page and size > STATUS_PAGE_BYTES:
                 break
