@@ -388,6 +388,8 @@ class Daemon:
     def _turn(self, poller: zmq.Poller) -> bool:
         """One turn: poll, handle what arrived, run the deadlines. True when it got round."""
         before = system_now()
+        # Housekeeping chores waiting (one a turn, `_background`): look at the sockets and
+        # come straight back for the next.
         wake = before.mono if self._chores else self._next_flush
         if (deadline := self.cluster.next_deadline()) is not None:
             wake = min(wake, deadline)
