@@ -24,6 +24,7 @@ from supervisor.shared.protocol import (
     decode,
     encode,
 )
+from supervisor.shared.statusview import StatusNode, decode_status_reply
 from supervisor.shared.vocab import Accelerator, Health, NodeState
 from tests.test_cluster_core import CLIENT, at, ctl, deliver, event, heartbeat, only_reply, register
 
@@ -144,6 +145,13 @@ def _big_register(i: int) -> Register:
 
 
 @pytest.mark.timeout(120)
+def _nodes(reply: CtlReply) -> list[StatusNode]:
+    """A status reply's nodes as the CLI reads them (the daemon puts them in as bytes)."""
+    page = decode_status_reply(encode(reply)).result
+    assert page is not None
+    return page.nodes
+
+
 def test_status_of_ten_thousand_eight_chip_nodes_comes_in_pages_under_the_reply_limit(cluster: Cluster) -> None:
     for i in range(10_000):
         deliver(cluster, _big_register(i), at(0))
@@ -152,7 +160,7 @@ def test_status_of_ten_thousand_eight_chip_nodes_comes_in_pages_under_the_reply_
         reply = only_reply(cluster.on_ctl_request(CLIENT, ctl("status", offset=offset), at(1)))
         assert len(encode(reply)) < MAX_REPLY_BYTES
         decode(encode(reply), MAX_REPLY_BYTES)  # as the CLI reads it (it refused >10,000 items)
-        seen += [n.node for n in reply.result["nodes"]]
+        seen += [n.node for n in _nodes(reply)]
         offset = reply.result["page"]["next_offset"]
         pages += 1
     assert len(seen) == len(set(seen)) == 10_000
@@ -172,7 +180,7 @@ def test_a_status_page_of_nodes_with_many_chips_stays_under_the_reply_limit(clus
     while offset is not None:
         reply = only_reply(cluster.on_ctl_request(CLIENT, ctl("status", offset=offset), at(1)))
         assert len(encode(reply)) < MAX_REPLY_BYTES
-        seen += [n.node for n in reply.result["nodes"]]
+        seen += [n.node for n in _nodes(reply)]
         offset = reply.result["page"]["next_offset"]
     assert len(seen) == len(set(seen)) == 1_500
 
@@ -182,11 +190,12 @@ def test_nodes_gone_for_over_an_hour_leave_the_default_view_but_not_the_summary(
     deliver(cluster, register("n2"), at(0))
     deliver(cluster, Goodbye(id="g", ts=0.0, node="n2", agent_instance="agent-n2"), at(1))
     deliver(cluster, heartbeat("n1"), at(4000))
-    default = only_reply(cluster.on_ctl_request(CLIENT, ctl("status"), at(4000))).result
-    assert [n.node for n in default["nodes"]] == ["n1"]
+    reply = only_reply(cluster.on_ctl_request(CLIENT, ctl("status"), at(4000)))
+    default = reply.result
+    assert [n.node for n in _nodes(reply)] == ["n1"]
     assert default["summary"]["nodes"] == 2 and default["page"]["hidden_gone"] == 1
-    everything = only_reply(cluster.on_ctl_request(CLIENT, ctl("status", all=True), at(4000))).result
-    assert [n.node for n in everything["nodes"]] == ["n1", "n2"]
+    everything = only_reply(cluster.on_ctl_request(CLIENT, ctl("status", all=True), at(4000)))
+    assert [n.node for n in _nodes(everything)] == ["n1", "n2"]
 
 
 def test_node_forget_removes_a_node_that_is_not_up(cluster: Cluster) -> None:
@@ -252,8 +261,8 @@ def test_status_nodes_carry_the_agents_handler_failures(cluster: Cluster) -> Non
     deliver(cluster, register("n1"), at(0))
     hb = msgspec.structs.replace(heartbeat("n1"), handler_failures=3)
     deliver(cluster, hb, at(1))
-    status = only_reply(cluster.on_ctl_request(CLIENT, ctl("status"), at(2))).result
-    assert status["nodes"][0].handler_failures == 3
+    status = only_reply(cluster.on_ctl_request(CLIENT, ctl("status"), at(2)))
+    assert _nodes(status)[0].handler_failures == 3
 
 
 def test_a_register_repeated_by_the_same_agent_on_its_connection_is_taken_as_a_heartbeat(cluster: Cluster) -> None:

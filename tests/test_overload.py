@@ -158,3 +158,37 @@ def test_a_daemon_stopped_between_its_poll_and_its_deadlines_does_not_declare_it
     finally:
         sock.close(linger=0)
         daemon.close()
+
+
+def test_the_flush_and_each_housekeeping_chore_run_on_turns_of_their_own(tmp_path: Path) -> None:
+    """Regression: the flush, the metrics, the allow-lists and the descriptor count ran
+    in one go once a second, holding the heartbeats behind them for ~45 ms at 10,000
+    nodes (bench/scale.py). Now one of them per turn, and a turn with chores waiting
+    does not sleep in its poll."""
+    daemon, poller = _daemon(tmp_path)
+    sock = _agent(daemon, tmp_path)
+    notify = loop.Notifier()
+
+    def nodes_up() -> float | None:
+        return daemon.metrics.registry.get_sample_value("trainguard_nodes", {"state": "up"})
+
+    try:
+        _registered(daemon, poller, sock)
+        daemon._next_flush = daemon._next_housekeeping = time.monotonic()
+        daemon._background(notify)  # the flush, which queues the chores
+        assert not daemon.cluster.nodes.dirty and len(daemon._chores) == 3
+        assert nodes_up() == 0  # not observed yet
+        daemon._next_flush = time.monotonic() + 3600  # not again, however slow this machine
+        started = time.monotonic()
+        daemon._turn(poller)
+        assert time.monotonic() - started < loop._POLL_CAP / 2
+        daemon._background(notify)
+        assert nodes_up() == 1 and len(daemon._chores) == 2
+        daemon._background(notify)
+        daemon._background(notify)
+        assert daemon._chores == []
+        daemon._background(notify)  # nothing due: nothing runs
+        assert daemon._chores == [] and daemon._next_housekeeping > time.monotonic()
+    finally:
+        sock.close(linger=0)
+        daemon.close()

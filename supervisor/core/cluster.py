@@ -20,6 +20,7 @@ from supervisor.core.badframes import BadFrameCounter
 from supervisor.core.jobs import JobRecord
 from supervisor.core.nodes import NodeChange, NodeTable, Unregistered
 from supervisor.core.scheduler import JobOutcome, Jobs
+from supervisor.core.statusrows import StatusRows
 from supervisor.policy.directory import PolicyDirectory
 from supervisor.shared.clock import Instant
 from supervisor.shared.defaults import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
@@ -130,6 +131,8 @@ class Cluster:
         self.instance = instance
         self.started = started
         self.nodes = NodeTable(config.heartbeat_timeout)
+        #: Each node's `status` row, kept as bytes (`StatusRows`).
+        self.status_rows = StatusRows()
         self._waiting: dict[str, _Waiting] = {}
         #: The jobs (pure; `scheduler.py`), with the policies as this daemon has them.
         self.jobs = Jobs(lambda name: self.policies.get(name) if self.policies is not None else None)
@@ -382,6 +385,7 @@ class Cluster:
     def forget(self, node: str) -> bool:
         self._bind_route(node, None)
         self._event_ids.pop(node, None)
+        self.status_rows.forget(node)
         return self.nodes.forget(node)
 
     def tick(self, now: Instant, backlog_since: float | None = None) -> Outcome:

@@ -21,6 +21,7 @@ from supervisor.core.jobs import job_view
 from supervisor.core.jobspec import JobSpec
 from supervisor.core.nodes import NodeTable
 from supervisor.core.scheduler import JobError, JobOutcome, Jobs
+from supervisor.core.statusrows import StatusRows
 from supervisor.policy.directory import PolicyDirectory
 from supervisor.shared import __version__
 from supervisor.shared.clock import Instant
@@ -33,7 +34,6 @@ from supervisor.shared.protocol import (
     NodeId,
     Seconds,
 )
-from supervisor.shared.statusview import StatusNode
 from supervisor.shared.vocab import Fault, NodeState
 
 
@@ -55,6 +55,7 @@ class ClusterView(Protocol):
 
     jobs: Jobs
     event_log: Any
+    status_rows: StatusRows
 
     def forget(self, node: str) -> bool: ...
 
@@ -159,14 +160,17 @@ class Status(Verb):
         else:
             shown = [r for r in records if r.state not in (NodeState.LOST, NodeState.LEFT)
                      or now.wall - r.state_since <= STATUS_GONE_AFTER]
-        page: list[StatusNode] = []
+        # Each node as the bytes of its StatusNode (`StatusRows`), put into the reply as
+        # they are.
+        page: list[msgspec.Raw] = []
         size = 0
+        version = cluster.nodes.placement_version
         for record in shown[params.offset:params.offset + params.limit]:
-            view = _node_view(cluster, record, now)
-            size += len(_encoder.encode(view))
+            row = cluster.status_rows.row(record, round(cluster.nodes.seen_age(record.node, now), 3), version)
+            size += len(row)
             if page and size > STATUS_PAGE_BYTES:
                 break
-            page.append(view)
+            page.append(msgspec.Raw(row))
         end = params.offset + len(page)
         return {
             "schema": STATUS_SCHEMA,
@@ -191,32 +195,6 @@ class Status(Verb):
                      "next_offset": end if end < len(shown) else None},
             "jobs": [job_view(r, now.wall) for r in cluster.jobs.live()],
         }
-
-
-_encoder = msgspec.msgpack.Encoder()
-
-
-def _node_view(cluster: "ClusterView", record: Any, now: Instant) -> StatusNode:
-    # The record's own structs go into the reply as they are: msgspec encodes them as
-    # the maps a dict of each would be, without making those dicts (most of a page's
-    # time on the loop).
-    return StatusNode(
-        node=record.node,
-        state=record.state,
-        state_since=record.state_since,
-        health=record.health,
-        accelerator=record.accelerator,
-        hostname=record.hostname,
-        agent_version=record.agent_version,
-        agent_pid=record.pid,
-        registered_at=record.registered_at,
-        last_heartbeat=record.last_seen,
-        last_heartbeat_age_s=round(cluster.nodes.seen_age(record.node, now), 3),
-        handler_failures=record.handler_failures,
-        chips=record.chips,
-        host=record.host,
-        running=record.running,
-    )
 
 
 @_register

@@ -53,9 +53,13 @@ _CTL_BATCH = 8
 #: How often what waits for the store is written. A flush also writes the readings and
 #: last heartbeat times that are due (_SAVE_HEARTBEATS_EVERY), a share of the nodes each:
 #: at 10,000 nodes a flush a second wrote up to 2,000 records in one go, a pause of the
-#: loop of ~60 ms every second; four a second write a quarter each.
-_FLUSH_EVERY = 0.25
-#: How often the rest of the periodic work runs (metrics, allow-lists, descriptors).
+#: loop of ~60 ms every second; four a second still held it 10-20 ms each (a few hundred
+#: records) on a loaded machine; eight a second write an eighth each.
+_FLUSH_EVERY = 0.125
+#: How often the rest of the periodic work runs (metrics, allow-lists, descriptors): each
+#: chore on a turn of its own, never with a flush. Run together after a flush they held
+#: the loop for ~45 ms once a second at 10,000 nodes, the largest share of the p99
+#: heartbeat latency (bench/scale.py, timers around each step).
 _HOUSEKEEPING_EVERY = 1.0
 #: A node's last heartbeat time and readings reach the store within this; a change of
 #: state or health at the next flush. After a SIGKILL a restarted daemon shows a node's
@@ -150,8 +154,10 @@ class Daemon:
         #: Agent frames the last turn handled, and whether it left none waiting (_COALESCE).
         self._agent_frames = 0
         self._caught_up = True
-        #: Monotonic time of the next housekeeping (_periodic).
+        #: Monotonic time of the next housekeeping (_periodic), and its chores still to
+        #: run, one a turn.
         self._next_housekeeping = 0.0
+        self._chores: list[Callable[[Notifier], None]] = []
         #: While behind: (backlog began, last logged, most nodes deferred), else None.
         self._overload: tuple[float, float, int] | None = None
         self.metrics = DaemonMetrics()
@@ -371,8 +377,7 @@ class Daemon:
                     # Only a turn that polled the sockets and ran the deadlines pings the
                     # watchdog: a wedged loop stops pinging and systemd restarts us.
                     notify.watchdog(time.monotonic())
-                if time.monotonic() >= self._next_flush:
-                    self._guarded("flush", self._periodic, notify)
+                self._background(notify)
         finally:
             notify.stopping(f"stopping; {self._status_line()}")
             notify.close()
@@ -383,7 +388,11 @@ class Daemon:
     def _turn(self, poller: zmq.Poller) -> bool:
         """One turn: poll, handle what arrived, run the deadlines. True when it got round."""
         before = system_now()
-        wake = min(x for x in (self.cluster.next_deadline(), self._next_flush) if x is not None)
+        # Housekeeping chores waiting (one a turn, `_background`): look at the sockets and
+        # come straight back for the next.
+        wake = before.mono if self._chores else self._next_flush
+        if (deadline := self.cluster.next_deadline()) is not None:
+            wake = min(wake, deadline)
         timeout = max(0.0, min(_POLL_CAP, wake - before.mono))
         pause = 0.0
         if 0 < self._agent_frames < _BATCH and self._caught_up:
@@ -466,18 +475,34 @@ class Daemon:
             logged = mono
         self._overload = (began, logged, most)
 
-    def _periodic(self, notify: Notifier) -> None:
+    def _background(self, notify: Notifier) -> None:
+        """After a turn, one piece of the periodic work at most: the flush when it is due,
+        else the next housekeeping chore, so that no turn holds the heartbeats behind both."""
+        if time.monotonic() >= self._next_flush:
+            self._guarded("flush", self._periodic)
+        elif self._chores:
+            self._guarded("housekeeping", self._chores.pop(0), notify)
+
+    def _periodic(self) -> None:
+        """The flush; and when housekeeping is due, its chores queued for the next turns."""
         now = time.monotonic()
         self._next_flush = now + _FLUSH_EVERY
         self._flush()
-        if now < self._next_housekeeping:
+        if now < self._next_housekeeping or self._chores:
             return
         self._next_housekeeping = now + _HOUSEKEEPING_EVERY
+        self._chores = [self._observe, self._check_descriptors_chore, self._report_status]
+
+    def _observe(self, notify: Notifier) -> None:
         self._heartbeats.limit = 2 * len(self.cluster.nodes) + 1024
         self.metrics.observe_nodes(self.cluster.nodes)
         self.metrics.observe_jobs(self.cluster.jobs, time.time())
+
+    def _check_descriptors_chore(self, notify: Notifier) -> None:
         self._refresh_allow_lists()
         self._check_descriptors()
+
+    def _report_status(self, notify: Notifier) -> None:
         notify.status(self._status_line())
 
     def _guarded(self, step: str, fn: Callable[..., Any], *args: Any) -> bool:
@@ -504,7 +529,7 @@ class Daemon:
         connections (registered agents stay served, new ones wait in the backlog)."""
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         try:
-            used = len(os.listdir("/proc/self/fd"))
+            used = _open_descriptors()
         except OSError as exc:
             if exc.errno not in (errno.EMFILE, errno.ENFILE):
                 return  # cannot tell: say nothing rather than "ok"
@@ -871,6 +896,17 @@ def _raise_descriptor_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20), hard))
         except (ValueError, OSError):
             pass
+
+
+def _open_descriptors() -> int:
+    """How many descriptors this process has open. Linux 6.2 and later give the count as
+    the size of /proc/self/fd, in microseconds and without a descriptor; older kernels say
+    0 there, and the directory is listed: 9 ms of the loop every second at 10,000 agent
+    connections (bench/scale.py), one of the three parts of a once-a-second stall."""
+    size = os.stat("/proc/self/fd").st_size
+    if size > 0:
+        return size
+    return len(os.listdir("/proc/self/fd"))
 
 
 def _release_freed_memory() -> None:
